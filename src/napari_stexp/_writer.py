@@ -1,0 +1,56 @@
+"""npe2 writer contributions: spots/points (+ features) to .h5ad, labels/images to OME-Zarr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def write_points_h5ad(path: str, data, meta: dict) -> list[str]:
+    """A Points layer as AnnData: features as ``obs``, coordinates (x, y) in ``obsm['spatial']``.
+
+    When the layer came from an AnnData (``metadata['adata']``), the original object is written
+    with the layer's current features (selections, predictions, classes) merged into ``obs``.
+    """
+    import anndata as ad
+
+    from .io.export import write_h5ad
+
+    md = meta.get("metadata") or {}
+    features = pd.DataFrame(meta.get("features") or {}).reset_index(drop=True)
+    coords = np.asarray(data, dtype=float)
+    src = md.get("adata")
+    if src is not None and src.n_obs == len(coords):
+        out = src.copy()
+        for col in features.columns:
+            if col not in ("spot_id",):
+                out.obs[col] = features[col].to_numpy()
+    else:
+        scale = np.asarray(meta.get("scale") or (1.0, 1.0), dtype=float)[-2:]
+        out = ad.AnnData(obs=features.set_axis([str(i) for i in range(len(features))]))
+        out.obsm["spatial"] = (coords[:, -2:] * scale)[:, ::-1]
+    out.uns["napari_stexp"] = {"layer": meta.get("name", ""), "written_by": "napari-stexp"}
+    write_h5ad(out, path)
+    return [str(path)]
+
+
+def write_labels_ome_zarr(path: str, data, meta: dict) -> list[str]:
+    from .io.export import write_ome_zarr
+
+    arr = data[0] if isinstance(data, list) else data
+    scale = tuple(float(s) for s in (meta.get("scale") or (1.0, 1.0))[-2:])
+    write_ome_zarr(Path(path), arr, kind="labels", scale_um=scale, name=meta.get("name"))
+    return [str(path)]
+
+
+def write_image_ome_zarr(path: str, data, meta: dict) -> list[str]:
+    from .io.export import write_ome_zarr
+
+    arr = data[0] if isinstance(data, list) else data
+    scale = tuple(float(s) for s in (meta.get("scale") or (1.0, 1.0))[-2:])
+    axes = "yxc" if meta.get("rgb") else "yx"
+    write_ome_zarr(Path(path), arr, kind="image", scale_um=scale, axes=axes,
+                   name=meta.get("name"))
+    return [str(path)]

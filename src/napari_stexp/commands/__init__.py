@@ -1,0 +1,2 @@
+"""CLI subcommand groups. Each module defines ``register(subparsers)`` and is listed in
+:data:`napari_stexp.cli.COMMAND_MODULES`."""

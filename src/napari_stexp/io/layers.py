@@ -1,0 +1,99 @@
+"""Layer data tuples for napari (no Qt, no napari import): images, spots, boxes, cells.
+
+Every layer of a slide shares one physical frame in micrometres (``scale`` = µm/px), so spots,
+masks and gene maps overlay exactly. When µm/px is unknown, pixels are the unit (scale 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .image import ImagePyramid
+from .spatial import counts_matrix, mpp_fullres, spot_diameter_fullres, spots_rc_um
+
+LayerDataTuple = tuple[Any, dict, str]
+
+
+def image_layer(pyr: ImagePyramid, name: str | None = None, *, mpp: float | None = None,
+                **kwargs) -> LayerDataTuple:
+    """A (multiscale) Image layer tuple from a lazy pyramid; level 0 is never read whole."""
+    m = mpp if mpp is not None else pyr.mpp
+    s = float(m) if m else 1.0
+    meta = {"path": pyr.path, "mpp": m, "kind": "image", **pyr.metadata}
+    data = pyr.levels if pyr.multiscale else pyr.levels[0]
+    attrs = {"name": name or pyr.name, "scale": (s, s), "multiscale": pyr.multiscale,
+             "rgb": pyr.rgb, "metadata": meta}
+    attrs.update(kwargs)
+    return data, attrs, "image"
+
+
+def spot_features(adata) -> pd.DataFrame:
+    """The per-spot table for a Points layer: obs columns plus count summaries.
+
+    Categorical columns with missing values get the explicit category ``"unknown"`` so napari's
+    colour cycles and the explorer never see NaN categories.
+    """
+    obs = adata.obs.copy()
+    for col in obs.columns:
+        if isinstance(obs[col].dtype, pd.CategoricalDtype):
+            if obs[col].isna().any():
+                obs[col] = obs[col].cat.add_categories(["unknown"]).fillna("unknown")
+        elif obs[col].dtype == object:
+            obs[col] = obs[col].fillna("unknown").astype(str)
+    X = counts_matrix(adata)
+    obs["total_counts"] = np.asarray(X.sum(axis=1)).ravel().astype(np.float32)
+    obs["n_genes"] = np.asarray((X > 0).sum(axis=1)).ravel().astype(np.int32)
+    obs.insert(0, "spot_id", adata.obs_names.astype(str))
+    return obs.reset_index(drop=True)
+
+
+def spots_layer(adata, name: str | None = None, *, section: str | None = None,
+                color_by: str | None = None, **kwargs) -> LayerDataTuple:
+    """A Points layer tuple: spot centres in µm (row, col), size = spot diameter in µm."""
+    coords = spots_rc_um(adata, section)
+    mpp = mpp_fullres(adata, section)
+    diam_px = spot_diameter_fullres(adata, section)
+    size = diam_px * mpp if diam_px else max(float(np.median(_nn_dist(coords))) * 0.5, 1.0)
+    features = spot_features(adata)
+    if color_by is None:
+        labelled = "label" in features and (features["label"].astype(str) != "unknown").any()
+        color_by = "label" if labelled else "total_counts"
+    sec = section or (str(adata.obs["section"].iloc[0]) if "section" in adata.obs and adata.n_obs
+                      else "spots")
+    attrs = {"name": name or f"{sec} spots", "size": size, "features": features,
+             "border_width": 0.0, "opacity": 0.75,
+             "metadata": {"kind": "spots", "section": sec, "mpp": mpp}}
+    if color_by in features:
+        attrs["face_color"] = color_by
+        if not isinstance(features[color_by].dtype, pd.CategoricalDtype) and \
+                features[color_by].dtype != object:
+            attrs["face_colormap"] = "viridis"
+    attrs.update(kwargs)
+    return coords, attrs, "points"
+
+
+def boxes_layer(boxes: pd.DataFrame, name: str = "boxes", *, scale: float = 1.0,
+                **kwargs) -> LayerDataTuple:
+    """A Shapes layer tuple of rectangles from a table with xmin, ymin, xmax, ymax (pixels)."""
+    rects = [np.array([[r.ymin, r.xmin], [r.ymin, r.xmax], [r.ymax, r.xmax], [r.ymax, r.xmin]],
+                      dtype=float) for r in boxes.itertuples()]
+    features = boxes.reset_index(drop=True).copy()
+    attrs = {"name": name, "shape_type": "rectangle", "features": features,
+             "face_color": "transparent", "edge_width": 2, "scale": (scale, scale),
+             "metadata": {"kind": "boxes"}}
+    if "name" in features:
+        attrs["edge_color"] = "name"
+    attrs.update(kwargs)
+    return rects, attrs, "shapes"
+
+
+def _nn_dist(coords: np.ndarray) -> np.ndarray:
+    if len(coords) < 2:
+        return np.array([1.0])
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(coords).query(coords, k=2)
+    return d[:, 1]

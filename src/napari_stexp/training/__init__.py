@@ -1,0 +1,1 @@
+"""Shared training engine (device, seeds, loop, atomic checkpoints, resume, cancel, progress)."""

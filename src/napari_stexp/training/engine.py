@@ -1,0 +1,213 @@
+"""One training engine for every model: device, seeds, loop, mixed precision, atomic
+checkpoints, resume, cancel and progress.
+
+A model plugs in with a ``step(model, batch, device) -> loss tensor`` function (plus optional
+``metrics`` it wants logged). The engine owns everything else, so the three models train, resume
+and cancel the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..io._atomic import atomic_path
+from ..progress import CancelFlag, ProgressFn, check_cancel, report
+from .device import get_device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temp file, then rename: a crash never leaves a broken checkpoint."""
+    import torch
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, device: Any = "cpu") -> dict:
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "checkpoint file not found")
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # truncated/corrupt file
+        raise InputError(path, f"cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    lr: float = 1e-4
+    weight_decay: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision on CUDA only
+    grad_clip: float | None = None
+    checkpoint_every: int = 1  # epochs
+
+
+@dataclass
+class TrainHistory:
+    epochs: list[dict] = field(default_factory=list)
+
+    @property
+    def losses(self) -> list[float]:
+        return [e["loss"] for e in self.epochs]
+
+
+StepFn = Callable[[Any, Any, Any], Any]
+
+
+def fit(
+    model,
+    train_batches: Callable[[int], Iterable],
+    step: StepFn,
+    config: TrainConfig,
+    *,
+    optimizer=None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    extra_state: dict | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFlag | None = None,
+    batches_per_epoch: int | None = None,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> TrainHistory:
+    """Train ``model`` for ``config.epochs`` epochs.
+
+    ``train_batches(epoch)`` returns the epoch's iterable of batches (so shuffling can be seeded
+    per epoch); ``step(model, batch, device)`` returns the scalar loss. With ``checkpoint_dir``,
+    ``last.pt`` is written atomically after each epoch and, if ``resume``, training continues
+    from it (same optimizer state, RNG states and history). Progress is reported per batch as
+    ``(batches done, batches total)``; ``cancel`` is checked between batches.
+    """
+    import torch
+
+    device = get_device(config.device)
+    seed_everything(config.seed)
+    model.to(device)
+    if optimizer is None:
+        optimizer = torch.optim.Adam(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=config.lr, weight_decay=config.weight_decay,
+        )
+    use_amp = bool(config.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    history = TrainHistory()
+    start_epoch = 0
+    ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    if ckpt_path is not None and resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = TrainHistory(list(state.get("history", [])))
+        start_epoch = int(state.get("epoch", -1)) + 1
+        if "rng" in state:
+            _set_rng(state["rng"])
+
+    total = (batches_per_epoch or 0) * config.epochs
+    done = (batches_per_epoch or 0) * start_epoch
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        losses, n_items = [], 0
+        for batch in train_batches(epoch):
+            check_cancel(cancel, "training")
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                loss = step(model, batch, device)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}")
+            scaler.scale(loss).backward()
+            if config.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(float(loss.detach()))
+            n_items += _batch_len(batch)
+            done += 1
+            report(progress, done, max(total, done), f"epoch {epoch + 1}/{config.epochs} "
+                   f"loss {losses[-1]:.4f}")
+        secs = time.perf_counter() - t0
+        record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else math.nan,
+                  "seconds": secs, "items": n_items,
+                  "items_per_s": n_items / secs if secs > 0 else math.nan}
+        if on_epoch_end is not None:
+            extra = on_epoch_end(epoch, record)
+            if isinstance(extra, dict):
+                record.update(extra)
+        history.epochs.append(record)
+        if ckpt_path is not None and ((epoch + 1) % max(config.checkpoint_every, 1) == 0
+                                      or epoch + 1 == config.epochs):
+            save_checkpoint({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch, "history": history.epochs, "config": asdict(config),
+                "rng": _get_rng(), **(extra_state or {}),
+            }, ckpt_path)
+    return history
+
+
+def _batch_len(batch) -> int:
+    if isinstance(batch, dict):
+        batch = next(iter(batch.values()))
+    if isinstance(batch, list | tuple):
+        batch = batch[0]
+    return int(len(batch)) if hasattr(batch, "__len__") else 1
+
+
+def _get_rng() -> dict:
+    import torch
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state()}
+
+
+def _set_rng(state: dict) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

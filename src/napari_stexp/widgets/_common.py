@@ -1,0 +1,35 @@
+"""Small helpers shared by the dock widgets (Qt lives in widgets/ only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def add_layer_tuples(viewer, layer_tuples) -> list:
+    """Add layer data tuples to ``viewer`` through napari's public ``Layer.create``."""
+    from napari.layers import Layer
+
+    added = []
+    for data, meta, ltype in layer_tuples:
+        layer = Layer.create(data, meta, ltype)
+        viewer.add_layer(layer)
+        added.append(layer)
+    return added
+
+
+def notify_error(exc: BaseException | str) -> None:
+    """Show an error as a napari notification (never a crash, never a traceback dialog)."""
+    from napari.utils.notifications import show_error
+
+    show_error(str(exc))
+
+
+def notify_info(msg: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(msg)
+
+
+def layer_adata(layer) -> Any:
+    """The AnnData behind a spots layer (set by the readers), or None."""
+    return (getattr(layer, "metadata", None) or {}).get("adata")

@@ -1,0 +1,121 @@
+"""Loader dock widget: choose a file or folder, see what was found, add the layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..session import get_session
+from ..io.open import format_summary
+from ._common import add_layer_tuples, notify_error
+
+
+class LoaderWidget(QWidget):
+    """Open slides, smears, crops, Visium/her2st folders or .h5ad files (reading runs in a
+    worker so the GUI never freezes)."""
+
+    def __init__(self, viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.session = get_session(viewer)
+        self._worker = None
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("file or folder (slide, .h5ad, Visium, her2st, smears)")
+        self.sections_edit = QLineEdit()
+        self.sections_edit.setPlaceholderText("sections to load, e.g. B4, C2 (empty: all)")
+        file_btn, dir_btn = QPushButton("File…"), QPushButton("Folder…")
+        file_btn.clicked.connect(self._choose_file)
+        dir_btn.clicked.connect(self._choose_dir)
+        self.open_btn = QPushButton("Open")
+        self.open_btn.clicked.connect(self.open)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.summary = QPlainTextEdit()
+        self.summary.setReadOnly(True)
+        self.status = QLabel("")
+
+        row = QHBoxLayout()
+        row.addWidget(self.path_edit)
+        row.addWidget(file_btn)
+        row.addWidget(dir_btn)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.open_btn)
+        buttons.addWidget(self.cancel_btn)
+        lay = QVBoxLayout(self)
+        lay.addLayout(row)
+        lay.addWidget(self.sections_edit)
+        lay.addLayout(buttons)
+        lay.addWidget(self.status)
+        lay.addWidget(self.summary)
+
+    def _choose_file(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Open a slide, image or .h5ad")
+        if path:
+            self.path_edit.setText(path)
+
+    def _choose_dir(self):
+        path = QFileDialog.getExistingDirectory(self, "Open a Visium/her2st/smear/crops folder")
+        if path:
+            self.path_edit.setText(path)
+
+    def open(self, path: str | None = None):
+        """Read in a worker, then add layers in the main thread. Returns the worker."""
+        from napari.qt.threading import create_worker
+
+        from ..io.open import open_path
+
+        path = path or self.path_edit.text().strip()
+        if not path:
+            notify_error("choose a file or folder first")
+            return None
+        self.path_edit.setText(str(path))
+        secs = [s.strip() for s in self.sections_edit.text().split(",") if s.strip()] or None
+        self.status.setText(f"reading {Path(path).name} …")
+        self.open_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        worker = create_worker(open_path, path, sections=secs, _progress={"desc": "Open data"})
+        worker.returned.connect(self._on_opened)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+        return worker
+
+    def cancel(self):
+        if self._worker is not None:
+            self._worker.quit()
+            self.status.setText("cancelled")
+
+    def _on_opened(self, opened):
+        try:
+            add_layer_tuples(self.viewer, opened.layers())
+        except Exception as exc:  # a layer napari refuses: report, keep the GUI alive
+            notify_error(f"{opened.path}: cannot show layers ({exc})")
+            return
+        for sec, ad in opened.adatas.items():
+            self.session.add_adata(sec, ad)
+        self.session.images = {**self.session.images, **opened.images}
+        if opened.adatas:
+            self.session.current_slide = next(iter(opened.adatas))
+        self.summary.setPlainText(format_summary(opened.summary))
+        self.status.setText(f"opened {opened.kind}")
+
+    def _on_error(self, exc):
+        self.status.setText("failed")
+        notify_error(exc)
+
+    def _on_finished(self):
+        self.open_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+        self._worker = None

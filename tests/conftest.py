@@ -1,0 +1,50 @@
+"""Shared fixtures. Real data come from $STEXP_DATA (default ../shared/data); tests that need it
+skip with a clear reason when it is absent."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Keep torch/BLAS from oversubscribing the 2 cores CI has.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from napari_stexp.datasets import data_root  # noqa: E402
+
+
+def _require(*parts: str):
+    path = data_root().joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set STEXP_DATA to the shared data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def stexp_data():
+    return _require()
+
+
+@pytest.fixture(scope="session")
+def her2st_dir():
+    return _require("her2st")
+
+
+@pytest.fixture(scope="session")
+def visium_dir():
+    return _require("visium-scanpy-testdata")
+
+
+@pytest.fixture(scope="session")
+def bccd_dir():
+    return _require("bccd-wbc")
+
+
+@pytest.fixture(scope="session")
+def pbc_dir():
+    return _require("pbc-wbc")
+
+
+@pytest.fixture(scope="session")
+def pbmc_path():
+    return _require("pbmc68k-reduced", "10x_pbmc68k_reduced.h5ad")
