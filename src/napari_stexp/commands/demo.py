@@ -49,7 +49,7 @@ def run(args) -> int:
         from qtpy.QtWidgets import QApplication
 
         w, h = (int(v) for v in args.size.lower().split("x"))
-        viewer.window._qt_window.resize(w, h)
+        viewer.window.resize(w, h)
         for _ in range(10):
             QApplication.processEvents()
         out = Path(args.screenshot)

@@ -225,6 +225,11 @@ def read_visium(folder: str | os.PathLike, *, library_id: str | None = None,
     warning and the lowres image used instead.
     """
     root = find_visium_root(folder)
+    image_path = None
+    if fullres_image is not None:
+        image_path = Path(fullres_image)
+        if not image_path.is_file():
+            raise InputError(image_path, "full-resolution image not found")
     spatial_dir = root / "spatial"
     h5 = root / counts_file
     X, barcodes, var, attrs = read_10x_h5(h5)
@@ -288,12 +293,6 @@ def read_visium(folder: str | os.PathLike, *, library_id: str | None = None,
             warnings.warn(f"{spatial_dir / 'tissue_lowres_image.png'}: blank placeholder image "
                           "ignored", VisiumWarning, stacklevel=2)
             del imgs["lowres"]
-
-    image_path = None
-    if fullres_image is not None:
-        image_path = Path(fullres_image)
-        if not image_path.is_file():
-            raise InputError(image_path, "full-resolution image not found")
 
     lib = library_id
     if lib is None:

@@ -389,7 +389,19 @@ def _ome_mpp(xml: str | None, index: int) -> float | None:
 # --------------------------------------------------------------------------- lazy pyramids
 
 
-def _mean_reduce(x: np.ndarray, axis: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def _mean_reduce(x: np.ndarray, axis: tuple[int, ...] | None = None, *,
+                 dtype: np.dtype) -> np.ndarray:
+    """Mean over ``axis`` cast back to ``dtype`` (integers rounded half up, in integer maths)."""
+    dtype = np.dtype(dtype)
+    if axis is None:  # dask calls the reduction without axis to learn the output meta
+        axis = tuple(range(x.ndim))
+    if np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2:
+        n = math.prod(x.shape[a] for a in axis)
+        acc = np.int64 if dtype.kind == "i" else np.uint32
+        s = x.sum(axis=axis, dtype=acc)
+        if dtype.kind == "i":
+            return np.floor_divide(s + n // 2, n).astype(dtype)
+        return ((s + n // 2) // n).astype(dtype)
     m = x.mean(axis=axis)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
@@ -424,9 +436,19 @@ def downsample2(a: np.ndarray, how: str = "mean") -> np.ndarray:
     if h % 2 or w % 2:
         pad = [(0, h % 2), (0, w % 2)] + [(0, 0)] * (a.ndim - 2)
         a = np.pad(a, pad, mode="edge")
+    dtype = a.dtype
+    if np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2:
+        acc = np.int32
+        s = a[0::2, 0::2].astype(acc)
+        s += a[1::2, 0::2]
+        s += a[0::2, 1::2]
+        s += a[1::2, 1::2]
+        s += 2
+        s //= 4
+        return s.astype(dtype)
     h2, w2 = a.shape[0] // 2, a.shape[1] // 2
     r = a.reshape((h2, 2, w2, 2) + a.shape[2:])
-    return _mean_reduce(r, (1, 3), a.dtype)
+    return _mean_reduce(r, (1, 3), dtype=dtype)
 
 
 _PIL_LOCK = threading.Lock()
@@ -487,8 +509,9 @@ class _PILSource:
     def _decode(self, scale: int) -> np.ndarray | None:
         with _pil_open(self.path) as im:
             if scale > 1:
+                # PIL picks the largest DCT scale with size // request >= scale, giving ceil.
                 im.draft(im.mode if im.mode in ("RGB", "L") else "RGB",
-                         (math.ceil(self.width / scale), math.ceil(self.height / scale)))
+                         (max(1, self.width // scale), max(1, self.height // scale)))
                 if im.size != (math.ceil(self.width / scale), math.ceil(self.height / scale)):
                     return None
             if self.convert and im.mode != self.convert:

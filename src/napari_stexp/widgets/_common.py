@@ -33,3 +33,24 @@ def notify_info(msg: str) -> None:
 def layer_adata(layer) -> Any:
     """The AnnData behind a spots layer (set by the readers), or None."""
     return (getattr(layer, "metadata", None) or {}).get("adata")
+
+
+def start_worker(func, *args, returned=None, errored=None, finished=None, yielded=None,
+                 progress: dict | None = None, **kwargs):
+    """Run ``func`` in a napari worker thread with our handlers connected *before* it starts.
+
+    Errors go to ``errored`` (default: a notification) instead of being re-raised in the Qt
+    event loop, so bad input never crashes the GUI.
+    """
+    from napari.qt.threading import create_worker
+
+    connect = {"errored": errored or notify_error}
+    if returned is not None:
+        connect["returned"] = returned
+    if finished is not None:
+        connect["finished"] = finished
+    if yielded is not None:
+        connect["yielded"] = yielded
+    if progress is not None:
+        kwargs["_progress"] = progress
+    return create_worker(func, *args, _connect=connect, **kwargs)

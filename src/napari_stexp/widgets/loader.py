@@ -17,7 +17,7 @@ from qtpy.QtWidgets import (
 
 from ..session import get_session
 from ..io.open import format_summary
-from ._common import add_layer_tuples, notify_error
+from ._common import add_layer_tuples, notify_error, start_worker
 
 
 class LoaderWidget(QWidget):
@@ -71,8 +71,6 @@ class LoaderWidget(QWidget):
 
     def open(self, path: str | None = None):
         """Read in a worker, then add layers in the main thread. Returns the worker."""
-        from napari.qt.threading import create_worker
-
         from ..io.open import open_path
 
         path = path or self.path_edit.text().strip()
@@ -84,13 +82,10 @@ class LoaderWidget(QWidget):
         self.status.setText(f"reading {Path(path).name} …")
         self.open_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
-        worker = create_worker(open_path, path, sections=secs, _progress={"desc": "Open data"})
-        worker.returned.connect(self._on_opened)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        worker.start()
-        return worker
+        self._worker = start_worker(open_path, path, sections=secs,
+                                    returned=self._on_opened, errored=self._on_error,
+                                    finished=self._on_finished, progress={"desc": "Open data"})
+        return self._worker
 
     def cancel(self):
         if self._worker is not None:
