@@ -85,10 +85,12 @@ def open_path(path: str | os.PathLike, *, sections: list[str] | None = None,
         out.adatas = read_st(p, sections=sections, images=images)
         rows = []
         for sec, ad in out.adatas.items():
-            img = section_image(ad) if images else None
+            row = section_summary(ad)
+            img = section_image(ad)  # lazy: opens the pyramid, decodes nothing
             if img is not None:
                 out.images[sec] = img
-            rows.append(section_summary(ad))
+                row["levels"] = [tuple(int(v) for v in lvl.shape) for lvl in img.levels]
+            rows.append(row)
         out.summary = {"kind": kind, "path": str(p), "sections": rows}
     elif kind == "ome-zarr":
         from .export import read_ome_zarr
@@ -205,10 +207,12 @@ def format_summary(summary: dict) -> str:
     lines = [f"kind: {summary.get('kind')}", f"path: {summary.get('path')}"]
     for sec in summary.get("sections", []) or []:
         img = sec.get("image_size")
-        img_txt = f"image {img[1]}×{img[0]} px" if img else "no image"
-        mpp = sec.get("mpp")
+        nlev = len(sec.get("levels") or [])
+        img_txt = (f"image {img[1]}×{img[0]} px ({nlev} level{'s' if nlev != 1 else ''})"
+                   if img else "no image")
+        mpp = sec.get("image_mpp")
         mpp_txt = f", {mpp:.3f} µm/px" if mpp else ""
-        lab = sec.get("labels") or {}
+        lab = sec.get("label_counts") or {}
         lab_txt = (", labels: " + ", ".join(f"{k} {v}" for k, v in lab.items())) if lab else ""
         lines.append(f"- {sec.get('section')} (patient {sec.get('patient')}): "
                      f"{sec.get('n_spots')} spots × {sec.get('n_genes')} genes, "

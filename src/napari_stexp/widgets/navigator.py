@@ -1,0 +1,973 @@
+"""Slide navigator: click (or PageUp/PageDown) through the slides of a collection with their
+overlays kept in step, or compare N of them side by side in napari's grid mode.
+
+Two parts:
+
+- :class:`SlideNavigator` (no Qt): shows one slide of a :class:`~napari_stexp.io.collection.
+  SlideCollection` in a viewer -- its layers are added (or, when another widget already made
+  them, shown), every other slide's layers are removed (the navigator's own: their pyramids are
+  released) or hidden (other widgets' layers: their results are kept); the overlay shown on the
+  previous slide (the spots' colour column with its colormap and contrast limits, predicted-gene
+  or class layers, visibility and opacity) is applied to the new one; the camera fits the new
+  slide or keeps its physical position when the slides have the same size; the session's
+  ``current_slide`` follows. Tests and scripts call it directly.
+- :class:`NavigatorWidget`: the dock widget (list with thumbnails, patient and availability,
+  Previous/Next buttons, PageUp/PageDown keys, colour-by box, grid view). Reading runs in a
+  worker so the GUI never freezes.
+
+Layers are matched on ``layer.metadata['section']`` and ``layer.metadata['kind']`` (and
+``'gene'``/``'column'`` when present), never on names alone.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from psygnal import Signal
+from qtpy.QtCore import QSize
+from qtpy.QtGui import QIcon, QImage, QPixmap
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..io.collection import FLAGS, SlideCollection, SlideData, resolve_feature
+from ..session import get_session
+from ._common import add_layer_tuples, notify_error, notify_info
+
+#: Drawing order inside one slide (lower = further below).
+KIND_RANK = {"image": 0, "cells": 1, "spots": 2}
+_OTHER_RANK = 3
+_TITLE_RANK = 9
+#: Kinds the navigator makes for one slide; other kinds are overlays made by other widgets.
+BASE_KINDS = ("image", "cells", "spots")
+#: Default keys (viewer key bindings, active while the canvas has focus).
+KEY_NEXT, KEY_PREVIOUS = "PageDown", "PageUp"
+CAMERA_MODES = ("keep", "fit")
+
+
+def section_of(layer) -> str | None:
+    meta = getattr(layer, "metadata", None) or {}
+    sec = meta.get("section")
+    return None if sec is None else str(sec)
+
+
+def kind_of(layer) -> str | None:
+    return (getattr(layer, "metadata", None) or {}).get("kind")
+
+
+def face_color_column(layer) -> str | None:
+    """The features column a Points layer is coloured by (None for direct colours).
+
+    ``metadata['color_by']`` (set by napari-stexp widgets) wins; otherwise napari's colour
+    manager is asked (no public accessor exists in napari 0.9 for this).
+    """
+    if str(getattr(layer, "face_color_mode", "direct")) == "direct":
+        return None
+    col = (layer.metadata or {}).get("color_by")
+    if col and col in layer.features:
+        return str(col)
+    try:  # napari private API, guarded: only used to read the column name
+        props = layer._face.color_properties
+        return None if props is None else str(props.name)
+    except AttributeError:
+        return None
+
+
+@dataclass
+class OverlayState:
+    """What the current slide shows, to be shown the same way on the next one."""
+
+    spots: dict | None = None
+    base: dict[str, dict] = field(default_factory=dict)  # kind -> visible/opacity/...
+    extras: list[dict] = field(default_factory=list)  # other widgets' overlays
+
+
+def _layer_type(layer) -> str:
+    return type(layer).__name__.lower()
+
+
+def _points_colour(layer) -> dict:
+    col = face_color_column(layer)
+    out: dict[str, Any] = {"column": col, "mode": str(layer.face_color_mode),
+                           "visible": bool(layer.visible), "opacity": float(layer.opacity)}
+    if col is None:
+        return out
+    out["spec"] = ((layer.metadata or {}).get("feature_specs") or {}).get(col)
+    if out["mode"] == "colormap":
+        out["colormap"] = layer.face_colormap
+        lims = layer.face_contrast_limits
+        out["contrast_limits"] = None if lims is None else tuple(float(v) for v in lims)
+    else:  # categorical: keep each category's colour
+        values = layer.features[col].astype(str).to_numpy()
+        colors = np.asarray(layer.face_color)
+        cycle: dict[str, tuple] = {}
+        for v, c in zip(values, colors, strict=False):
+            cycle.setdefault(v, tuple(float(x) for x in c))
+        out["cycle"] = cycle
+    return out
+
+
+def _apply_points_colour(layer, st: dict, *, lock: bool, values: np.ndarray | None = None,
+                         spec: dict | None = None) -> None:
+    col = st.get("column")
+    if values is not None:
+        feats = layer.features.copy()
+        feats[col] = values
+        layer.features = feats
+    if spec is not None:
+        specs = dict(layer.metadata.get("feature_specs") or {})
+        specs[col] = spec
+        layer.metadata["feature_specs"] = specs
+    if st.get("mode") == "colormap":
+        layer.face_color = col
+        if st.get("colormap") is not None:
+            layer.face_colormap = st["colormap"]
+        if lock and st.get("contrast_limits") is not None:
+            layer.face_contrast_limits = st["contrast_limits"]
+        elif not lock:
+            layer.refresh_colors(update_color_mapping=True)
+    else:
+        if st.get("cycle"):
+            present = set(layer.features[col].astype(str))
+            cycle = {k: v for k, v in st["cycle"].items() if k in present} or st["cycle"]
+            feats = layer.features.copy()
+            feats[col] = feats[col].astype(str)
+            layer.features = feats
+            layer.face_color_cycle = cycle
+        layer.face_color = col
+    layer.metadata["color_by"] = col
+
+
+class SlideNavigator:
+    """Shows one slide of a collection at a time in ``viewer`` (GUI-free; see module doc).
+
+    ``camera``: ``'keep'`` keeps the physical view when the new slide has the same size as
+    the previous one (serial sections), else fits; ``'fit'`` always fits. ``lock_contrast``:
+    the colour limits of the previous slide are reused (comparable maps); off, each slide is
+    autoscaled. ``image_cache``: whether napari's global dask cache may hold image tiles
+    (off by default: the readers cache themselves, and that goes away with the slide).
+    """
+
+    changed = Signal(str)
+
+    def __init__(self, viewer, collection: SlideCollection | None = None, *,
+                 camera: str = "keep", lock_contrast: bool = True, image_cache: bool = False,
+                 same_size_tolerance: float = 0.1):
+        self.viewer = viewer
+        self.session = get_session(viewer)
+        self.collection = collection
+        self.camera = camera
+        self.lock_contrast = lock_contrast
+        self.image_cache = image_cache
+        self.same_size_tolerance = same_size_tolerance
+        self.current: str | None = None
+        self.missing: list[str] = []  # overlays the last shown slide could not show
+        self.grid: list[str] | None = None
+        self._data: SlideData | None = None
+        self._grid_data: list[SlideData] = []
+        self._grid_hidden: list[Any] = []
+        self._state = OverlayState()
+        self._setting_session = False
+        self.session.events.current_slide.connect(self._on_session_slide)
+
+    # ------------------------------------------------------------------ collection
+    def set_collection(self, collection: SlideCollection | None) -> None:
+        """Use another collection; the navigator's layers of the old one are removed."""
+        if self.grid is not None:
+            self.leave_grid()
+        for layer in list(self.viewer.layers):
+            if layer.metadata.get("navigator"):
+                self.viewer.layers.remove(layer)
+        self._drop_session_image(self.current)
+        self.collection = collection
+        self.current = None
+        self._data = None
+
+    def index(self, key: int | str | None = None) -> int | None:
+        if self.collection is None or not len(self.collection):
+            return None
+        if key is None:
+            return self.collection.index(self.current) if self.current in \
+                self.collection.names else None
+        if isinstance(key, str):
+            return self.collection.index(key)
+        return int(key) % len(self.collection)
+
+    def step_index(self, step: int) -> int | None:
+        """Index of the slide ``step`` away from the current one (wrapping around)."""
+        i = self.index()
+        if self.collection is None or not len(self.collection):
+            return None
+        return 0 if i is None else (i + step) % len(self.collection)
+
+    # ------------------------------------------------------------------ navigation
+    def show(self, key: int | str) -> list:
+        """Read slide ``key`` (index or name) and show it; returns its layers."""
+        self._need_collection()
+        data = self.collection.load(self.index(key))
+        return self.apply(data)
+
+    def next(self) -> list:
+        return self.show(self.step_index(+1))
+
+    def previous(self) -> list:
+        return self.show(self.step_index(-1))
+
+    def apply(self, data: SlideData) -> list:
+        """Show an already-read slide (main thread): the step that touches layers."""
+        name = data.item.name
+        if self.grid is not None:
+            self.leave_grid(keep=name)
+        state = self.capture() if self.current is not None else self._state
+        prev_extent = self._extent(self.section_layers(self.current)) if self.current else None
+        prev = self.current
+        self._release_others(keep=[name])
+        if prev != name:
+            self._drop_session_image(prev)
+        layers = self._ensure_layers(data)
+        self._data = data
+        self.current = name
+        self.apply_overlay(state, name)
+        self._order_section(name)
+        self._place_camera(prev_extent, self._extent(self.section_layers(name)))
+        self._update_session(data)
+        self._state = state
+        self.changed.emit(name)
+        return layers
+
+    def section_layers(self, name: str | None) -> list:
+        if name is None:
+            return []
+        return [ly for ly in self.viewer.layers if section_of(ly) == name]
+
+    def spots_layer(self, name: str | None = None):
+        """The spots (Points) layer of slide ``name`` (default: the current one), or None."""
+        for ly in self.section_layers(name or self.current):
+            if kind_of(ly) == "spots":
+                return ly
+        return None
+
+    # ------------------------------------------------------------------ overlays
+    def color_by(self, column: str, *, colormap: str | None = None,
+                 contrast_limits: tuple[float, float] | None = None) -> Any:
+        """Colour the current slide's spots by a features column, an obs column, a gene
+        (log1p counts per 10k, added as a column), a predicted gene or an embedding dimension.
+        Returns the layer; ``KeyError`` when the slide has no such feature."""
+        layer = self.spots_layer()
+        if layer is None:
+            raise KeyError(f"slide {self.current!r} has no spots layer")
+        values = spec = None
+        if column not in layer.features:
+            adata = self._adata(self.current, layer)
+            found = None if adata is None else resolve_feature(adata, column)
+            if found is None:
+                raise KeyError(f"{self.current}: no obs column, gene, predicted gene or "
+                               f"embedding dimension named {column!r}")
+            values, spec = found
+        vals = layer.features[column] if values is None else pd.Series(values)
+        numeric = pd.api.types.is_numeric_dtype(vals) and not isinstance(
+            vals.dtype, pd.CategoricalDtype)
+        st = {"column": column, "mode": "colormap" if numeric else "cycle",
+              "colormap": colormap or (layer.face_colormap if numeric and
+                                       str(layer.face_color_mode) == "colormap" else "viridis")}
+        if numeric and contrast_limits is None:
+            v = np.asarray(vals, dtype=float)
+            v = v[np.isfinite(v)]
+            contrast_limits = (float(v.min()), float(v.max())) if v.size else (0.0, 1.0)
+            if contrast_limits[0] == contrast_limits[1]:
+                contrast_limits = (contrast_limits[0], contrast_limits[0] + 1.0)
+        st["contrast_limits"] = contrast_limits
+        _apply_points_colour(layer, st, lock=True, values=values, spec=spec)
+        return layer
+
+    def capture(self, name: str | None = None) -> OverlayState:
+        """The overlay state of slide ``name`` (default: the current one)."""
+        state = OverlayState()
+        for ly in self.section_layers(name or self.current):
+            kind = kind_of(ly)
+            base = {"visible": bool(ly.visible), "opacity": float(ly.opacity)}
+            if kind == "spots":
+                state.spots = _points_colour(ly)
+            elif kind in ("image", "cells"):
+                if kind == "image" and not getattr(ly, "rgb", True):
+                    base.update(colormap=ly.colormap, contrast_limits=tuple(ly.contrast_limits))
+                state.base[kind] = base
+            elif kind in ("title", "placeholder"):
+                continue
+            else:
+                meta = ly.metadata or {}
+                extra = {"kind": kind, "type": _layer_type(ly), "gene": meta.get("gene"),
+                         "column": meta.get("column"), **base,
+                         "suffix": ly.name.removeprefix(f"{section_of(ly)} ").strip()}
+                if extra["type"] == "points":
+                    extra["points"] = _points_colour(ly)
+                elif extra["type"] == "image" and not getattr(ly, "rgb", True):
+                    extra.update(colormap=ly.colormap, contrast_limits=tuple(ly.contrast_limits))
+                state.extras.append(extra)
+        return state
+
+    def apply_overlay(self, state: OverlayState, name: str) -> list[str]:
+        """Show ``state`` on slide ``name``; returns (and stores in ``missing``) what it lacks."""
+        missing: list[str] = []
+        layers = self.section_layers(name)
+        spots = next((ly for ly in layers if kind_of(ly) == "spots"), None)
+        for ly in layers:
+            kind = kind_of(ly)
+            if kind in state.base:
+                b = state.base[kind]
+                ly.visible, ly.opacity = b["visible"], b["opacity"]
+                if "contrast_limits" in b and not getattr(ly, "rgb", True):
+                    ly.colormap = b["colormap"]
+                    if self.lock_contrast:
+                        ly.contrast_limits = b["contrast_limits"]
+            elif kind not in ("spots", "title", "placeholder"):
+                ly.visible = True  # the slide's own overlays; matched ones follow the state
+        if spots is not None and state.spots is not None:
+            st = state.spots
+            spots.visible, spots.opacity = st["visible"], st["opacity"]
+            col = st.get("column")
+            if col:
+                if not self._colour_layer(spots, name, st):
+                    missing.append(col)
+        for extra in state.extras:
+            match = next((ly for ly in layers if _same_overlay(extra, ly)), None)
+            if match is None:
+                match = self._build_overlay(extra, name, spots)
+            if match is None:
+                missing.append(extra["suffix"] or str(extra["kind"]))
+                continue
+            match.visible, match.opacity = extra["visible"], extra["opacity"]
+            if extra["type"] == "points" and extra["points"].get("column"):
+                self._colour_layer(match, name, extra["points"])
+            elif "contrast_limits" in extra and not getattr(match, "rgb", True):
+                match.colormap = extra["colormap"]
+                if self.lock_contrast:
+                    match.contrast_limits = extra["contrast_limits"]
+        self.missing = missing
+        return missing
+
+    def _colour_layer(self, layer, name: str, st: dict) -> bool:
+        col = st["column"]
+        values = spec = None
+        if col not in layer.features:
+            adata = self._adata(name, layer)
+            found = None if adata is None else resolve_feature(adata, col, st.get("spec"))
+            if found is None or len(found[0]) != len(layer.data):
+                return False
+            values, spec = found
+        _apply_points_colour(layer, st, lock=self.lock_contrast, values=values, spec=spec)
+        return True
+
+    def _build_overlay(self, extra: dict, name: str, spots) -> Any:
+        """Rebuild another widget's per-spot overlay from the slide's AnnData, if it has it."""
+        if extra["type"] != "points" or spots is None:
+            return None
+        adata = self._adata(name, spots)
+        if adata is None:
+            return None
+        col = extra.get("column") or (extra["points"] or {}).get("column") or extra.get("gene")
+        gene = extra.get("gene")
+        found = None
+        if gene and "predict" in str(extra["kind"]).lower():
+            found = resolve_feature(adata, f"{gene} (predicted)")
+        if found is None and col:
+            found = resolve_feature(adata, col)
+        if found is None or len(found[0]) != len(spots.data):
+            return None
+        values, spec = found
+        col = col or gene
+        feats = pd.DataFrame({"spot_id": adata.obs_names.astype(str), col: values})
+        meta = {"section": name, "kind": extra["kind"], "navigator": True,
+                "feature_specs": {col: spec}}
+        if gene:
+            meta["gene"] = gene
+        if extra.get("column"):
+            meta["column"] = extra["column"]
+        attrs = {"name": f"{name} {extra['suffix']}".strip(), "size": spots.size.copy(),
+                 "features": feats, "border_width": 0.0, "metadata": meta,
+                 "scale": tuple(spots.scale), "translate": tuple(spots.translate)}
+        (layer,) = add_layer_tuples(self.viewer, [(np.asarray(spots.data).copy(), attrs,
+                                                   "points")])
+        return layer
+
+    # ------------------------------------------------------------------ grid view
+    def show_grid(self, n: int, *, start: int | str | None = None,
+                  shape: tuple[int, int] | None = None) -> list[str]:
+        """Read ``n`` slides from ``start`` (default: the current one) and show them side by
+        side with the current overlay (see :meth:`apply_grid`). Returns their names."""
+        self._need_collection()
+        names = self.grid_names(n, start)
+        datas = [self._data if (self._data is not None and nm == self.current)
+                 else self.collection.load(nm) for nm in names]
+        return self.apply_grid(datas, shape=shape)
+
+    def grid_names(self, n: int, start: int | str | None = None) -> list[str]:
+        """``n`` consecutive slide names from ``start`` (clipped to the collection size)."""
+        total = len(self.collection)
+        n = max(1, min(int(n), total))
+        i0 = self.index(start) if start is not None else (self.index() or 0)
+        return [self.collection.names[(i0 + k) % total] for k in range(n)]
+
+    def apply_grid(self, datas: list[SlideData], *, shape: tuple[int, int] | None = None
+                   ) -> list[str]:
+        """napari grid mode, one viewbox per slide, cameras linked (zooming into a region shows
+        the same region of every slide). Each slide gets the same number of layers (padded
+        with hidden empty layers) so ``grid.stride`` groups exactly one slide per viewbox."""
+        state = self.capture() if self.current is not None else self._state
+        if self.grid is not None:
+            self.leave_grid(keep=self.current)
+        names = [d.item.name for d in datas]
+        self._release_others(keep=names, hide_only=True)
+        for d in datas:
+            self._ensure_layers(d)
+            self.apply_overlay(state, d.item.name)
+        missing = list(self.missing)
+        self._grid_hidden = [ly for ly in self.viewer.layers
+                             if ly.visible and section_of(ly) not in names]
+        for ly in self._grid_hidden:
+            ly.visible = False
+        groups = []
+        for d in datas:
+            lays = sorted(self.section_layers(d.item.name), key=_rank)
+            lays.append(self._title_layer(d.item.name, self._extent(lays)))
+            groups.append(lays)
+        stride = max(len(g) for g in groups)
+        for d, g in zip(datas, groups, strict=True):
+            while len(g) < stride:
+                g.insert(-1, self._placeholder(d.item.name))
+        order = [self.viewer.layers.index(ly) for g in groups for ly in g]
+        self.viewer.layers.move_multiple(order, 0)
+        n = len(datas)
+        if shape is None:
+            cols = math.ceil(math.sqrt(n))
+            shape = (math.ceil(n / cols), cols)
+        self.viewer.grid.stride = stride
+        self.viewer.grid.shape = tuple(int(v) for v in shape)
+        self.viewer.grid.enabled = True
+        self.grid = names
+        self._grid_data = datas
+        real = [ly for g in groups for ly in g if kind_of(ly) not in ("title", "placeholder")]
+        if real:
+            self.viewer.reset_view(layers=real)
+        self.missing = missing
+        return names
+
+    def leave_grid(self, keep: str | None = None) -> None:
+        """Back to one slide (``keep``, default: the current one); grid-only layers go."""
+        keep = keep or self.current
+        self.viewer.grid.enabled = False
+        for ly in list(self.viewer.layers):
+            if kind_of(ly) in ("title", "placeholder") and ly.metadata.get("navigator"):
+                self.viewer.layers.remove(ly)
+        for ly in self._grid_hidden:
+            if ly in self.viewer.layers:
+                ly.visible = True
+        self._grid_hidden = []
+        self._grid_data = []
+        self.grid = None
+        self._release_others(keep=[keep] if keep else [])
+
+    def _title_layer(self, name: str, extent: np.ndarray | None):
+        y0, x0 = (0.0, 0.0) if extent is None else (float(extent[0, -2]), float(extent[0, -1]))
+        attrs = {"name": f"{name} title", "features": pd.DataFrame({"slide": [name]}),
+                 "text": {"string": "{slide}", "size": 12, "color": "orange",
+                          "anchor": "upper_left"},
+                 "size": 1.0, "face_color": "transparent", "border_width": 0.0,
+                 "metadata": {"section": name, "kind": "title", "navigator": True}}
+        (layer,) = add_layer_tuples(self.viewer, [(np.array([[y0, x0]]), attrs, "points")])
+        return layer
+
+    def _placeholder(self, name: str):
+        attrs = {"name": f"{name} (empty)", "visible": False, "ndim": 2,
+                 "metadata": {"section": name, "kind": "placeholder", "navigator": True}}
+        (layer,) = add_layer_tuples(self.viewer, [(None, attrs, "points")])
+        return layer
+
+    # ------------------------------------------------------------------ internals
+    def _need_collection(self) -> None:
+        if self.collection is None or not len(self.collection):
+            raise ValueError("no slides: open a folder or files first")
+
+    def _adata(self, name: str | None, layer=None) -> Any:
+        ad = (layer.metadata or {}).get("adata") if layer is not None else None
+        if ad is None and self._data is not None and self._data.item.name == name:
+            ad = self._data.adata
+        if ad is None:
+            for d in self._grid_data:
+                if d.item.name == name:
+                    ad = d.adata
+        return ad if ad is not None else self.session.adatas.get(name)
+
+    def _release_others(self, keep: list[str], hide_only: bool = False) -> None:
+        """Remove the navigator's layers of other slides (pyramids released) and hide other
+        widgets' slide layers (their results are kept)."""
+        for ly in list(self.viewer.layers):
+            sec = section_of(ly)
+            if sec is None or sec in keep:
+                continue
+            if ly.metadata.get("navigator") and not hide_only:
+                self.viewer.layers.remove(ly)
+            else:
+                ly.visible = False
+
+    def _ensure_layers(self, data: SlideData) -> list:
+        name = data.item.name
+        have = {kind_of(ly) for ly in self.section_layers(name)}
+        todo = []
+        for t in data.layers(image_cache=self.image_cache):
+            kind = t[1]["metadata"].get("kind")
+            if kind in have:
+                continue
+            t[1]["metadata"]["navigator"] = True
+            todo.append(t)
+        add_layer_tuples(self.viewer, todo)
+        for ly in self.section_layers(name):
+            if kind_of(ly) in BASE_KINDS:
+                ly.visible = True
+        return self.section_layers(name)
+
+    def _order_section(self, name: str) -> None:
+        lays = self.section_layers(name)
+        idx = [self.viewer.layers.index(ly) for ly in lays]
+        want = [self.viewer.layers.index(ly) for ly in sorted(lays, key=_rank)]
+        if idx != want and idx:
+            self.viewer.layers.move_multiple(want, min(idx))
+
+    @staticmethod
+    def _extent(layers: list) -> np.ndarray | None:
+        ext = [np.asarray(ly.extent.world)[:, -2:] for ly in layers
+               if kind_of(ly) not in ("title", "placeholder")]
+        ext = [e for e in ext if np.isfinite(e).all()]
+        if not ext:
+            return None
+        return np.array([np.min([e[0] for e in ext], axis=0), np.max([e[1] for e in ext],
+                                                                     axis=0)])
+
+    def same_size(self, a: np.ndarray | None, b: np.ndarray | None) -> bool:
+        if a is None or b is None:
+            return False
+        sa, sb = a[1] - a[0], b[1] - b[0]
+        return bool(np.all(np.abs(sa - sb) <= self.same_size_tolerance * np.maximum(sa, sb)))
+
+    def _place_camera(self, prev_extent, new_extent) -> None:
+        if self.camera == "keep" and self.same_size(prev_extent, new_extent):
+            return
+        lays = [ly for ly in self.section_layers(self.current) if ly.visible
+                and kind_of(ly) not in ("title", "placeholder")]
+        if lays:
+            self.viewer.reset_view(layers=lays)
+
+    def _update_session(self, data: SlideData) -> None:
+        name = data.item.name
+        if data.adata is not None and self.session.adatas.get(name) is not data.adata:
+            self.session.add_adata(name, data.adata)
+        if data.image is not None and data.item.kind != "memory":
+            self.session.images = {**self.session.images, name: data.image}
+        self._setting_session = True
+        try:
+            self.session.current_slide = name
+        finally:
+            self._setting_session = False
+
+    def _drop_session_image(self, name: str | None) -> None:
+        if name is None or self.collection is None or name not in self.collection.names:
+            return
+        if self.collection[name].kind == "memory":
+            return
+        if name in self.session.images:
+            self.session.images = {k: v for k, v in self.session.images.items() if k != name}
+
+    def _on_session_slide(self, name: str | None) -> None:
+        """Another widget (e.g. the latent scatter) chose a slide: follow it."""
+        if self._setting_session or name is None or name == self.current:
+            return
+        if self.collection is not None and name in self.collection.names:
+            try:
+                self.show(name)
+            except Exception as exc:  # noqa: BLE001 - never crash a signal handler
+                notify_error(exc)
+
+    def close(self) -> None:
+        self.session.events.current_slide.disconnect(self._on_session_slide)
+
+
+def _rank(layer) -> int:
+    kind = kind_of(layer)
+    if kind == "title":
+        return _TITLE_RANK
+    return KIND_RANK.get(kind, _OTHER_RANK)
+
+
+def _same_overlay(extra: dict, layer) -> bool:
+    meta = layer.metadata or {}
+    if meta.get("kind") != extra["kind"] or _layer_type(layer) != extra["type"]:
+        return False
+    for key in ("gene", "column"):
+        if extra.get(key) is not None and meta.get(key) != extra.get(key):
+            return False
+    return True
+
+
+# ============================================================================ dock widget
+
+
+def _icon(arr: np.ndarray) -> QIcon:
+    a = np.ascontiguousarray(arr[..., :3] if arr.ndim == 3 else np.repeat(arr[..., None], 3, 2))
+    h, w = a.shape[:2]
+    img = QImage(a.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
+    return QIcon(QPixmap.fromImage(img))
+
+
+class NavigatorWidget(QWidget):
+    """Click through slides with their overlays (thumbnails, patient, what is available).
+
+    Keys (canvas focused): PageDown = next slide, PageUp = previous slide.
+    """
+
+    THUMB = 64
+
+    def __init__(self, viewer, parent=None, *, cache_dir: str | None = None,
+                 thumbnails: bool = True):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.session = get_session(viewer)
+        self.nav = SlideNavigator(viewer)
+        self.nav.changed.connect(self._on_changed)
+        self.cache_dir = cache_dir
+        self.thumbnails = thumbnails
+        self._worker = None
+        self._thumb_worker = None
+        self._pending: Any = None
+
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("folder(s) or files, separated by ';' (her2st, "
+                                          "Visium, .h5ad, slides, batch output)")
+        file_btn, dir_btn = QPushButton("Files…"), QPushButton("Folder…")
+        file_btn.clicked.connect(self._choose_files)
+        dir_btn.clicked.connect(self._choose_dir)
+        self.open_btn = QPushButton("Open")
+        self.open_btn.clicked.connect(lambda: self.open())
+        self.loaded_btn = QPushButton("From viewer")
+        self.loaded_btn.setToolTip("List the sections already loaded (e.g. by 'Open data')")
+        self.loaded_btn.clicked.connect(self.use_loaded)
+
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["Slide", "Patient", "Available"])
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setIconSize(QSize(self.THUMB, self.THUMB))
+        self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(self.THUMB + 4)
+        self.table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.table.cellClicked.connect(lambda row, _col: self.go(row))
+
+        self.prev_btn = QPushButton("◀ Previous")
+        self.prev_btn.setToolTip(f"Previous slide ({KEY_PREVIOUS})")
+        self.prev_btn.clicked.connect(self.previous)
+        self.next_btn = QPushButton("Next ▶")
+        self.next_btn.setToolTip(f"Next slide ({KEY_NEXT})")
+        self.next_btn.clicked.connect(self.next)
+
+        self.camera_box = QComboBox()
+        self.camera_box.addItems(["Keep position (same-size slides)", "Fit each slide"])
+        self.camera_box.setToolTip("Serial sections of one size: keep the same physical view "
+                                   "when switching. Otherwise the new slide is fitted.")
+        self.camera_box.currentIndexChanged.connect(
+            lambda i: setattr(self.nav, "camera", CAMERA_MODES[i]))
+        self.lock_box = QCheckBox("Same colour limits on every slide")
+        self.lock_box.setChecked(True)
+        self.lock_box.toggled.connect(lambda on: setattr(self.nav, "lock_contrast", bool(on)))
+
+        self.color_edit = QLineEdit()
+        self.color_edit.setPlaceholderText("gene, obs column, 'GENE (predicted)', X_model_0")
+        self.color_btn = QPushButton("Colour spots")
+        self.color_btn.clicked.connect(lambda: self.color_by(self.color_edit.text().strip()))
+        self.color_edit.returnPressed.connect(self.color_btn.click)
+
+        self.grid_n = QSpinBox()
+        self.grid_n.setRange(2, 36)
+        self.grid_n.setValue(4)
+        self.grid_btn = QPushButton("Grid view")
+        self.grid_btn.setCheckable(True)
+        self.grid_btn.setToolTip("Show N slides side by side (linked cameras, same overlay)")
+        self.grid_btn.toggled.connect(self._on_grid_toggled)
+
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        row = QHBoxLayout()
+        row.addWidget(self.path_edit)
+        row.addWidget(file_btn)
+        row.addWidget(dir_btn)
+        row2 = QHBoxLayout()
+        row2.addWidget(self.open_btn)
+        row2.addWidget(self.loaded_btn)
+        nav_row = QHBoxLayout()
+        nav_row.addWidget(self.prev_btn)
+        nav_row.addWidget(self.next_btn)
+        color_row = QHBoxLayout()
+        color_row.addWidget(self.color_edit)
+        color_row.addWidget(self.color_btn)
+        grid_row = QHBoxLayout()
+        grid_row.addWidget(QLabel("Slides:"))
+        grid_row.addWidget(self.grid_n)
+        grid_row.addWidget(self.grid_btn)
+        lay = QVBoxLayout(self)
+        lay.addLayout(row)
+        lay.addLayout(row2)
+        lay.addWidget(self.table)
+        lay.addLayout(nav_row)
+        lay.addLayout(color_row)
+        lay.addWidget(self.camera_box)
+        lay.addWidget(self.lock_box)
+        lay.addLayout(grid_row)
+        lay.addWidget(self.status)
+        self._bind_keys()
+
+    # ------------------------------------------------------------------ keys
+    def _bind_keys(self) -> None:
+        ref = weakref.ref(self)
+
+        def _next(viewer):
+            w = ref()
+            if w is not None:
+                w.next()
+
+        def _previous(viewer):
+            w = ref()
+            if w is not None:
+                w.previous()
+
+        self.viewer.bind_key(KEY_NEXT, _next, overwrite=True)
+        self.viewer.bind_key(KEY_PREVIOUS, _previous, overwrite=True)
+
+    # ------------------------------------------------------------------ opening
+    def _choose_files(self):
+        paths, _ = QFileDialog.getOpenFileNames(self, "Slides, images or .h5ad files")
+        if paths:
+            self.path_edit.setText("; ".join(paths))
+
+    def _choose_dir(self):
+        path = QFileDialog.getExistingDirectory(self, "A dataset or batch output folder")
+        if path:
+            self.path_edit.setText(path)
+
+    def open(self, paths: str | list | None = None, *, show_first: bool = True):
+        """List the slides of ``paths`` in a worker, then show the first. Returns the worker."""
+        from napari.qt.threading import create_worker
+
+        if paths is None:
+            paths = [p.strip() for p in self.path_edit.text().split(";") if p.strip()]
+        elif isinstance(paths, str):
+            paths = [paths]
+        paths = [str(p) for p in paths]
+        if not paths:
+            notify_error("choose a folder or files first")
+            return None
+        self.path_edit.setText("; ".join(paths))
+        self.status.setText("listing slides …")
+        worker = create_worker(SlideCollection.from_paths, paths, cache_dir=self.cache_dir,
+                               _progress={"desc": "List slides"})
+        worker.returned.connect(lambda coll: self.set_collection(coll, show_first=show_first))
+        worker.errored.connect(self._on_error)
+        self._worker = worker
+        worker.finished.connect(self._on_finished)
+        worker.start()
+        return worker
+
+    def use_loaded(self, show_first: bool = True) -> None:
+        """A collection of the sections already in the session (loaded by other widgets)."""
+        if not self.session.adatas and not self.session.images:
+            notify_error("nothing loaded yet: open data first")
+            return
+        coll = SlideCollection.from_adatas(self.session.adatas, self.session.images,
+                                           cache_dir=self.cache_dir)
+        self.set_collection(coll, show_first=show_first)
+
+    def set_collection(self, coll: SlideCollection, *, show_first: bool = True) -> None:
+        self.nav.set_collection(coll)
+        self.table.setRowCount(len(coll))
+        for i, item in enumerate(coll):
+            name = QTableWidgetItem(item.name)
+            name.setToolTip(f"{item.kind}: {item.source or ''}\n"
+                            + "\n".join(f"{f}: {'yes' if item.has(f) else 'no'}"
+                                        for f in FLAGS))
+            self.table.setItem(i, 0, name)
+            self.table.setItem(i, 1, QTableWidgetItem(item.patient or item.batch or ""))
+            self.table.setItem(i, 2, QTableWidgetItem(item.describe(short=True)))
+        self.table.resizeColumnToContents(0)
+        self.status.setText(f"{len(coll)} slide(s)")
+        if self.thumbnails:
+            self._load_thumbnails(coll)
+        if show_first and len(coll):
+            self.go(0)
+
+    def _load_thumbnails(self, coll: SlideCollection):
+        from napari.qt.threading import create_worker
+
+        def _gen():
+            for i, item in enumerate(coll):
+                try:
+                    yield i, coll.thumbnail(item, max_size=self.THUMB * 2)
+                except Exception:  # noqa: BLE001 - a missing thumbnail is not an error
+                    continue
+
+        worker = create_worker(_gen, _progress={"desc": "Thumbnails", "total": len(coll)})
+        worker.yielded.connect(lambda r, c=coll: self._set_thumb(c, *r))
+        self._thumb_worker = worker
+        worker.start()
+        return worker
+
+    def _set_thumb(self, coll, row: int, arr: np.ndarray) -> None:
+        if coll is not self.nav.collection or row >= self.table.rowCount():
+            return
+        item = self.table.item(row, 0)
+        if item is not None:
+            item.setIcon(_icon(arr))
+
+    # ------------------------------------------------------------------ navigation
+    def next(self):
+        return self.go(self.nav.step_index(+1) if self._pending is None else
+                       (self._pending + 1) % len(self.nav.collection))
+
+    def previous(self):
+        return self.go(self.nav.step_index(-1) if self._pending is None else
+                       (self._pending - 1) % len(self.nav.collection))
+
+    def go(self, index: int | None):
+        """Read slide ``index`` in a worker, then show it (a newer request supersedes)."""
+
+        if index is None or self.nav.collection is None:
+            return None
+        if self.grid_btn.isChecked():
+            self.grid_btn.blockSignals(True)
+            self.grid_btn.setChecked(False)
+            self.grid_btn.blockSignals(False)
+        self._pending = int(index)
+        if self._worker is not None:
+            return self._worker  # picked up when the running read finishes
+        return self._start_read()
+
+    def _start_read(self):
+        from napari.qt.threading import create_worker
+
+        index, self._pending = self._pending, None
+        coll = self.nav.collection
+        item = coll[index]
+        self.status.setText(f"reading {item.name} …")
+        worker = create_worker(coll.load, item, _progress={"desc": f"Slide {item.name}"})
+        worker.returned.connect(self._on_loaded)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+        return worker
+
+    def _on_loaded(self, data: SlideData):
+        if data.item.name not in (self.nav.collection.names if self.nav.collection else []):
+            return
+        try:
+            self.nav.apply(data)
+        except Exception as exc:  # a layer napari refuses: report, keep the GUI alive
+            notify_error(f"{data.item.name}: cannot show the slide ({exc})")
+
+    def _on_changed(self, name: str):
+        coll = self.nav.collection
+        if coll is None or name not in coll.names:
+            return
+        row = coll.index(name)
+        self.table.blockSignals(True)
+        self.table.selectRow(row)
+        self.table.blockSignals(False)
+        item = coll[row]
+        msg = f"{row + 1}/{len(coll)}: {name} ({item.describe()})"
+        if self.nav.missing:
+            msg += f" — not available here: {', '.join(self.nav.missing)}"
+        self.status.setText(msg)
+
+    def _on_error(self, exc):
+        self.status.setText("failed")
+        notify_error(exc)
+
+    def _on_finished(self):
+        self._worker = None
+        if self._pending is not None and self.nav.collection is not None:
+            self._start_read()
+
+    # ------------------------------------------------------------------ overlays
+    def color_by(self, column: str):
+        if not column:
+            notify_error("type a gene, an obs column, 'GENE (predicted)' or X_model_0")
+            return None
+        try:
+            layer = self.nav.color_by(column)
+        except (KeyError, ValueError) as exc:
+            notify_error(str(exc).strip("'\""))
+            return None
+        notify_info(f"{self.nav.current}: spots coloured by {column}; the next slides follow")
+        return layer
+
+    # ------------------------------------------------------------------ grid
+    def _on_grid_toggled(self, on: bool):
+        if on:
+            self.show_grid(self.grid_n.value())
+        elif self.nav.grid is not None:
+            self.nav.leave_grid()
+
+    def show_grid(self, n: int):
+        """Read ``n`` slides in a worker, then show them side by side. Returns the worker."""
+        from napari.qt.threading import create_worker
+
+        if self.nav.collection is None:
+            notify_error("open slides first")
+            return None
+        names = self.nav.grid_names(n)
+        coll, cur, data = self.nav.collection, self.nav.current, self.nav._data
+
+        def _read():
+            out = []
+            for k, nm in enumerate(names):
+                out.append(data if (data is not None and nm == cur) else coll.load(nm))
+                yield k + 1
+            return out
+
+        worker = create_worker(_read, _progress={"desc": "Grid", "total": len(names)})
+        worker.returned.connect(self._on_grid_loaded)
+        worker.errored.connect(self._on_error)
+        self.status.setText(f"reading {len(names)} slides …")
+        worker.start()
+        return worker
+
+    def _on_grid_loaded(self, datas):
+        try:
+            names = self.nav.apply_grid(datas)
+        except Exception as exc:  # noqa: BLE001
+            notify_error(f"grid view failed ({exc})")
+            return
+        self.grid_btn.blockSignals(True)
+        self.grid_btn.setChecked(True)
+        self.grid_btn.blockSignals(False)
+        self.status.setText(f"grid: {', '.join(names)}")
+
+    def closeEvent(self, event):  # noqa: N802 - Qt API
+        self.nav.close()
+        super().closeEvent(event)
