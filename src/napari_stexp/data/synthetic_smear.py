@@ -27,6 +27,8 @@ _EOS_CYTO = np.array([0.12, 0.30, 0.20])
 _NUC = np.array([0.95, 1.25, 0.38])
 
 WBC_CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil")
+#: Roughly the order of their frequency in blood (neutrophils most, eosinophils few).
+WBC_CLASS_P = (0.4, 0.3, 0.2, 0.1)
 WBC_TABLE_COLUMNS = ["label", "y", "x", "ymin", "xmin", "ymax", "xmax", "area", "class",
                      "touching"]
 
@@ -57,9 +59,9 @@ def _nucleus(kind: str, yy, xx, cy, cx, R, rng) -> np.ndarray:
                            0.72 * R, rng.uniform(0, np.pi))
     if kind == "monocyte":
         a = rng.uniform(0, 2 * np.pi)
-        body = _disc_alpha(yy, xx, cy, cx, 0.62 * R, 0.52 * R, a)
-        dent = _disc_alpha(yy, xx, cy + 0.55 * R * np.sin(a), cx + 0.55 * R * np.cos(a),
-                           0.32 * R, 0.32 * R)
+        body = _disc_alpha(yy, xx, cy, cx, 0.72 * R, 0.62 * R, a)
+        dent = _disc_alpha(yy, xx, cy + 0.62 * R * np.sin(a), cx + 0.62 * R * np.cos(a),
+                           0.30 * R, 0.30 * R)
         return np.clip(body - dent, 0, 1)
     n_lobes = 2 if kind == "eosinophil" else int(rng.integers(3, 5))
     a0 = rng.uniform(0, 2 * np.pi)
@@ -116,14 +118,14 @@ def make_synthetic_smear(shape: tuple[int, int] = (768, 1024), n_wbc: int = 6, n
     placed: list[tuple[float, float, float]] = []
     label = 0
     for i in range(n_wbc):
-        kind = WBC_CLASSES[int(rng.integers(0, len(WBC_CLASSES)))]
+        kind = WBC_CLASSES[int(rng.choice(len(WBC_CLASSES), p=WBC_CLASS_P))]
         R = wbc_radius * rng.uniform(0.85, 1.1) * (0.8 if kind == "lymphocyte" else 1.0)
         partner = None
         if i % 2 == 1 and i // 2 < n_pairs and wbcs:
             prev = wbcs[-1]
             for _ in range(100):
                 a = rng.uniform(0, 2 * np.pi)
-                d = (prev["R"] + R) * 0.92
+                d = (prev["R"] + R) * 0.95
                 cy, cx = prev["cy"] + d * np.sin(a), prev["cx"] + d * np.cos(a)
                 if (R + 2 <= cy <= H - R - 2 and R + 2 <= cx <= W - R - 2 and
                         all(np.hypot(cy - y, cx - x) >= (r + R) * 1.3

@@ -28,6 +28,7 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
         tmp = Path(name)
     try:
         yield tmp
+        _apply_umask(tmp)
         if directory:
             if target.exists():
                 old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -45,3 +46,12 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         raise
+
+
+def _apply_umask(path: Path) -> None:
+    """mkstemp/mkdtemp create owner-only files; give the result the usual umask-based mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = (0o777 if path.is_dir() else 0o666) & ~umask
+    with contextlib.suppress(OSError):
+        os.chmod(path, mode)

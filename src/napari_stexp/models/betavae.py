@@ -131,13 +131,14 @@ class ImageBetaVAE(nn.Module):
         self.fc_dec = nn.Linear(latent_dim, flat)
         dec = []
         rev = chans[::-1]
+        last = max(base_channels // 2, 4)  # the full-resolution stage is the costly one
         for i, c in enumerate(rev):
-            c_out = rev[i + 1] if i + 1 < len(rev) else base_channels
+            c_out = rev[i + 1] if i + 1 < len(rev) else last
             dec += [nn.ConvTranspose2d(c, c_out, 4, 2, 1), nn.BatchNorm2d(c_out),
                     nn.LeakyReLU(0.2)]
         self.decoder = nn.Sequential(*dec)
-        self.to_rgb = nn.Conv2d(base_channels, 3, 3, 1, 1)
-        self.to_mask = nn.Conv2d(base_channels, 1, 3, 1, 1)
+        self.to_rgb = nn.Conv2d(last, 3, 3, 1, 1)
+        self.to_mask = nn.Conv2d(last, 1, 3, 1, 1)
         if roi_dim:
             self.roi_head = nn.Sequential(nn.Linear(latent_dim, 256), nn.LeakyReLU(0.2),
                                           nn.Linear(256, roi_dim))
@@ -240,6 +241,8 @@ def bvae_loss(out: dict, x: torch.Tensor, mask: torch.Tensor, *, beta: float = 4
     terms = {"recon": recon, "kl": kl}
     if mask_weight > 0 and "mask_logit" in out:
         bce = F.binary_cross_entropy_with_logits(out["mask_logit"], mask, reduction="none")
+        m = mask.clamp(1e-6, 1 - 1e-6)  # minus the soft target's entropy: 0 when perfect
+        bce = bce + m * torch.log(m) + (1 - m) * torch.log1p(-m)
         terms["mask"] = bce.flatten(1).sum(1).mean()
         total = total + mask_weight * terms["mask"]
     if roi is not None and out.get("roi") is not None:

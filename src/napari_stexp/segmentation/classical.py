@@ -36,9 +36,12 @@ DEFAULTS: dict[str, Any] = {
     "diameter": None,          # expected cell (or nucleus) diameter in pixels; None: estimate
     "nucleus_threshold": None,  # stain threshold; None: multi-Otsu on the image
     "cytoplasm_contrast": 0.02,  # cytoplasm: stain above background by this much ('purple')
-    "max_cytoplasm": 0.3,      # cytoplasm grows at most this fraction of the diameter
-    "min_cytoplasm": 0.04,     # ... and at least this fraction (pale cytoplasm)
+    "cytoplasm_darkness": 0.0,  # also count pixels this much darker than background (0: off)
+    "max_cytoplasm": 0.5,      # cytoplasm reaches at most this fraction of the nucleus radius
+    "min_cytoplasm": 0.08,     # ... and at least this fraction (pale cytoplasm)
     "merge_lobes": 0.07,       # nucleus pieces closer than this fraction of d are one nucleus
+    "neck_ratio": 0.55,        # neighbours whose shared border is this wide (vs. their inner
+                               # radius) are one cell with a lobed nucleus, not two cells
     "min_area": None,          # smallest object (px); None: 12 % of a disc of the diameter
     "max_area": None,          # largest object (px); None: 5 discs of the diameter
     "smooth": None,            # Gaussian sigma of the stain channel; None: from the diameter
@@ -49,6 +52,34 @@ def _disk(r: float):
     from skimage.morphology import disk
 
     return disk(max(int(round(r)), 1))
+
+
+# Morphology with a disk of radius r through Euclidean distance transforms: O(pixels), whatever
+# the radius (scipy's binary morphology costs O(pixels x disk area)).
+def _dilate(m: np.ndarray, r: float) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    if not m.any():
+        return m.copy()
+    return ndi.distance_transform_edt(~m) <= r
+
+
+def _erode(m: np.ndarray, r: float) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    # pad with "inside" so objects touching the border are not eaten from outside the image
+    k = int(np.ceil(r)) + 1
+    return (ndi.distance_transform_edt(np.pad(m, k, constant_values=True)) > r)[k:-k, k:-k]
+
+
+def _open(m: np.ndarray, r: float) -> np.ndarray:
+    return _dilate(_erode(m, r), r) & m
+
+
+def _close(m: np.ndarray, r: float) -> np.ndarray:
+    k = int(np.ceil(r)) + 1
+    pm = np.pad(m, k)
+    return _erode(_dilate(pm, r), r)[k:-k, k:-k] | m
 
 
 def stain_channel(img: np.ndarray, stain: str = "auto") -> np.ndarray:
@@ -96,6 +127,8 @@ def prepare_classical(image: np.ndarray, params: dict) -> dict:
     bright = grey >= np.quantile(grey, 0.75)
     bg = float(np.median(chs[bright])) if bright.any() else float(np.median(chs))
     p["background"] = bg
+    p["background_grey"] = float(np.median(grey[bright])) if bright.any() else float(
+        np.median(grey))
     if p["nucleus_threshold"] is None:
         try:
             if p["mode"] == "cells":
@@ -106,7 +139,7 @@ def prepare_classical(image: np.ndarray, params: dict) -> dict:
             t = bg + MIN_CONTRAST[stain]
         p["nucleus_threshold"] = max(t, bg + MIN_CONTRAST[stain])
     if p["diameter"] is None:
-        p["diameter"] = _estimate_diameter(chs > p["nucleus_threshold"], p["mode"])
+        p["diameter"] = _estimate_diameter(chs, p)
     d = float(p["diameter"])
     if not d > 0:
         raise InputError(None, f"diameter must be positive, got {p['diameter']!r}")
@@ -115,26 +148,42 @@ def prepare_classical(image: np.ndarray, params: dict) -> dict:
     return p
 
 
-def _estimate_diameter(mask: np.ndarray, mode: str) -> float:
-    """Typical object diameter from a nucleus mask: area-weighted median component size."""
+def _estimate_diameter(stain: np.ndarray, p: dict) -> float:
+    """Typical object diameter (px) from the image: area-weighted median size of the nuclei
+    (``nuclei`` mode) or of the cells = nucleus + the cytoplasm connected to it (``cells``)."""
     from scipy import ndimage as ndi
 
-    mask = ndi.binary_opening(mask, iterations=1)
-    if mode == "cells":
-        mask = ndi.binary_closing(mask, structure=_disk(3), iterations=1)
-    lab, n = ndi.label(mask)
-    if n == 0:
-        return 60.0 if mode == "cells" else 12.0
-    areas = np.bincount(lab.ravel())[1:].astype(float)
-    areas = areas[areas >= 20]
+    fallback = 60.0 if p["mode"] == "cells" else 12.0
+    nuc = ndi.binary_opening(stain > p["nucleus_threshold"], iterations=1)
+    if p["mode"] == "cells":
+        cyto_t = p["background"] + float(p["cytoplasm_contrast"]) * (
+            1.0 if p["stain"] == "purple" else 2.0)
+        cell = ndi.binary_fill_holes(_open(stain > cyto_t, 2) | nuc)
+        lab, n = ndi.label(cell)
+        if n == 0:
+            return fallback
+        idx = np.arange(1, n + 1)
+        n_nuc = ndi.sum(nuc, lab, idx)
+        areas = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(float)
+        ok = (n_nuc >= 50) & (n_nuc >= 0.1 * areas) & (areas < 0.25 * stain.size)
+        areas = areas[ok]
+        if areas.size == 0:  # cytoplasm not separable: nuclei only, scaled up
+            lab, n = ndi.label(_close(nuc, 3))
+            areas = np.bincount(lab.ravel())[1:].astype(float) * 2.25
+            areas = areas[areas >= 50]
+    else:
+        lab, n = ndi.label(nuc)
+        areas = np.bincount(lab.ravel())[1:].astype(float)
+        areas = areas[areas >= 20]
     if areas.size == 0:
-        return 60.0 if mode == "cells" else 12.0
-    if mode == "cells":
+        return fallback
+    if p["mode"] == "cells":
         order = np.sort(areas)
         cum = np.cumsum(order) / order.sum()
         a = float(order[np.searchsorted(cum, 0.5)])
-        return 1.5 * 2.0 * np.sqrt(a / np.pi)
-    return float(2.0 * np.sqrt(np.median(areas) / np.pi))
+    else:
+        a = float(np.median(areas))
+    return float(2.0 * np.sqrt(a / np.pi))
 
 
 def classical_halo(params: dict) -> int:
@@ -152,16 +201,16 @@ def segment_classical(image: Any, params: dict | None = None, progress: Progress
     from scipy import ndimage as ndi
     from skimage.filters import gaussian
     from skimage.morphology import remove_small_objects
-    from skimage.segmentation import watershed
+
+    from .base import relabel_sequential
 
     params = dict(params or {})
-    need = ("background", "nucleus_threshold", "diameter")
-    p = params if all(params.get(k) is not None for k in need) and "stain" in params \
-        and params.get("stain") != "auto" else prepare_classical(image, params)
-    p = {**DEFAULTS, **p}
+    need = ("background", "nucleus_threshold", "diameter", "smooth")
+    prepared = all(params.get(k) is not None for k in need) and params.get("stain") in MIN_CONTRAST
+    p = {**DEFAULTS, **(params if prepared else prepare_classical(image, params))}
     img = as_rgb_or_grey(image)
     if p["stain"] != "dark" and img.ndim == 2:
-        raise InputError(None, f"stain '{p['stain']}' needs an RGB image")
+        raise InputError(None, f"stain '{p['stain']}' needs an RGB image; grey images use 'dark'")
     report(progress, 0, 4, "stain")
     d = float(p["diameter"])
     ch = stain_channel(img, p["stain"])
@@ -176,91 +225,232 @@ def segment_classical(image: Any, params: dict | None = None, progress: Progress
     nuc = remove_small_objects(nuc, max_size=max(int(0.01 * disc), 4))
     check_cancel(cancel, "segmentation")
     report(progress, 1, 4, "nuclei")
-
     if p["mode"] == "cells":
-        merged = ndi.binary_closing(np.pad(nuc, 1), structure=_disk(p["merge_lobes"] * d / 2 + 1)
-                                    )[1:-1, 1:-1] | nuc
-        merged = ndi.binary_fill_holes(merged)
-        markers, n = ndi.label(merged)
-        if n:
-            nuc_area = ndi.sum(nuc, markers, index=np.arange(1, n + 1))
-            keep = np.zeros(n + 1, bool)
-            keep[1:] = nuc_area >= 0.4 * min_area  # drop platelets and specks
-            markers = np.where(keep[markers], markers, 0)
-        seeds = markers > 0
-        dist_nuc = ndi.distance_transform_edt(~seeds) if seeds.any() else np.full(ch.shape, 1e9)
-        check_cancel(cancel, "segmentation")
-        report(progress, 2, 4, "cytoplasm")
-        cyto_t = bg + float(p["cytoplasm_contrast"]) * (1.0 if p["stain"] == "purple" else 2.0)
-        cyto = (ch > cyto_t) & (dist_nuc <= p["max_cytoplasm"] * d)
-        cyto = ndi.binary_opening(cyto, structure=_disk(max(d * 0.02, 1)))
-        fg = seeds | cyto | (dist_nuc <= p["min_cytoplasm"] * d)
-        fg = ndi.binary_closing(np.pad(fg, 2), structure=_disk(max(d * 0.03, 1)))[2:-2, 2:-2]
-        fg = ndi.binary_fill_holes(fg | seeds)
-        labels = watershed(dist_nuc, markers=markers, mask=fg)
-        labels = _fill_label_holes(labels)
-        score_ch = np.where(seeds, ch, np.nan)
+        labels, core = _cells(img, ch, nuc, p, min_area, max_area, cancel)
     else:
-        report(progress, 2, 4, "split")
-        nuc = ndi.binary_fill_holes(nuc)
-        dist = ndi.distance_transform_edt(nuc)
-        from skimage.feature import peak_local_max
-
-        comp, _ = ndi.label(nuc)
-        peaks = peak_local_max(gaussian(dist, 1.0), min_distance=max(int(0.35 * d), 2),
-                               labels=comp, exclude_border=False)
-        markers = np.zeros(nuc.shape, np.int32)
-        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        # components without a peak (tiny/flat ones) still get one marker
-        missing = np.setdiff1d(np.unique(comp[nuc]), np.unique(comp[markers > 0]))
-        for lab in missing:
-            ys, xs = np.nonzero(comp == lab)
-            k = int(np.argmax(dist[ys, xs]))
-            markers[ys[k], xs[k]] = markers.max() + 1
-        labels = watershed(-dist, markers=markers, mask=nuc)
-        score_ch = np.where(nuc, ch, np.nan)
+        labels, core = _nuclei(ch, nuc, d)
     check_cancel(cancel, "segmentation")
     report(progress, 3, 4, "filter")
 
-    labels = labels.astype(np.int32)
-    ids = np.arange(labels.max() + 1)
-    areas = np.bincount(labels.ravel(), minlength=len(ids))
+    labels = labels.astype(np.int32, copy=False)
+    areas = np.bincount(labels.ravel())
     bad = (areas < min_area) | (areas > max_area)
     bad[0] = True
-    labels[bad[labels]] = 0
-    from .base import relabel_sequential
-
+    if bad[1:].any():
+        labels[bad[labels]] = 0
     labels, _ = relabel_sequential(labels)
     scores = {}
     n_obj = int(labels.max())
     if n_obj:
         # score: mean stain of the object's nucleus pixels, mapped to 0..1 around the threshold
         idx = np.arange(1, n_obj + 1)
-        core = np.isfinite(score_ch)
         tot = ndi.sum(np.where(core, ch, 0.0), labels, index=idx)
         cnt = ndi.sum(core, labels, index=idx)
-        mean = np.where(cnt > 0, tot / np.maximum(cnt, 1), ndi.mean(ch, labels, index=idx))
+        mean = np.where(cnt > 0, tot / np.maximum(cnt, 1), t_nuc)
         span = max(t_nuc - bg, 1e-3)
         sc = np.clip(0.5 + (mean - t_nuc) / (2 * span), 0.0, 1.0)
-        scores = {i + 1: float(s) for i, s in enumerate(sc)}
+        scores = {i + 1: float(v) for i, v in enumerate(sc)}
     table = objects_table(labels, scores)
     report(progress, 4, 4, "done")
     meta = {k: p[k] for k in ("mode", "stain", "diameter", "background", "nucleus_threshold")}
     return SegmentationResult(labels=labels, table=table, metadata={"method": "classical", **meta})
 
 
-def _fill_label_holes(labels: np.ndarray) -> np.ndarray:
-    """Fill holes inside each object (a pale nucleus centre must not stay a hole)."""
+def _windows(mask: np.ndarray, margin: int) -> list[tuple[slice, slice]]:
+    """Disjoint boxes around the objects of ``mask``, each grown by ``margin``; boxes that
+    would overlap are merged (objects that can interact end up in one window)."""
     from scipy import ndimage as ndi
 
-    out = labels.copy()
+    lab, n = ndi.label(mask)
+    if n == 0:
+        return []
+    H, W = mask.shape
+    boxes = [[max(s0.start - margin, 0), max(s1.start - margin, 0),
+              min(s0.stop + margin, H), min(s1.stop + margin, W)]
+             for s0, s1 in ndi.find_objects(lab)]
+    merged = True
+    while merged:
+        merged = False
+        out: list[list[int]] = []
+        for b in boxes:
+            for o in out:
+                if b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3]:
+                    o[0], o[1] = min(o[0], b[0]), min(o[1], b[1])
+                    o[2], o[3] = max(o[2], b[2]), max(o[3], b[3])
+                    merged = True
+                    break
+            else:
+                out.append(list(b))
+        boxes = out
+    return [(slice(b[0], b[2]), slice(b[1], b[3])) for b in boxes]
+
+
+def _cells(img, ch, nuc, p, min_area, max_area, cancel):
+    """White cells: nucleus groups as seeds, cytoplasm grown around them, watershed split.
+    Work happens only in windows around the nuclei (smears are mostly red cells)."""
+    d = float(p["diameter"])
+    merge_r = p["merge_lobes"] * d / 2 + 1
+    reach_max = p["max_cytoplasm"] * np.sqrt(max_area / np.pi)
+    margin = int(np.ceil(2 * merge_r + reach_max + 0.2 * d)) + 4
+    labels = np.zeros(ch.shape, np.int32)
+    core = np.zeros(ch.shape, bool)
+    grey = None
+    if p["cytoplasm_darkness"] and img.ndim == 3:
+        grey = img.mean(axis=-1)
+    nxt = 0
+    for sl in _windows(nuc, margin):
+        check_cancel(cancel, "segmentation")
+        g = None if grey is None else grey[sl]
+        lab, seeds = _cells_window(ch[sl], nuc[sl], g, p, min_area)
+        if lab.max() == 0:
+            continue
+        m = lab > 0
+        labels[sl][m] = lab[m] + nxt
+        core[sl] |= seeds
+        nxt += int(lab.max())
+    return labels, core
+
+
+def _cells_window(ch, nuc, grey, p, min_area):
+    from scipy import ndimage as ndi
+    from skimage.filters import gaussian
+    from skimage.segmentation import watershed
+
+    d = float(p["diameter"])
+    bg = float(p["background"])
+    merged = _close(nuc, p["merge_lobes"] * d / 2 + 1)
+    merged = ndi.binary_fill_holes(merged)
+    markers, n = ndi.label(merged)
+    if n:
+        nuc_area = ndi.sum(nuc, markers, index=np.arange(1, n + 1))
+        keep = np.zeros(n + 1, bool)
+        keep[1:] = nuc_area >= 0.4 * min_area  # drop platelets and specks
+        markers = np.where(keep[markers], markers, 0)
+    seeds = markers > 0
+    if not seeds.any():
+        return np.zeros(ch.shape, np.int32), seeds
+    dist_nuc = ndi.distance_transform_edt(~seeds)
+    # per nucleus: its equivalent radius sets how far its cytoplasm may reach
+    n = int(markers.max())
+    r_nuc = np.sqrt(np.bincount(markers.ravel(), minlength=n + 1) / np.pi)
+    reach = np.maximum(p["max_cytoplasm"] * r_nuc, 2.0)
+    min_reach = np.maximum(p["min_cytoplasm"] * r_nuc, 1.0)
+    cyto_t = bg + float(p["cytoplasm_contrast"]) * (1.0 if p["stain"] == "purple" else 2.0)
+    cand = ch > cyto_t
+    if grey is not None:
+        grey = gaussian(grey, float(p["smooth"])) if p["smooth"] else grey
+        cand |= grey < float(p.get("background_grey", 1.0)) - float(p["cytoplasm_darkness"])
+    cand &= dist_nuc <= float(reach.max())
+    cand = _open(cand, max(d * 0.02, 1.0))
+    fg = seeds | cand | (dist_nuc <= float(min_reach[1:].max()))
+    labels = watershed(dist_nuc, markers=markers, mask=fg)
+    # each cell keeps what lies within its own reach (and at least its minimal reach)
+    keep = (labels > 0) & (dist_nuc <= reach[labels]) & (
+        (dist_nuc <= min_reach[labels]) | cand | seeds)
+    labels = np.where(keep, labels, 0).astype(np.int32)
+    if p["neck_ratio"]:
+        labels = _merge_without_neck(labels, float(p["neck_ratio"]))
+    labels = _smooth_labels(labels, max(float(r_nuc[1:].max()) * 0.15, 1.0))
+    return labels, seeds
+
+
+def _merge_without_neck(labels: np.ndarray, ratio: float) -> np.ndarray:
+    """Merge touching objects that form one blob without a neck between them.
+
+    Two touching cells meet along a narrow neck: the largest distance-to-background on their
+    shared border is small compared with each cell's inner radius. Lobes of one cell (split
+    because the nucleus came in pieces) share a wide border. Merge when
+    ``border depth >= ratio * min(inner radius a, inner radius b)``.
+    """
+    from scipy import ndimage as ndi
+
+    pairs = set()
+    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1, :], labels[1:, :])):
+        m = (a > 0) & (b > 0) & (a != b)
+        if m.any():
+            pa, pb = a[m], b[m]
+            pairs.update(zip(np.minimum(pa, pb).tolist(), np.maximum(pa, pb).tolist(),
+                             strict=True))
+    if not pairs:
+        return labels
+    slices = ndi.find_objects(labels)
+    parent = list(range(int(labels.max()) + 1))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in sorted(pairs):
+        sa, sb = slices[a - 1], slices[b - 1]
+        sl = tuple(slice(max(min(x.start, y.start) - 1, 0), max(x.stop, y.stop) + 1)
+                   for x, y in zip(sa, sb, strict=True))
+        sub = labels[sl]
+        ma, mb = sub == a, sub == b
+        dist = ndi.distance_transform_edt(np.pad(ma | mb, 1))[1:-1, 1:-1]
+        border = ma & ndi.binary_dilation(mb)
+        if not border.any():
+            continue
+        depth = float(dist[border].max())
+        inner = min(float(dist[ma].max()), float(dist[mb].max()))
+        if depth >= ratio * inner:
+            parent[find(b)] = find(a)
+    lut = np.array([find(i) for i in range(len(parent))], dtype=np.int32)
+    return lut[labels]
+
+
+def _nuclei(ch, nuc, d):
+    """Nuclei (H&E): split touching nuclei at the peaks of their distance transform."""
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+    from skimage.filters import gaussian
+    from skimage.segmentation import watershed
+
+    nuc = ndi.binary_fill_holes(nuc)
+    dist = ndi.distance_transform_edt(nuc)
+    comp, n = ndi.label(nuc)
+    if n == 0:
+        return np.zeros(ch.shape, np.int32), nuc
+    peaks = peak_local_max(gaussian(dist, 1.0), min_distance=max(int(0.35 * d), 2),
+                           labels=comp, exclude_border=False)
+    markers = np.zeros(nuc.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    # components without a peak (tiny or flat ones) still get one marker
+    has = np.zeros(n + 1, bool)
+    has[np.unique(comp[markers > 0])] = True
+    nxt = int(markers.max())
+    for lab_id, sl in enumerate(ndi.find_objects(comp), start=1):
+        if sl is None or has[lab_id]:
+            continue
+        sub = np.where(comp[sl] == lab_id, dist[sl], -1)
+        y, x = np.unravel_index(int(np.argmax(sub)), sub.shape)
+        nxt += 1
+        markers[sl][y, x] = nxt
+    return watershed(-dist, markers=markers, mask=nuc).astype(np.int32), nuc
+
+
+def _smooth_labels(labels: np.ndarray, radius: float) -> np.ndarray:
+    """Per object: open with a disk (cuts thin tendrils along neighbouring red cells), keep the
+    largest piece and fill holes."""
+    from scipy import ndimage as ndi
+
+    out = np.zeros_like(labels)
+    pad = int(np.ceil(radius)) + 2
     for i, sl in enumerate(ndi.find_objects(labels), start=1):
         if sl is None:
             continue
+        sl = tuple(slice(max(s.start - pad, 0), s.stop + pad) for s in sl)
         m = labels[sl] == i
-        filled = ndi.binary_fill_holes(m)
+        o = _open(m, radius)
+        if not o.any():
+            o = m
+        lab, k = ndi.label(o)
+        if k > 1:
+            o = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+        o = ndi.binary_fill_holes(o)
         view = out[sl]
-        view[filled & (view == 0)] = i
+        view[o & (view == 0)] = i
     return out
 
 

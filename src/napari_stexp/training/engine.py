@@ -97,6 +97,7 @@ def fit(
     cancel: CancelFlag | None = None,
     batches_per_epoch: int | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    distributed: Any = None,
 ) -> TrainHistory:
     """Train ``model`` for ``config.epochs`` epochs.
 
@@ -105,10 +106,20 @@ def fit(
     ``last.pt`` is written atomically after each epoch and, if ``resume``, training continues
     from it (same optimizer state, RNG states and history). Progress is reported per batch as
     ``(batches done, batches total)``; ``cancel`` is checked between batches.
+
+    ``distributed``: ``None`` = data-parallel when this process was started by torchrun and
+    :func:`napari_stexp.training.distributed.init_distributed` ran (else single-process, as
+    before); ``False`` = never; or a ``DistContext``. Data-parallel: each batch from
+    ``train_batches`` is the global batch and every rank trains on its slice under DDP; only
+    rank 0 reports progress and reads/writes checkpoints (see ``training/distributed.py``).
     """
     import torch
 
-    device = get_device(config.device)
+    ctx = _distributed_context(distributed)
+    is_main = ctx is None or ctx.is_main
+    if not is_main:
+        progress = None
+    device = ctx.device if ctx is not None else get_device(config.device)
     seed_everything(config.seed)
     model.to(device)
     if optimizer is None:
@@ -121,26 +132,39 @@ def fit(
     history = TrainHistory()
     start_epoch = 0
     ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    if ckpt_path is not None and resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, device)
+    if ckpt_path is not None and resume and (ctx is not None or ckpt_path.exists()):
+        if ctx is None:
+            state = load_checkpoint(ckpt_path, device)
+        else:  # rank 0 reads, every rank gets the same state (no shared disk needed)
+            state = load_checkpoint(ckpt_path, "cpu") if is_main and ckpt_path.exists() \
+                else None
+            state = ctx.broadcast_object(state)
+    else:
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = TrainHistory(list(state.get("history", [])))
         start_epoch = int(state.get("epoch", -1)) + 1
         if "rng" in state:
             _set_rng(state["rng"])
+    train_model, train_step = (model, step) if ctx is None else ctx.wrap(model, step)
 
     total = (batches_per_epoch or 0) * config.epochs
     done = (batches_per_epoch or 0) * start_epoch
     for epoch in range(start_epoch, config.epochs):
-        model.train()
+        train_model.train()
         t0 = time.perf_counter()
         losses, n_items = [], 0
         for batch in train_batches(epoch):
             check_cancel(cancel, "training")
+            if ctx is not None:
+                batch = ctx.shard(batch)
+                if batch is None:
+                    continue
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                loss = step(model, batch, device)
+                loss = train_step(train_model, batch, device)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}")
             scaler.scale(loss).backward()
@@ -158,19 +182,33 @@ def fit(
         record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else math.nan,
                   "seconds": secs, "items": n_items,
                   "items_per_s": n_items / secs if secs > 0 else math.nan}
+        if ctx is not None:
+            record = ctx.reduce_record(record)
         if on_epoch_end is not None:
             extra = on_epoch_end(epoch, record)
             if isinstance(extra, dict):
                 record.update(extra)
         history.epochs.append(record)
-        if ckpt_path is not None and ((epoch + 1) % max(config.checkpoint_every, 1) == 0
-                                      or epoch + 1 == config.epochs):
+        due = ((epoch + 1) % max(config.checkpoint_every, 1) == 0
+               or epoch + 1 == config.epochs)
+        if ckpt_path is not None and is_main and due:
             save_checkpoint({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "epoch": epoch, "history": history.epochs, "config": asdict(config),
                 "rng": _get_rng(), **(extra_state or {}),
             }, ckpt_path)
     return history
+
+
+def _distributed_context(distributed: Any) -> Any:
+    """The DDP context to train with, or None for a plain single-process run."""
+    if distributed is False:
+        return None
+    if distributed is None:
+        from .distributed import active_context
+
+        return active_context()
+    return distributed if getattr(distributed, "enabled", False) else None
 
 
 def _batch_len(batch) -> int:

@@ -239,10 +239,13 @@ class SlideNavigator:
         state = self.capture() if self.current is not None else self._state
         prev_extent = self._extent(self.section_layers(self.current)) if self.current else None
         prev = self.current
+        reusable = {} if prev == name else {
+            kind_of(ly): ly for ly in self.section_layers(prev)
+            if ly.metadata.get("navigator") and kind_of(ly) in BASE_KINDS}
+        layers = self._ensure_layers(data, reuse=reusable)
         self._release_others(keep=[name])
         if prev != name:
             self._drop_session_image(prev)
-        layers = self._ensure_layers(data)
         self._data = data
         self.current = name
         self.apply_overlay(state, name)
@@ -383,13 +386,13 @@ class SlideNavigator:
         adata = self._adata(name, spots)
         if adata is None:
             return None
-        col = extra.get("column") or (extra["points"] or {}).get("column") or extra.get("gene")
+        pts = extra.get("points") or {}
+        col = extra.get("column") or pts.get("column") or extra.get("gene")
         gene = extra.get("gene")
-        found = None
-        if gene and "predict" in str(extra["kind"]).lower():
-            found = resolve_feature(adata, f"{gene} (predicted)")
-        if found is None and col:
-            found = resolve_feature(adata, col)
+        if "predict" in str(extra["kind"]).lower():  # only a real prediction will do
+            found = resolve_feature(adata, f"{gene or col} (predicted)", {"type": "predicted"})
+        else:
+            found = resolve_feature(adata, col, pts.get("spec")) if col else None
         if found is None or len(found[0]) != len(spots.data):
             return None
         values, spec = found
@@ -453,8 +456,7 @@ class SlideNavigator:
         for d, g in zip(datas, groups, strict=True):
             while len(g) < stride:
                 g.insert(-1, self._placeholder(d.item.name))
-        order = [self.viewer.layers.index(ly) for g in groups for ly in g]
-        self.viewer.layers.move_multiple(order, 0)
+        self._reorder([ly for g in groups for ly in g], 0)
         n = len(datas)
         if shape is None:
             cols = math.ceil(math.sqrt(n))
@@ -528,8 +530,12 @@ class SlideNavigator:
             else:
                 ly.visible = False
 
-    def _ensure_layers(self, data: SlideData) -> list:
+    def _ensure_layers(self, data: SlideData, reuse: dict | None = None) -> list:
+        """Add the slide's missing base layers. ``reuse``: the previous slide's own layers by
+        kind; a compatible one gets the new data instead of a new layer (the old data are
+        released all the same, and napari skips the costly layer removal and creation)."""
         name = data.item.name
+        reuse = dict(reuse or {})
         have = {kind_of(ly) for ly in self.section_layers(name)}
         todo = []
         for t in data.layers(image_cache=self.image_cache):
@@ -537,6 +543,9 @@ class SlideNavigator:
             if kind in have:
                 continue
             t[1]["metadata"]["navigator"] = True
+            old = reuse.pop(kind, None)
+            if old is not None and _recycle(old, t):
+                continue
             todo.append(t)
         add_layer_tuples(self.viewer, todo)
         for ly in self.section_layers(name):
@@ -546,10 +555,16 @@ class SlideNavigator:
 
     def _order_section(self, name: str) -> None:
         lays = self.section_layers(name)
-        idx = [self.viewer.layers.index(ly) for ly in lays]
-        want = [self.viewer.layers.index(ly) for ly in sorted(lays, key=_rank)]
-        if idx != want and idx:
-            self.viewer.layers.move_multiple(want, min(idx))
+        if lays:
+            start = min(self.viewer.layers.index(ly) for ly in lays)
+            self._reorder(sorted(lays, key=_rank), start)
+
+    def _reorder(self, layers: list, start: int) -> None:
+        """Put ``layers`` at ``start``, ``start + 1``, ... in that order (single moves)."""
+        for k, ly in enumerate(layers, start=start):
+            i = self.viewer.layers.index(ly)
+            if i != k:
+                self.viewer.layers.move(i, k)
 
     @staticmethod
     def _extent(layers: list) -> np.ndarray | None:
@@ -607,6 +622,47 @@ class SlideNavigator:
 
     def close(self) -> None:
         self.session.events.current_slide.disconnect(self._on_session_slide)
+
+
+def _recycle(layer, t) -> bool:
+    """Give ``layer`` the data and attributes of layer tuple ``t`` if it can take them
+    (same layer type; images: same multiscale/rgb). False: the caller adds a new layer."""
+    import warnings
+
+    data, attrs, ltype = t
+    if _layer_type(layer) != ltype:
+        return False
+    if ltype in ("image", "labels"):
+        if bool(layer.multiscale) != bool(attrs.get("multiscale", False)):
+            return False
+        if ltype == "image" and bool(layer.rgb) != bool(attrs.get("rgb", False)):
+            return False
+        ndim = len(data[0].shape if attrs.get("multiscale") else data.shape)
+        if ndim - (1 if attrs.get("rgb") else 0) != layer.ndim:
+            return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # napari warns when the colour column goes away
+        layer.metadata = dict(attrs["metadata"])
+        layer.name = attrs["name"]
+        layer.scale = attrs.get("scale", (1.0,) * layer.ndim)
+        layer.translate = attrs.get("translate", (0.0,) * layer.ndim)
+        if ltype == "points":
+            layer.selected_data = set()
+            layer.data = data
+            layer.features = attrs.get("features", pd.DataFrame(index=range(len(data))))
+            layer.size = attrs.get("size", 10)
+            fc = attrs.get("face_color")
+            if fc is not None:
+                layer.face_color = fc
+                if attrs.get("face_colormap"):
+                    layer.face_colormap = attrs["face_colormap"]
+            layer.opacity = attrs.get("opacity", 1.0)
+        else:
+            layer.data = data
+            if ltype == "image" and not layer.rgb:
+                layer.reset_contrast_limits()
+            layer.opacity = attrs.get("opacity", 1.0)
+    return True
 
 
 def _rank(layer) -> int:

@@ -1,0 +1,350 @@
+"""``napari-stexp expression``: train, evaluate, cross-validate and apply mclSTExp.
+
+::
+
+    napari-stexp expression train --data PATH [PATH ...] [--sections S ...] --out MODEL_DIR
+    napari-stexp expression evaluate --model MODEL_DIR --data PATH [--sections S ...] --out REPORT.csv
+    napari-stexp expression cross-validate --data PATH --by section|patient --out REPORT.csv
+    napari-stexp expression predict --model MODEL_DIR --image SLIDE --out PRED.h5ad
+
+REPORT.csv has one row per (method, section): ``method, section, n_spots, pcc_acg, pcc_heg,
+mse, mae``. See docs/mclstexp.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+TINY = {"backbone": "tinycnn", "patch_size": 224, "input_size": 48, "epochs": 2,
+        "batch_size": 32, "top_k": 50}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("expression", help="spatial gene-expression prediction from H&E "
+                                          "(mclSTExp): train, evaluate, cross-validate, predict")
+    ssub = p.add_subparsers(dest="expression_command", metavar="ACTION")
+    ssub.required = True
+
+    t = ssub.add_parser("train", help="train a model on ST sections with H&E images")
+    _data_args(t)
+    t.add_argument("--out", required=True, metavar="MODEL_DIR", help="model folder to write")
+    t.add_argument("--checkpoint-dir", default=None,
+                   help="per-epoch checkpoints for resume (default MODEL_DIR.ckpt; removed after "
+                        "success)")
+    _train_args(t)
+    t.set_defaults(func=run_train)
+
+    e = ssub.add_parser("evaluate", help="evaluate a model (and baselines) on held-out sections")
+    e.add_argument("--model", required=True, metavar="MODEL_DIR")
+    _data_args(e)
+    e.add_argument("--out", required=True, metavar="REPORT.csv")
+    e.add_argument("--per-gene", default=None, metavar="CSV",
+                   help="also write per-gene PCC (method, section, gene, pcc)")
+    e.add_argument("--no-baselines", action="store_true", help="skip ridge and training mean")
+    _runtime_args(e)
+    e.set_defaults(func=run_evaluate)
+
+    c = ssub.add_parser("cross-validate", help="leave-one-section/patient-out with baselines")
+    _data_args(c)
+    c.add_argument("--by", choices=("section", "patient"), default="section")
+    c.add_argument("--out", required=True, metavar="REPORT.csv")
+    c.add_argument("--per-gene", default=None, metavar="CSV")
+    c.add_argument("--no-baselines", action="store_true")
+    _train_args(c)
+    c.set_defaults(func=run_cross_validate)
+
+    pr = ssub.add_parser("predict", help="predict expression over an H&E slide's tissue")
+    pr.add_argument("--model", required=True, metavar="MODEL_DIR")
+    pr.add_argument("--image", required=True, metavar="SLIDE", help="H&E slide or image")
+    pr.add_argument("--out", required=True, metavar="PRED.h5ad")
+    pr.add_argument("--name", default=None, help="section name in the output (default: file)")
+    pr.add_argument("--pitch-um", type=float, default=None,
+                    help="pseudo-spot pitch in µm (default: the training spot pitch)")
+    pr.add_argument("--layout", choices=("square", "hex"), default="square")
+    pr.add_argument("--min-tissue", type=float, default=0.5,
+                    help="keep pseudo-spots at least this fraction tissue")
+    pr.add_argument("--tile", type=int, default=2048, help="read tile size (px)")
+    _runtime_args(pr)
+    pr.set_defaults(func=run_predict)
+
+
+def _data_args(p) -> None:
+    p.add_argument("--data", required=True, nargs="+", metavar="PATH",
+                   help="her2st folder, Space Ranger folder or .h5ad (several allowed)")
+    p.add_argument("--sections", nargs="+", default=None, metavar="S",
+                   help="sections to use (default: every section that has an H&E image)")
+
+
+def _runtime_args(p) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--batch-size", type=int, default=None, help="inference batch (default 64)")
+    p.add_argument("--cache-dir", default=None, help="feature/patch cache folder")
+    p.add_argument("--no-cache", action="store_true", help="do not use the disk cache")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _train_args(p) -> None:
+    g = p.add_argument_group("model and training")
+    g.add_argument("--mode", choices=("auto", "finetune", "cached"), default="auto",
+                   help="finetune: the whole network (the paper); cached: frozen backbone, "
+                        "features cached on disk (minutes on a CPU); auto: finetune on a GPU, "
+                        "cached on a CPU")
+    g.add_argument("--backbone", default=None,
+                   help="densenet121 (default, paper), resnet18, resnet50, tinycnn")
+    g.add_argument("--weights", default="none",
+                   help="none (random init), imagenet (torchvision; online or cached) or a file")
+    g.add_argument("--epochs", type=int, default=None, help="default 10")
+    g.add_argument("--batch-size", type=int, default=None, help="default 128 (paper)")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-4)")
+    g.add_argument("--weight-decay", type=float, default=None, help="default 1e-3")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    genes = g.add_mutually_exclusive_group()
+    genes.add_argument("--genes", default=None,
+                       help="gene panel: a file (.npy/.txt/.csv) or comma-separated names "
+                            "(default: the her2st 785-gene panel for her2st data, else the top "
+                            "1000 variable genes)")
+    genes.add_argument("--top-genes", type=int, default=None,
+                       help="use the N most variable genes of the training sections")
+    g.add_argument("--temperature", type=float, default=None, help="default 1 (paper)")
+    g.add_argument("--normalize-embeddings", action="store_true",
+                   help="L2-normalise embeddings in the loss (option; paper: off)")
+    g.add_argument("--learn-temperature", action="store_true",
+                   help="learn the temperature, CLIP-style (option; paper: fixed)")
+    g.add_argument("--top-k", type=int, default=None, help="retrieval neighbours (default 200)")
+    g.add_argument("--distance", choices=("euclidean", "l1"), default=None,
+                   help="retrieval weight distance (default euclidean; l1 = published code)")
+    g.add_argument("--patch-size", type=int, default=None, help="patch px at training µm/px "
+                                                                "(default 224)")
+    g.add_argument("--input-size", type=int, default=None,
+                   help="network input px (default = patch size; smaller = faster)")
+    g.add_argument("--mpp", type=float, default=None,
+                   help="training µm/px (default: the median of the training images')")
+    g.add_argument("--cache-views", type=int, choices=(1, 2, 4, 8), default=None,
+                   help="cached mode: features of 1 or up to 8 rotations/flips (augmentation)")
+    g.add_argument("--no-augment", action="store_true", help="finetune mode: no augmentation")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    g.add_argument("--tiny", action="store_true",
+                   help="tiny smoke-test settings (tinycnn, 48 px input, 2 epochs, batch 32)")
+    g.add_argument("--cache-dir", default=None, help="feature/patch cache folder")
+    g.add_argument("--no-cache", action="store_true", help="do not use the disk cache")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _progress(args):
+    from ..progress import terminal_progress
+
+    return None if getattr(args, "quiet", False) else terminal_progress()
+
+
+def _cache(args):
+    return False if getattr(args, "no_cache", False) else args.cache_dir
+
+
+def load_sections(paths, sections=None, *, need_images: bool = True, genes=None,
+                  quiet: bool = False) -> dict[str, Any]:
+    """Read ST sections; without ``sections``, keep those with an H&E image (say which not)."""
+    from ..errors import InputError
+    from ..io.spatial import spatial_info
+    from ..io.st import read_st
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adatas = read_st(paths, sections, images=True, genes=genes)
+    if not need_images:
+        return adatas
+
+    def has_image(a) -> bool:
+        info = spatial_info(a)
+        src = info["metadata"].get("source_image_path")
+        return bool((src and Path(src).is_file()) or info["images"])
+
+    missing = [n for n, a in adatas.items() if not has_image(a)]
+    if missing and sections is not None:
+        raise InputError(", ".join(missing), "no H&E image for these section(s); the "
+                                             "expression model needs one per section")
+    if missing:
+        if not quiet:
+            print(f"skipping section(s) without an H&E image: {', '.join(missing)}",
+                  file=sys.stderr)
+        adatas = {n: a for n, a in adatas.items() if n not in missing}
+    if not adatas:
+        raise InputError(", ".join(map(str, paths)), "no section with an H&E image")
+    return adatas
+
+
+def default_panel(paths, adatas) -> tuple[list[str] | None, str]:
+    """The her2st 785-gene panel when every path is her2st and every section has it."""
+    from ..data.genes import load_gene_file
+    from ..errors import InputError
+    from ..io.her2st import find_her2st_root
+    from ..io.st import detect_st_kind
+
+    if not all(detect_st_kind(p) == "her2st" for p in paths):
+        return None, "top 1000 variable genes of the training sections"
+    try:
+        panel = load_gene_file(find_her2st_root(paths[0]) / "her_hvg_cut_1000.npy")
+    except InputError:
+        return None, "top 1000 variable genes of the training sections"
+    if all(all(g in set(a.var_names) for g in panel) for a in adatas.values()):
+        return panel, f"her2st panel ({len(panel)} genes, her_hvg_cut_1000.npy)"
+    return None, "top 1000 variable genes (the her2st panel is not in every section)"
+
+
+def _config_overrides(args) -> dict[str, Any]:
+    from ..training.device import get_device
+
+    kw: dict[str, Any] = dict(TINY) if args.tiny else {"backbone": "densenet121"}
+    if args.backbone is not None:
+        kw["backbone"] = args.backbone
+    mode = args.mode
+    if mode == "auto":
+        mode = "finetune" if get_device(args.device).type in ("cuda", "mps") else "cached"
+    kw["mode"] = mode
+    kw["weights"] = None if str(args.weights).lower() in ("none", "random") else args.weights
+    for opt, name in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"),
+                      ("weight_decay", "weight_decay"), ("temperature", "temperature"),
+                      ("top_k", "top_k"), ("distance", "distance"),
+                      ("patch_size", "patch_size"), ("input_size", "input_size"),
+                      ("mpp", "target_mpp"), ("cache_views", "cache_views")):
+        v = getattr(args, opt)
+        if v is not None:
+            kw[name] = v
+    if args.patch_size is not None and args.input_size is None and not args.tiny:
+        kw["input_size"] = args.patch_size
+    kw["seed"] = args.seed
+    kw["device"] = args.device
+    if args.normalize_embeddings:
+        kw["normalize_embeddings"] = True
+    if args.learn_temperature:
+        kw["learn_temperature"] = True
+    if args.no_augment:
+        kw["augment"] = False
+    if args.bf16:
+        kw["bf16"] = True
+    if args.channels_last:
+        kw["channels_last"] = True
+    return kw
+
+
+def _panel_args(args, adatas):
+    from ..data.genes import parse_genes
+
+    if args.genes:
+        return parse_genes(args.genes), None, "user panel"
+    if args.top_genes:
+        return None, args.top_genes, f"top {args.top_genes} variable genes"
+    panel, how = default_panel(args.data, adatas)
+    return panel, (None if panel else 1000), how
+
+
+def _print_table(table, file=sys.stdout) -> None:
+    from ..evaluation.regression import summarise
+
+    with_pd = table.copy()
+    print(with_pd.to_string(index=False, float_format=lambda v: f"{v:.4f}"), file=file)
+    print("\nmean over sections:", file=file)
+    print(summarise(table).to_string(float_format=lambda v: f"{v:.4f}"), file=file)
+
+
+# ----------------------------------------------------------------------------- actions
+
+
+def run_train(args) -> int:
+    import shutil
+
+    from ..models.mclstexp import train_expression_model
+
+    adatas = load_sections(args.data, args.sections, quiet=args.quiet)
+    genes, top, how = _panel_args(args, adatas)
+    kw = _config_overrides(args)
+    ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else Path(f"{args.out}.ckpt")
+    if not args.quiet:
+        print(f"training mclSTExp ({kw['mode']} mode, {kw['backbone']}) on "
+              f"{', '.join(adatas)} with the {how}", file=sys.stderr)
+    model = train_expression_model(adatas, genes=genes, top_genes=top, checkpoint_dir=ckpt,
+                                   cache_dir=_cache(args), progress=_progress(args), **kw)
+    model.provenance["command"] = " ".join(sys.argv)
+    model.provenance["panel"] = how
+    model.save(args.out)
+    if not args.checkpoint_dir:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    h = model.history
+    print(f"wrote {args.out}: {len(model.genes)} genes, {len(model.reference.embeddings)} "
+          f"reference spots, {len(h)} epochs" + (f", final loss {h[-1]['loss']:.4f}" if h else ""))
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from ..evaluation.regression import evaluate_model
+    from ..models.mclstexp import ExpressionModel
+
+    model = ExpressionModel.load(args.model)
+    adatas = load_sections(args.data, args.sections, quiet=args.quiet)
+    model.check_genes(adatas)
+    res = evaluate_model(model, adatas, baselines=() if args.no_baselines else
+                         ("ridge", "train_mean"), batch_size=args.batch_size or 64,
+                         device=args.device, cache_dir=_cache(args), progress=_progress(args))
+    _finish(args, res)
+    return 0
+
+
+def run_cross_validate(args) -> int:
+    from ..evaluation.regression import cross_validate
+
+    adatas = load_sections(args.data, args.sections, quiet=args.quiet)
+    genes, top, how = _panel_args(args, adatas)
+    kw = _config_overrides(args)
+    if not args.quiet:
+        print(f"leave-one-{args.by}-out over {', '.join(adatas)} ({kw['mode']} mode, "
+              f"{kw['backbone']}, {how})", file=sys.stderr)
+    res = cross_validate(adatas, by=args.by, genes=genes, top_genes=top,
+                         baselines=() if args.no_baselines else ("ridge", "train_mean"),
+                         cache_dir=_cache(args), progress=_progress(args), **kw)
+    _finish(args, res)
+    return 0
+
+
+def _finish(args, res) -> None:
+    from ..evaluation.regression import write_report
+    from ..io._atomic import atomic_path
+
+    write_report(res.table, args.out)
+    if args.per_gene:
+        with atomic_path(args.per_gene) as tmp:
+            res.per_gene.to_csv(tmp, index=False, float_format="%.6g")
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
+    _print_table(res.table)
+    print(f"wrote {args.out}")
+
+
+def run_predict(args) -> int:
+    from ..analysis.slide_predict import predict_slide, write_prediction
+    from ..models.mclstexp import ExpressionModel
+
+    model = ExpressionModel.load(args.model)
+    adata = predict_slide(model, args.image, name=args.name, pitch_um=args.pitch_um,
+                          layout=args.layout, min_tissue=args.min_tissue,
+                          batch_size=args.batch_size or 32, tile=args.tile, device=args.device,
+                          progress=_progress(args))
+    write_prediction(adata, args.out)
+    prov = adata.uns["napari_stexp"]
+    print(f"wrote {args.out}: {adata.n_obs} pseudo-spots × {adata.n_vars} genes "
+          f"({prov['mpp_handling']}; {prov['seconds']:.1f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:  # pragma: no cover - convenience
+    parser = argparse.ArgumentParser(prog="napari-stexp")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)

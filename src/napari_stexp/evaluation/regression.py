@@ -1,0 +1,254 @@
+"""Evaluation of spatial expression prediction: per-gene PCC, MSE/MAE, baselines, CV loops.
+
+Metrics (one held-out section at a time, on the normalised targets ``log1p(CP10k over panel)``):
+
+- **per-gene PCC**: Pearson correlation of predicted vs measured values *across the spots of the
+  section*, one value per gene (the correlation is computed along the spot axis; nothing is
+  normalised per gene beforehand — normalising along the wrong axis inflates PCC).
+- **PCC-ACG**: mean per-gene PCC over all panel genes; **PCC-HEG**: over the 50 genes with the
+  highest mean *measured* expression in that section.
+- Constant genes: a gene whose measured values are constant in the section has no defined PCC
+  and is left out of both means (``n_genes_pcc`` says how many counted). A gene whose
+  *prediction* is constant while the measurement varies gets PCC 0 (the model has no
+  information on it; leaving it out would reward dropping hard genes). A predictor that is
+  constant for every gene (the training mean) has PCC reported as NaN.
+- **MSE**, **MAE**: over all spots × genes.
+
+Baselines in the same run: ``ridge`` (ridge regression, alpha by efficient leave-one-out CV, on
+the same frozen image features the model starts from) and ``train_mean`` (the training spots'
+mean expression; MSE/MAE only). The retrieval reference is always the training sections: a test
+section is never among the references (checked).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from ..progress import CancelFlag, ProgressFn, check_cancel, report
+
+REPORT_COLUMNS = ["method", "section", "n_spots", "pcc_acg", "pcc_heg", "mse", "mae"]
+N_HEG = 50
+RIDGE_ALPHAS = (1e-1, 1.0, 1e1, 1e2, 1e3, 1e4, 1e5)
+
+
+def gene_pcc(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Per-gene Pearson r across spots (rows); NaN for constant measured genes, 0 for constant
+    predictions of varying genes."""
+    p = np.asarray(pred, np.float64)
+    t = np.asarray(true, np.float64)
+    if p.shape != t.shape or p.ndim != 2:
+        raise InputError("prediction", f"shape {p.shape} does not match measured {t.shape}")
+    pc = p - p.mean(axis=0)
+    tc = t - t.mean(axis=0)
+    sp = np.sqrt((pc * pc).sum(axis=0))
+    st = np.sqrt((tc * tc).sum(axis=0))
+    t_const = np.ptp(t, axis=0) == 0 if len(t) else np.ones(t.shape[1], bool)
+    p_const = sp <= 1e-9 * (1.0 + np.abs(p.mean(axis=0))) * max(np.sqrt(len(p)), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (pc * tc).sum(axis=0) / (sp * st)
+    r[p_const] = 0.0
+    r[t_const] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def heg_indices(true: np.ndarray, n: int = N_HEG) -> np.ndarray:
+    """Indices of the ``n`` genes with highest mean measured expression."""
+    m = np.asarray(true, np.float64).mean(axis=0)
+    return np.argsort(-m, kind="stable")[: min(n, len(m))]
+
+
+def regression_metrics(pred: np.ndarray, true: np.ndarray, *, n_heg: int = N_HEG,
+                       pcc: bool = True) -> dict[str, Any]:
+    """``n_spots, pcc_acg, pcc_heg, mse, mae, n_genes_pcc`` and the per-gene PCC array."""
+    p = np.asarray(pred, np.float64)
+    t = np.asarray(true, np.float64)
+    r = gene_pcc(p, t) if pcc else np.full(t.shape[1], np.nan)
+    heg = heg_indices(t, n_heg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN means
+        acg = float(np.nanmean(r)) if np.isfinite(r).any() else np.nan
+        hg = float(np.nanmean(r[heg])) if np.isfinite(r[heg]).any() else np.nan
+    diff = p - t
+    return {"n_spots": int(t.shape[0]), "pcc_acg": acg, "pcc_heg": hg,
+            "mse": float(np.mean(diff * diff)), "mae": float(np.mean(np.abs(diff))),
+            "n_genes_pcc": int(np.isfinite(r).sum()), "gene_pcc": r}
+
+
+def ridge_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                  alphas: Sequence[float] = RIDGE_ALPHAS) -> np.ndarray:
+    """Ridge regression on standardised features (alpha by efficient leave-one-out CV)."""
+    from sklearn.linear_model import RidgeCV
+
+    mu = train_x.mean(axis=0)
+    sd = train_x.std(axis=0) + 1e-6
+    model = RidgeCV(alphas=tuple(alphas))
+    model.fit((train_x - mu) / sd, train_y)
+    return model.predict((test_x - mu) / sd).astype(np.float32)
+
+
+@dataclass
+class EvaluationResult:
+    """``table``: one row per (method, section) with :data:`REPORT_COLUMNS`; ``per_gene``: long
+    table (method, section, gene, pcc); ``predictions``: method → section → (n, G) array."""
+
+    table: pd.DataFrame
+    per_gene: pd.DataFrame
+    predictions: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+def _rows(method: str, section: str, m: dict, genes: Sequence[str], rows: list, genes_rows: list,
+          pcc: bool = True) -> None:
+    rows.append({"method": method, "section": section, "n_spots": m["n_spots"],
+                 "pcc_acg": m["pcc_acg"] if pcc else np.nan,
+                 "pcc_heg": m["pcc_heg"] if pcc else np.nan, "mse": m["mse"], "mae": m["mae"]})
+    if pcc:
+        genes_rows.append(pd.DataFrame({"method": method, "section": section,
+                                        "gene": list(genes), "pcc": m["gene_pcc"]}))
+
+
+def evaluate_model(model, adatas: Mapping[str, Any], *, images: Mapping[str, Any] | None = None,
+                   baselines: Sequence[str] = ("ridge", "train_mean"), method: str = "mclstexp",
+                   batch_size: int = 64, device: Any = "auto",
+                   cache_dir: str | os.PathLike | None | bool = None,
+                   progress: ProgressFn | None = None, cancel: CancelFlag | None = None
+                   ) -> EvaluationResult:
+    """Evaluate a trained :class:`~napari_stexp.models.mclstexp.ExpressionModel` (and baselines)
+    on held-out sections. Raises InputError if a section lacks panel genes (model from another
+    panel) or is among the model's retrieval references."""
+    from ..data.genes import panel_targets
+    from ..data.patches import open_section_image
+    from ..models.mclstexp import section_frozen_features
+    from ..training.feature_cache import backbone_signature, resolve_cache_dir
+
+    model.check_genes(adatas)
+    model.check_no_leak(list(adatas))
+    cdir = resolve_cache_dir(cache_dir)
+    rows: list[dict] = []
+    gene_rows: list[pd.DataFrame] = []
+    preds: dict[str, dict] = {}
+    notes: list[str] = []
+    ref = model.reference
+    encoder = bsig = None
+    if "ridge" in baselines:
+        if ref.frozen_features is None:
+            notes.append("ridge skipped: the model folder has no frozen training features")
+        else:
+            encoder = model.frozen_encoder()
+            if encoder is None:
+                notes.append("ridge skipped: the initial backbone could not be rebuilt exactly")
+            else:
+                bsig = backbone_signature(encoder, model.config.backbone, model.config.weights)
+    for i, (name, adata) in enumerate(adatas.items()):
+        check_cancel(cancel, "evaluation")
+        report(progress, i, len(adatas), f"evaluating {name}")
+        true = panel_targets(adata, model.genes, model.config.target_sum,
+                             source=f"section {name}")
+        pyr = (images or {}).get(name) or open_section_image(adata, name)
+        patches = model.section_patches(adata, name, pyr, cache_dir=cdir, cancel=cancel)
+        out = model.predict_patches(patches, batch_size=batch_size, device=device,
+                                    cancel=cancel)
+        preds.setdefault(method, {})[name] = out
+        _rows(method, name, regression_metrics(out["predicted"], true), model.genes, rows,
+              gene_rows)
+        if encoder is not None:
+            from ..models.mclstexp import _device
+
+            test_x = section_frozen_features(
+                encoder, bsig, adata, name, pyr, model.patch_spec, views=1,
+                cache_dir=cdir if cdir is not None else False, device=_device(device),
+                patches=patches, cancel=cancel)[0]
+            p = ridge_predict(ref.frozen_features, ref.expression, test_x)
+            preds.setdefault("ridge", {})[name] = {"predicted": p}
+            _rows("ridge", name, regression_metrics(p, true), model.genes, rows, gene_rows)
+        if "train_mean" in baselines:
+            p = np.broadcast_to(ref.expression.mean(axis=0, keepdims=True), true.shape)
+            preds.setdefault("train_mean", {})[name] = {"predicted": np.array(p)}
+            _rows("train_mean", name, regression_metrics(p, true, pcc=False), model.genes, rows,
+                  gene_rows, pcc=False)
+        del pyr
+    report(progress, len(adatas), len(adatas), "evaluation done")
+    table = pd.DataFrame(rows, columns=REPORT_COLUMNS)
+    per_gene = (pd.concat(gene_rows, ignore_index=True) if gene_rows
+                else pd.DataFrame(columns=["method", "section", "gene", "pcc"]))
+    return EvaluationResult(table=table, per_gene=per_gene, predictions=preds, notes=notes)
+
+
+def cv_folds(adatas: Mapping[str, Any], by: str = "section") -> list[tuple[list[str], list[str]]]:
+    """``[(train sections, test sections)]`` for leave-one-section/patient-out."""
+    names = list(adatas)
+    if by == "section":
+        groups = {n: [n] for n in names}
+    elif by == "patient":
+        groups: dict[str, list[str]] = {}
+        for n, a in adatas.items():
+            pat = str(a.obs["patient"].iloc[0]) if "patient" in a.obs and a.n_obs else n
+            groups.setdefault(pat, []).append(n)
+    else:
+        raise InputError("by", f"unknown grouping '{by}' (section or patient)")
+    if len(groups) < 2:
+        raise InputError(", ".join(names), f"leave-one-{by}-out needs at least 2 {by}s, "
+                                           f"got {len(groups)}")
+    return [([n for n in names if n not in test], list(test)) for test in groups.values()]
+
+
+def cross_validate(adatas: Mapping[str, Any], *, by: str = "section", config=None,
+                   genes: Sequence[str] | None = None, top_genes: int | None = None,
+                   baselines: Sequence[str] = ("ridge", "train_mean"),
+                   cache_dir: str | os.PathLike | None | bool = None, device: Any = None,
+                   progress: ProgressFn | None = None, cancel: CancelFlag | None = None,
+                   **overrides: Any) -> EvaluationResult:
+    """Leave-one-section-out or leave-one-patient-out: train on the rest, evaluate the held-out
+    sections (model + baselines). With ``top_genes`` the panel is chosen per fold from the
+    training sections only. Returns the concatenated :class:`EvaluationResult` (table gets the
+    report columns; ``per_gene`` and notes as for :func:`evaluate_model`)."""
+    from ..models.mclstexp import train_expression_model
+
+    folds = cv_folds(adatas, by)
+    tables, genes_tabs, notes = [], [], []
+    preds: dict[str, dict] = {}
+    for k, (train, test) in enumerate(folds):
+        check_cancel(cancel, "cross-validation")
+        report(progress, k, len(folds), f"fold {k + 1}/{len(folds)}: test {', '.join(test)}")
+        kw = dict(overrides)
+        if device is not None:
+            kw["device"] = device
+        model = train_expression_model({n: adatas[n] for n in train}, config, genes=genes,
+                                       top_genes=top_genes, cache_dir=cache_dir, cancel=cancel,
+                                       **kw)
+        res = evaluate_model(model, {n: adatas[n] for n in test}, baselines=baselines,
+                             device=model.config.device, cache_dir=cache_dir, cancel=cancel)
+        tables.append(res.table)
+        genes_tabs.append(res.per_gene)
+        notes += res.notes
+        for m, d in res.predictions.items():
+            preds.setdefault(m, {}).update(d)
+    report(progress, len(folds), len(folds), "cross-validation done")
+    return EvaluationResult(table=pd.concat(tables, ignore_index=True)[REPORT_COLUMNS],
+                            per_gene=pd.concat(genes_tabs, ignore_index=True),
+                            predictions=preds, notes=list(dict.fromkeys(notes)))
+
+
+def write_report(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write REPORT.csv (exact :data:`REPORT_COLUMNS`) atomically."""
+    from ..io._atomic import atomic_path
+
+    missing = [c for c in REPORT_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"report table lacks columns {missing}")
+    with atomic_path(path) as tmp:
+        table[REPORT_COLUMNS].to_csv(tmp, index=False, float_format="%.6g")
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean of each metric per method (for printing)."""
+    return table.groupby("method", sort=False)[["n_spots", "pcc_acg", "pcc_heg", "mse",
+                                                "mae"]].mean()

@@ -1,0 +1,825 @@
+"""mclSTExp: spatial gene-expression prediction from H&E by contrastive learning and retrieval
+(Min et al., Briefings in Bioinformatics 2024; retrieval as in BLEEP, Xie et al. 2023).
+
+- **Image encoder**: a backbone (DenseNet-121 by default, :mod:`.backbones`) → global average
+  pooling (1024-d) → :class:`~.heads.ProjectionHead` → 256-d.
+- **Spot encoder**: the spot's normalised expression (``log1p`` of counts per 1e4 over the gene
+  panel) plus learned x and y position embeddings indexed by the integer array coordinates
+  (tables sized to the training data's largest coordinate + a margin, not 65,536 rows), then a
+  2-layer pre-LayerNorm Transformer (8 heads × 64, GELU feed-forward of the panel's width, as the
+  reference) whose sequence is the set of spots of the batch, then a projection head → 256-d.
+- **Loss**: symmetric cross-entropy over the batch similarity matrix (spots × images) with
+  identity targets; ``logits = spot @ image.T / temperature`` (temperature 1 on unnormalised
+  embeddings by default, as the reference). Options: L2-normalised embeddings and/or a learned
+  temperature (CLIP-style, initialised at ``init_temperature``).
+- **Prediction by retrieval**: embed the query patch; take the ``top_k`` (200) reference spots by
+  cosine similarity; weight them by ``1 / d²`` with ``d`` the Euclidean distance between the
+  *unnormalised* embeddings (the published code uses the L1 norm here: ``distance='l1'``);
+  prediction = weighted mean of their measured (normalised) expression. Confidence = mean cosine
+  similarity of the top-k. References are the training spots only: a test section is never
+  among them.
+
+Training runs through the shared engine (:func:`napari_stexp.training.engine.fit`) in two modes:
+``finetune`` (the whole network on augmented patches, as the paper) and ``cached`` (frozen
+backbone; features computed once and cached on disk, see
+:mod:`napari_stexp.training.feature_cache`; only the heads and the spot encoder train).
+
+This module imports torch at the top; nothing imported at plugin start imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import InputError
+from ..progress import CancelFlag, ProgressFn, check_cancel, report
+from .heads import ProjectionHead
+
+FORMAT = "napari-stexp/mclstexp"
+FORMAT_VERSION = 1
+MODES = ("finetune", "cached")
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class MclstexpConfig:
+    """Everything that defines a model and its training (saved in ``config.json``)."""
+
+    # image encoder
+    backbone: str = "densenet121"
+    weights: str | None = None  # None | 'imagenet' | path
+    memory_efficient: bool = True
+    channels_last: bool = False
+    # heads / spot encoder
+    projection_dim: int = 256
+    heads: int = 8
+    dim_head: int = 64
+    depth: int = 2
+    ff_dim: int | None = None  # None: the panel's width (reference: mlp_dim = spot_dim)
+    dropout: float = 0.0
+    pos_size_x: int = 64
+    pos_size_y: int = 64
+    pos_margin: int = 8
+    # loss
+    temperature: float = 1.0
+    normalize_embeddings: bool = False
+    learn_temperature: bool = False
+    init_temperature: float = 0.07
+    # data
+    patch_size: int = 224
+    input_size: int = 224
+    target_mpp: float | None = None
+    target_sum: float = 1e4
+    augment: bool = True
+    jitter: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # retrieval
+    top_k: int = 200
+    distance: str = "euclidean"  # 'euclidean' (issue/BLEEP) | 'l1' (published mclSTExp code)
+    # training
+    mode: str = "finetune"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False  # bfloat16 autocast on CPU
+    cache_views: int = 1  # cached mode: 1 = patch as is, 8 = all rotations/flips (augmentation)
+    standardize_features: bool = True  # cached mode: z-score frozen features before the head
+    # slide geometry (filled from the training data)
+    spot_pitch_um: float | None = None
+    spot_diameter_um: float | None = None
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise InputError("mode", f"unknown mode '{self.mode}' (choose from {', '.join(MODES)})")
+        if self.distance not in ("euclidean", "l1"):
+            raise InputError("distance", f"unknown distance '{self.distance}'")
+        for name in ("epochs", "top_k", "batch_size", "patch_size", "input_size"):
+            v = getattr(self, name)
+            if v < (0 if name == "epochs" else 1):
+                raise InputError(name, f"must be positive, got {v}")
+        if self.batch_size < 2 and self.epochs > 0:
+            raise InputError("batch_size", "contrastive training needs batches of at least 2")
+        if self.cache_views not in (1, 2, 4, 8):
+            raise InputError("cache_views", "must be 1, 2, 4 or 8")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MclstexpConfig:
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if "jitter" in kw and kw["jitter"] is not None:
+            kw["jitter"] = tuple(kw["jitter"])
+        return cls(**kw)
+
+
+# ----------------------------------------------------------------------------- network
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the set of spots (``heads × dim_head`` inner width)."""
+
+    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, dropout: float = 0.0):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads, self.dim_head = heads, dim_head
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: ``x + attn(LN(x))`` then ``x + FF(LN(x))`` (GELU feed-forward)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, ff_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dim_head, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Dropout(dropout),
+                                nn.Linear(ff_dim, dim), nn.Dropout(dropout))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.ff(self.norm2(x))
+
+
+class MclstexpNet(nn.Module):
+    """Image encoder + projection, spot encoder + projection, contrastive loss."""
+
+    def __init__(self, n_genes: int, cfg: MclstexpConfig, *, load_weights: bool = True):
+        super().__init__()
+        from .backbones import build_image_encoder
+
+        self.n_genes = int(n_genes)
+        encoder, dim = build_image_encoder(cfg.backbone, cfg.weights if load_weights else None,
+                                           memory_efficient=cfg.memory_efficient)
+        self.image_encoder = encoder
+        self.feature_dim = dim
+        self.register_buffer("feat_mean", torch.zeros(dim))
+        self.register_buffer("feat_std", torch.ones(dim))
+        self.image_projection = ProjectionHead(dim, cfg.projection_dim, cfg.dropout)
+        self.x_embed = nn.Embedding(int(cfg.pos_size_x), self.n_genes)
+        self.y_embed = nn.Embedding(int(cfg.pos_size_y), self.n_genes)
+        ff = int(cfg.ff_dim or self.n_genes)
+        self.spot_encoder = nn.Sequential(*[
+            TransformerBlock(self.n_genes, cfg.heads, cfg.dim_head, ff, cfg.dropout)
+            for _ in range(cfg.depth)])
+        self.spot_projection = ProjectionHead(self.n_genes, cfg.projection_dim, cfg.dropout)
+        self.normalize_embeddings = bool(cfg.normalize_embeddings)
+        self.temperature = float(cfg.temperature)
+        self.learn_temperature = bool(cfg.learn_temperature)
+        init = math.log(1.0 / (cfg.init_temperature if cfg.learn_temperature
+                               else cfg.temperature))
+        self.logit_scale = nn.Parameter(torch.tensor(float(init)),
+                                        requires_grad=self.learn_temperature)
+
+    # image side
+    def image_features(self, x):
+        return self.image_encoder(x)
+
+    def embed_features(self, feats):
+        return self.image_projection((feats - self.feat_mean) / self.feat_std)
+
+    def embed_images(self, x):
+        return self.embed_features(self.image_features(x))
+
+    # spot side
+    def embed_spots(self, expression, positions):
+        px = positions[:, 0].long().clamp(0, self.x_embed.num_embeddings - 1)
+        py = positions[:, 1].long().clamp(0, self.y_embed.num_embeddings - 1)
+        h = expression + self.x_embed(px) + self.y_embed(py)
+        h = self.spot_encoder(h.unsqueeze(0)).squeeze(0)
+        return self.spot_projection(h)
+
+    # loss
+    def logits(self, image_emb, spot_emb):
+        if self.normalize_embeddings:
+            image_emb = F.normalize(image_emb, dim=-1)
+            spot_emb = F.normalize(spot_emb, dim=-1)
+        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
+        return spot_emb @ image_emb.T * scale
+
+    def loss(self, image_emb, spot_emb):
+        """Symmetric cross-entropy with identity targets (spot i ↔ image i)."""
+        return contrastive_loss(self.logits(image_emb.float(), spot_emb.float()))
+
+
+def contrastive_loss(logits):
+    """``(CE(logits, I) + CE(logits.T, I)) / 2`` for a square similarity matrix."""
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2.0
+
+
+def position_table_sizes(positions: np.ndarray, margin: int = 8) -> tuple[int, int]:
+    """Rows of the x and y position tables: the data's largest coordinate + 1 + ``margin``."""
+    p = np.asarray(positions)
+    if p.size == 0:
+        return margin + 1, margin + 1
+    if (p < 0).any():
+        raise InputError("positions", "array coordinates must be non-negative")
+    return int(p[:, 0].max()) + 1 + int(margin), int(p[:, 1].max()) + 1 + int(margin)
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+
+def retrieve(query: np.ndarray, ref_embeddings: np.ndarray, ref_expression: np.ndarray, *,
+             top_k: int = 200, distance: str = "euclidean", chunk: int = 256,
+             eps: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+    """BLEEP/mclSTExp retrieval: ``(predictions (n, G), confidence (n,))``.
+
+    Neighbours: top-``k`` reference embeddings by cosine similarity. Weights: ``1 / d²`` with
+    ``d`` the Euclidean (or L1) distance between unnormalised embeddings, normalised to sum 1.
+    Confidence: mean cosine similarity of the neighbours.
+    """
+    q = torch.as_tensor(np.asarray(query, np.float32))
+    R = torch.as_tensor(np.asarray(ref_embeddings, np.float32))
+    E = torch.as_tensor(np.asarray(ref_expression, np.float32))
+    if R.shape[0] == 0:
+        raise InputError("reference", "no reference spots to retrieve from")
+    if R.shape[0] != E.shape[0]:
+        raise InputError("reference", f"{R.shape[0]} embeddings but {E.shape[0]} expression rows")
+    k = int(min(max(top_k, 1), R.shape[0]))
+    Rn = F.normalize(R, dim=1)
+    preds = np.empty((q.shape[0], E.shape[1]), np.float32)
+    conf = np.empty(q.shape[0], np.float32)
+    with torch.inference_mode():
+        for s in range(0, q.shape[0], chunk):
+            qc = q[s:s + chunk]
+            sim = F.normalize(qc, dim=1) @ Rn.T
+            top_sim, idx = sim.topk(k, dim=1)
+            diff = R[idx] - qc[:, None, :]
+            d = diff.abs().sum(-1) if distance == "l1" else diff.norm(dim=-1)
+            w = 1.0 / (d * d).clamp_min(eps)
+            w = w / w.sum(dim=1, keepdim=True)
+            W = torch.zeros(qc.shape[0], R.shape[0]).scatter_(1, idx, w)
+            preds[s:s + chunk] = (W @ E).numpy()
+            conf[s:s + chunk] = top_sim.mean(dim=1).numpy()
+    return preds, conf
+
+
+# ----------------------------------------------------------------------------- model bundle
+
+
+@dataclass
+class Reference:
+    """The retrieval reference: training spots' embeddings and measured expression."""
+
+    embeddings: np.ndarray  # (n, projection_dim)
+    expression: np.ndarray  # (n, G) normalised targets
+    sections: np.ndarray  # (n,) section names
+    obs_names: np.ndarray  # (n,)
+    positions: np.ndarray  # (n, 2)
+    frozen_features: np.ndarray | None = None  # (n, D) frozen-backbone features (ridge baseline)
+
+    @property
+    def section_names(self) -> list[str]:
+        return list(dict.fromkeys(str(s) for s in self.sections))
+
+
+@dataclass
+class ExpressionModel:
+    """A trained mclSTExp model with its gene panel, reference and provenance (GUI-free)."""
+
+    net: MclstexpNet
+    config: MclstexpConfig
+    genes: list[str]
+    reference: Reference
+    provenance: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    path: str | None = None
+
+    # -- geometry
+    @property
+    def patch_spec(self):
+        from ..data.patches import PatchSpec
+
+        c = self.config
+        return PatchSpec(c.patch_size, c.input_size, c.target_mpp)
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name if self.path else "mclstexp"
+
+    # -- inference
+    def embed_patches(self, patches: np.ndarray, *, batch_size: int = 64, device: Any = "cpu",
+                      progress: ProgressFn | None = None, cancel: CancelFlag | None = None
+                      ) -> np.ndarray:
+        """Image embeddings ``(N, projection_dim)`` of uint8 patches ``(N, S, S, 3)``."""
+        from ..data.patches import to_float_nchw
+
+        dev = _device(device)
+        net = self.net.to(dev).eval()
+        cl = bool(self.config.channels_last)
+        if cl:
+            net.image_encoder.to(memory_format=torch.channels_last)
+        out = np.empty((len(patches), self.config.projection_dim), np.float32)
+        with torch.inference_mode():
+            for s in range(0, len(patches), batch_size):
+                check_cancel(cancel, "prediction")
+                x = to_float_nchw(torch.from_numpy(np.ascontiguousarray(
+                    patches[s:s + batch_size]))).to(dev)
+                if cl:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(dev.type, dtype=torch.bfloat16,
+                                    enabled=bool(self.config.bf16 and dev.type == "cpu")):
+                    out[s:s + len(x)] = net.embed_images(x).float().cpu().numpy()
+                report(progress, min(s + batch_size, len(patches)), len(patches), "embedding")
+        return out
+
+    def predict_embeddings(self, embeddings: np.ndarray, top_k: int | None = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """Retrieval from this model's reference: ``(predictions, confidence)``."""
+        return retrieve(embeddings, self.reference.embeddings, self.reference.expression,
+                        top_k=top_k or self.config.top_k, distance=self.config.distance)
+
+    def predict_patches(self, patches: np.ndarray, **kw) -> dict[str, np.ndarray]:
+        emb = self.embed_patches(patches, **kw)
+        pred, conf = self.predict_embeddings(emb)
+        return {"predicted": pred, "confidence": conf, "embeddings": emb}
+
+    def section_patches(self, adata, name: str, image=None, *, cache_dir=None,
+                        progress: ProgressFn | None = None, cancel: CancelFlag | None = None
+                        ) -> np.ndarray:
+        """Patches of a section at this model's geometry (image from ``section_image``)."""
+        from ..data.patches import (
+            extract_patches,
+            open_section_image,
+            read_size_px,
+            spot_centres_px,
+        )
+
+        pyr = image if image is not None else open_section_image(adata, name)
+        spec = self.patch_spec
+        return extract_patches(pyr, spot_centres_px(adata, pyr), read_size_px(pyr, spec),
+                               spec.input_size, source=f"section {name}", cache_dir=cache_dir,
+                               progress=progress, cancel=cancel)
+
+    def predict_sections(self, adatas: Mapping[str, Any], images: Mapping[str, Any] | None = None,
+                         *, batch_size: int = 64, device: Any = "auto",
+                         cache_dir: str | os.PathLike | None = None,
+                         progress: ProgressFn | None = None, cancel: CancelFlag | None = None
+                         ) -> dict[str, dict[str, np.ndarray]]:
+        """Predict every spot of each section from its H&E alone."""
+        out = {}
+        for name, adata in adatas.items():
+            patches = self.section_patches(adata, name, (images or {}).get(name),
+                                           cache_dir=cache_dir, progress=progress, cancel=cancel)
+            out[name] = self.predict_patches(patches, batch_size=batch_size, device=device,
+                                             progress=progress, cancel=cancel)
+        return out
+
+    def embed_spots(self, expression: np.ndarray, positions: np.ndarray, *,
+                    chunk: int | None = None, device: Any = "cpu") -> np.ndarray:
+        """Spot-encoder embeddings; the Transformer sees sets of ``chunk`` (batch size) spots."""
+        return _embed_spots(self.net, expression, positions,
+                            chunk or self.config.batch_size, _device(device))
+
+    def check_genes(self, adatas: Mapping[str, Any]) -> None:
+        """InputError naming this model folder when a section lacks panel genes."""
+        from ..data.genes import check_panel
+
+        check_panel(adatas, self.genes, source=f"model {self.path or 'in memory'}")
+
+    def check_no_leak(self, sections: Sequence[str]) -> None:
+        """InputError if a test section is among the retrieval references (a leak)."""
+        refs = set(self.reference.section_names)
+        leak = [s for s in sections if s in refs]
+        if leak:
+            raise InputError(f"model {self.path or 'in memory'}",
+                             f"section(s) {', '.join(leak)} are in the model's retrieval "
+                             "reference (used for training); evaluate on held-out sections")
+
+    # -- persistence
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Write ``config.json``, ``genes.txt``, ``model.pt``, ``reference.npz`` atomically."""
+        from ..io._atomic import atomic_path
+
+        out = Path(out_dir)
+        ref = self.reference
+        with atomic_path(out, directory=True) as tmp:
+            torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+                       tmp / "model.pt")
+            arrays = {"embeddings": ref.embeddings.astype(np.float32),
+                      "expression": ref.expression.astype(np.float32),
+                      "sections": np.asarray(ref.sections, dtype=str),
+                      "obs_names": np.asarray(ref.obs_names, dtype=str),
+                      "positions": np.asarray(ref.positions, dtype=np.int64)}
+            if ref.frozen_features is not None:
+                arrays["frozen_features"] = ref.frozen_features.astype(np.float32)
+            np.savez(tmp / "reference.npz", **arrays)
+            (tmp / "genes.txt").write_text("\n".join(self.genes) + "\n")
+            meta = {
+                "format": FORMAT, "format_version": FORMAT_VERSION,
+                "config": asdict(self.config),
+                "n_genes": len(self.genes), "genes_file": "genes.txt",
+                "normalisation": {"kind": "library_size_log1p", "target_sum":
+                                  self.config.target_sum, "library": "sum over panel genes"},
+                "reference": {"n_spots": int(len(ref.embeddings)),
+                              "sections": ref.section_names},
+                "provenance": self.provenance, "history": self.history,
+            }
+            (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+        self.path = str(out)
+        return out
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike, device: Any = "cpu") -> ExpressionModel:
+        """Load a MODEL_DIR written by :meth:`save` (clear InputError for anything wrong)."""
+        d = Path(model_dir)
+        if not d.is_dir():
+            raise InputError(d, "model folder not found")
+        for f in ("config.json", "genes.txt", "model.pt", "reference.npz"):
+            if not (d / f).is_file():
+                raise InputError(d, f"not an mclSTExp model folder: {f} is missing")
+        try:
+            meta = json.loads((d / "config.json").read_text())
+        except ValueError as exc:
+            raise InputError(d / "config.json", f"not valid JSON ({exc})") from exc
+        if meta.get("format") != FORMAT:
+            raise InputError(d / "config.json", f"not an mclSTExp model (format "
+                                                f"{meta.get('format')!r})")
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise InputError(d, f"model format {meta['format_version']} is newer than this "
+                                f"napari-stexp understands ({FORMAT_VERSION}); upgrade")
+        cfg = MclstexpConfig.from_dict(meta.get("config", {}))
+        genes = [g for g in (d / "genes.txt").read_text().splitlines() if g]
+        if len(genes) != int(meta.get("n_genes", len(genes))):
+            raise InputError(d / "genes.txt", f"{len(genes)} genes, config.json says "
+                                              f"{meta.get('n_genes')}")
+        net = MclstexpNet(len(genes), cfg, load_weights=False)
+        try:
+            state = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise InputError(d / "model.pt", "weights do not match config.json/genes.txt "
+                                             f"({str(exc).splitlines()[0]})") from exc
+        except Exception as exc:  # noqa: BLE001 - truncated/corrupt file
+            raise InputError(d / "model.pt", f"cannot read weights ({type(exc).__name__}: "
+                                             f"{exc})") from exc
+        try:
+            with np.load(d / "reference.npz", allow_pickle=False) as z:
+                ref = Reference(z["embeddings"], z["expression"], z["sections"], z["obs_names"],
+                                z["positions"], z["frozen_features"] if "frozen_features" in z
+                                else None)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(d / "reference.npz", f"cannot read the reference "
+                                                  f"({type(exc).__name__}: {exc})") from exc
+        if ref.expression.shape[1] != len(genes) or len(ref.embeddings) != len(ref.expression):
+            raise InputError(d / "reference.npz", "reference does not match the gene panel")
+        net.to(_device(device)).eval()
+        return cls(net=net, config=cfg, genes=genes, reference=ref,
+                   provenance=meta.get("provenance", {}), history=meta.get("history", []),
+                   path=str(d))
+
+    def frozen_encoder(self):
+        """The frozen backbone the ridge baseline uses: this model's encoder in cached mode, the
+        re-built initial encoder (same seed/weights; checked by digest) in finetune mode."""
+        from .backbones import build_image_encoder, module_digest
+
+        if self.config.mode == "cached":
+            return self.net.image_encoder
+        want = self.provenance.get("initial_backbone_digest")
+        torch.manual_seed(self.config.seed)
+        enc, _ = build_image_encoder(self.config.backbone, self.config.weights,
+                                     memory_efficient=self.config.memory_efficient)
+        if want and module_digest(enc) != want:
+            return None
+        return enc
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _device(device: Any):
+    from ..training.device import get_device
+
+    if isinstance(device, torch.device):
+        return device
+    return get_device(device)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, tuple | set):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _embed_spots(net: MclstexpNet, expression: np.ndarray, positions: np.ndarray,
+                 chunk: int, device) -> np.ndarray:
+    net = net.to(device).eval()
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(expression), chunk):
+            e = torch.from_numpy(np.ascontiguousarray(expression[s:s + chunk], np.float32))
+            p = torch.from_numpy(np.ascontiguousarray(positions[s:s + chunk], np.int64))
+            out.append(net.embed_spots(e.to(device), p.to(device)).float().cpu().numpy())
+    if not out:
+        return np.empty((0, net.spot_projection.projection.out_features), np.float32)
+    return np.concatenate(out)
+
+
+def target_mpp_of(images: Mapping[str, Any]) -> float | None:
+    """Training µm/px: the median of the sections' image µm/px (None if none is known)."""
+    from ..data.patches import image_mpp_known
+
+    vals = [float(p.mpp) for p in images.values() if image_mpp_known(p)]
+    return float(np.median(vals)) if vals else None
+
+
+def section_frozen_features(encoder, backbone_sig: dict, adata, name: str, image, spec, *,
+                            views: int = 1, cache_dir: Any = None, batch_size: int = 64,
+                            device: Any = "cpu", channels_last: bool = False,
+                            patches: np.ndarray | None = None,
+                            progress: ProgressFn | None = None, cancel: CancelFlag | None = None
+                            ) -> np.ndarray:
+    """Frozen-backbone features ``(views, n, D)`` of a section's spots, cached on disk."""
+    from ..data.patches import check_geometry, extract_patches, read_size_px, spot_centres_px
+    from ..training.feature_cache import (
+        cache_key,
+        cached_features,
+        compute_features,
+        data_signature,
+    )
+
+    centres = spot_centres_px(adata, image)
+    read_px = read_size_px(image, spec)
+    check_geometry(image, centres, read_px, f"section {name}")
+    box: dict[str, np.ndarray] = {} if patches is None else {"p": patches}
+    pcache = None if cache_dir is False else cache_dir
+
+    def get_patches():
+        if "p" not in box:
+            box["p"] = extract_patches(image, centres, read_px, spec.input_size,
+                                       source=f"section {name}", cache_dir=pcache,
+                                       progress=progress, cancel=cancel)
+        return box["p"]
+
+    def compute():
+        return compute_features(encoder, get_patches(), batch_size=batch_size, device=device,
+                                views=views, channels_last=channels_last, progress=progress,
+                                cancel=cancel)
+
+    if cache_dir is False:
+        return compute()
+    dsig = data_signature(image, centres, read_px, spec.input_size, patches=get_patches)
+    key = cache_key(dsig, backbone_sig, views)
+    feats, _ = cached_features(key, compute, cache_dir=cache_dir, progress=progress,
+                               meta={"data": dsig, "backbone": backbone_sig, "views": views,
+                                     "section": name})
+    return feats
+
+
+def _run_signature(cfg: MclstexpConfig, genes: Sequence[str], sections: Sequence[str],
+                   n_spots: int) -> str:
+    import hashlib
+
+    d = asdict(cfg)
+    d.pop("epochs", None)
+    d.pop("device", None)
+    blob = json.dumps({"cfg": d, "genes": list(genes), "sections": list(sections),
+                       "n": int(n_spots)}, sort_keys=True, default=_json_default)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def train_expression_model(
+    adatas: Mapping[str, Any],
+    config: MclstexpConfig | None = None,
+    *,
+    genes: Sequence[str] | None = None,
+    top_genes: int | None = None,
+    images: Mapping[str, Any] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None | bool = None,
+    frozen_features: bool = True,
+    progress: ProgressFn | None = None,
+    cancel: CancelFlag | None = None,
+    **overrides: Any,
+) -> ExpressionModel:
+    """Train mclSTExp on ST sections (each with an H&E image) and return the model bundle.
+
+    ``config`` fields can be overridden by keyword (``epochs=…``, ``mode='cached'`` …).
+    ``genes`` (a list) or ``top_genes`` (top-N variable genes) choose the panel. ``images``
+    maps section → :class:`ImagePyramid` (default: :func:`napari_stexp.io.st.section_image`).
+    ``cache_dir``: feature/patch cache folder (None = default, False = no disk cache).
+    ``checkpoint_dir``: per-epoch atomic checkpoints; training resumes from them when the run
+    (config, panel, sections) is the same. ``epochs=0`` gives the untrained model.
+    ``frozen_features``: in finetune mode also keep the initial backbone's features of the
+    training spots (the ridge baseline of ``evaluate``; cached mode always has them).
+    """
+    from ..data.genes import panel_targets, resolve_panel
+    from ..data.patches import (
+        PatchSpec,
+        SpotPatchDataset,
+        open_section_image,
+        spot_pitch_px,
+        spot_positions,
+    )
+    from ..io.spatial import mpp_fullres, spot_diameter_fullres
+    from ..training.engine import TrainConfig, fit, seed_everything
+    from ..training.feature_cache import backbone_signature, resolve_cache_dir
+    from .backbones import module_digest
+
+    t_start = time.perf_counter()
+    cfg = MclstexpConfig(**asdict(config)) if config is not None else MclstexpConfig()
+    for k, v in overrides.items():
+        if not hasattr(cfg, k):
+            raise TypeError(f"unknown option {k!r}")
+        setattr(cfg, k, v)
+    cfg.validate()
+    cdir = resolve_cache_dir(cache_dir)
+    fcache = cdir if cdir is not None else False
+    if not adatas:
+        raise InputError(None, "no training sections given")
+    names = list(adatas)
+    panel = resolve_panel(adatas, genes=genes, top_genes=top_genes)
+
+    # images, geometry (µm/px handling: see data/patches.py)
+    imgs = {n: (images or {}).get(n) or open_section_image(adatas[n], n) for n in names}
+    if cfg.target_mpp is None:
+        cfg.target_mpp = target_mpp_of(imgs)
+    pitches = [spot_pitch_px(a) * mpp_fullres(a) for a in adatas.values() if a.n_obs > 1]
+    cfg.spot_pitch_um = float(np.median(pitches)) if pitches else cfg.spot_pitch_um
+    diam = [(spot_diameter_fullres(a) or 0.0) * mpp_fullres(a) for a in adatas.values()]
+    diam = [d for d in diam if d > 0]
+    cfg.spot_diameter_um = float(np.median(diam)) if diam else cfg.spot_diameter_um
+    spec = PatchSpec(cfg.patch_size, cfg.input_size, cfg.target_mpp)
+
+    expression = np.concatenate([panel_targets(adatas[n], panel, cfg.target_sum,
+                                               source=f"section {n}") for n in names])
+    positions = np.concatenate([spot_positions(adatas[n]) for n in names])
+    sections = np.concatenate([[n] * adatas[n].n_obs for n in names]).astype(object)
+    obs_names = np.concatenate([np.asarray(adatas[n].obs_names, dtype=object) for n in names])
+    cfg.pos_size_x, cfg.pos_size_y = position_table_sizes(positions, cfg.pos_margin)
+
+    seed_everything(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the backbone's random init is a function of the seed alone
+    net = MclstexpNet(len(panel), cfg)
+    initial_digest = module_digest(net.image_encoder)
+    device = _device(cfg.device)
+    bsig = backbone_signature(net.image_encoder, cfg.backbone, cfg.weights)
+
+    # data: features (cached mode) or patches (finetune mode)
+    feats = patches = None
+    notes: dict[str, Any] = {}
+    if cfg.mode == "cached":
+        blocks = []
+        for n in names:
+            blocks.append(section_frozen_features(
+                net.image_encoder, bsig, adatas[n], n, imgs[n], spec, views=cfg.cache_views,
+                cache_dir=fcache, batch_size=64, device=device,
+                channels_last=cfg.channels_last, progress=progress, cancel=cancel))
+        feats = np.concatenate(blocks, axis=1)  # (views, N, D)
+        if cfg.standardize_features and feats.shape[1] > 1:
+            net.feat_mean.copy_(torch.from_numpy(feats[0].mean(axis=0)))
+            net.feat_std.copy_(torch.from_numpy(feats[0].std(axis=0) + 1e-6))
+        for p in net.image_encoder.parameters():
+            p.requires_grad_(False)
+        frozen = feats[0]
+    else:
+        ds = SpotPatchDataset.from_sections(
+            {n: adatas[n] for n in names}, None, spec, images=imgs,
+            cache_dir=cdir, progress=progress,
+            cancel=cancel)
+        patches = ds.patches
+        notes = ds.notes
+        frozen = None
+        if frozen_features:  # initial (frozen) backbone features for the ridge baseline
+            frozen = np.concatenate([section_frozen_features(
+                net.image_encoder, bsig, adatas[n], n, imgs[n], spec, views=1,
+                cache_dir=fcache, device=device, channels_last=cfg.channels_last,
+                patches=patches[sections == n], progress=progress, cancel=cancel)[0]
+                for n in names])
+        if cfg.channels_last:
+            net.image_encoder.to(memory_format=torch.channels_last)
+    del imgs  # release decoded full-resolution images
+
+    n = len(expression)
+    bs = int(cfg.batch_size)
+
+    def batches(epoch: int):
+        rng = np.random.default_rng([cfg.seed, epoch])
+        order = rng.permutation(n)
+        if n % bs == 1 and n > 1:  # a batch of one spot has a trivial loss: drop it
+            order = order[:-1]
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        for s in range(0, len(order), bs):
+            idx = order[s:s + bs]
+            b = {"expression": torch.from_numpy(expression[idx]),
+                 "position": torch.from_numpy(positions[idx])}
+            if feats is not None:
+                view = rng.integers(0, feats.shape[0], len(idx))
+                b["features"] = torch.from_numpy(feats[view, idx])
+            else:
+                from ..data.patches import augment_batch, to_float_nchw
+
+                x = to_float_nchw(torch.from_numpy(patches[idx]))
+                if cfg.augment:
+                    x = augment_batch(x, gen, jitter=tuple(cfg.jitter))
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                b["image"] = x
+            yield b
+
+    use_bf16 = bool(cfg.bf16 and device.type == "cpu")
+
+    def step(model, batch, dev):
+        e = batch["expression"].to(dev, non_blocking=True)
+        p = batch["position"].to(dev, non_blocking=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            if "features" in batch:
+                img = model.embed_features(batch["features"].to(dev))
+            else:
+                if model.training and cfg.mode == "cached":
+                    model.image_encoder.eval()
+                img = model.embed_images(batch["image"].to(dev))
+            spot = model.embed_spots(e, p)
+        return model.loss(img, spot)
+
+    tc = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                     device=str(device), amp=True)
+    sig = _run_signature(cfg, panel, names, n)
+    resume = True
+    if checkpoint_dir is not None:
+        last = Path(checkpoint_dir) / "last.pt"
+        if last.exists():
+            try:
+                old = torch.load(last, map_location="cpu", weights_only=False).get("run")
+            except Exception:  # noqa: BLE001 - unreadable: start over
+                old = None
+            if old != sig:
+                last.unlink()
+    n_batches = math.ceil((n - (1 if (n % bs == 1 and n > 1) else 0)) / bs)
+    t_fit = time.perf_counter()
+    history = fit(net, batches, step, tc, checkpoint_dir=checkpoint_dir, resume=resume,
+                  extra_state={"run": sig}, progress=progress, cancel=cancel,
+                  batches_per_epoch=n_batches) if cfg.epochs > 0 else None
+    fit_seconds = time.perf_counter() - t_fit
+    check_cancel(cancel, "training")
+
+    net.eval()
+    ref_emb = _embed_spots(net, expression, positions, bs, device)
+    net.to("cpu")
+    ref = Reference(embeddings=ref_emb, expression=expression, sections=sections.astype(str),
+                    obs_names=obs_names.astype(str), positions=positions,
+                    frozen_features=frozen)
+    prov = {
+        "software": "napari-stexp", "version": _version(), "torch": torch.__version__,
+        "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "seed": cfg.seed, "device": str(device), "mode": cfg.mode,
+        "sections": names, "n_spots": int(n), "n_genes": len(panel),
+        "data": {nm: _section_source(adatas[nm]) for nm in names},
+        "initial_backbone_digest": initial_digest,
+        "n_parameters": int(sum(p.numel() for p in net.parameters())),
+        "seconds_total": time.perf_counter() - t_start, "seconds_training": fit_seconds,
+        "patch_notes": notes,
+        "mpp_handling": ("patches cover patch_size × target_mpp µm and are resampled to "
+                         "input_size px; images with unknown µm/px are assumed at target_mpp"),
+    }
+    report(progress, 1, 1, "training done")
+    return ExpressionModel(net=net, config=cfg, genes=list(panel), reference=ref,
+                           provenance=prov, history=history.epochs if history else [])
+
+
+def _section_source(adata) -> dict:
+    from ..io.spatial import spatial_info
+
+    meta = spatial_info(adata)["metadata"]
+    return {"source": meta.get("source"), "image": meta.get("source_image_path"),
+            "n_spots": int(adata.n_obs)}
+
+
+def _version() -> str:
+    try:
+        from .. import __version__
+
+        return str(__version__)
+    except ImportError:  # pragma: no cover
+        return "unknown"

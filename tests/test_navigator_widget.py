@@ -1,0 +1,312 @@
+"""GUI: the slide navigator on the real her2st folder (and a small synthetic batch folder),
+driven as a user would: list, click/keys through sections, colour by a gene, grid view."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_stexp.io.collection import SlideCollection, gene_expression
+
+pytestmark = pytest.mark.gui
+
+HER2ST_IMAGE = {"A1", "B4", "C2", "C3", "C4", "C5"}
+HER2ST_LABELS = {"A1", "B1", "C1", "D1", "E1", "F1"}
+
+
+@pytest.fixture(scope="module")
+def her2st_coll(her2st_dir, tmp_path_factory):
+    """One collection for the module: its AnnData cache saves re-reading counts."""
+    return SlideCollection.from_paths(her2st_dir, cache_dir=tmp_path_factory.mktemp("thumbs"))
+
+
+@pytest.fixture
+def widget(make_napari_viewer, her2st_coll, tmp_path):
+    from napari_stexp.widgets.navigator import NavigatorWidget
+
+    her2st_coll._adata_cache_size = 16
+    viewer = make_napari_viewer()
+    w = NavigatorWidget(viewer, cache_dir=str(tmp_path), thumbnails=False)
+    w.set_collection(her2st_coll, show_first=False)
+    return viewer, w
+
+
+def _wait_current(qtbot, w, name):
+    qtbot.waitUntil(lambda: w.nav.current == name and w._worker is None, timeout=60_000)
+
+
+def _sections_shown(viewer) -> set:
+    return {ly.metadata.get("section") for ly in viewer.layers if ly.visible}
+
+
+def _row(w, name):
+    for r in range(w.table.rowCount()):
+        if w.table.item(r, 0).text() == name:
+            return [w.table.item(r, c).text() for c in range(3)]
+    raise AssertionError(name)
+
+
+def test_lists_all_sections_with_flags(widget):
+    viewer, w = widget
+    assert w.table.rowCount() == 11
+    names = [w.table.item(r, 0).text() for r in range(11)]
+    assert names == ["A1", "B1", "B4", "C1", "C2", "C3", "C4", "C5", "D1", "E1", "F1"]
+    for name in names:
+        _, patient, avail = _row(w, name)
+        flags = avail.split(" · ")
+        assert patient == name[0]
+        assert ("img" in flags) == (name in HER2ST_IMAGE), name
+        assert ("lbl" in flags) == (name in HER2ST_LABELS), name
+        assert "expr" in flags
+        assert not {"pred", "cls", "cells", "emb"} & set(flags)
+    assert len(viewer.layers) == 0  # listing opens nothing
+
+
+def test_open_folder_in_worker_shows_first(qtbot, make_napari_viewer, her2st_dir, tmp_path):
+    from napari_stexp.widgets.navigator import NavigatorWidget
+
+    viewer = make_napari_viewer()
+    w = NavigatorWidget(viewer, cache_dir=str(tmp_path), thumbnails=True)
+    worker = w.open(str(her2st_dir))
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    _wait_current(qtbot, w, "A1")
+    assert w.table.rowCount() == 11
+    assert {ly.name for ly in viewer.layers} == {"A1 H&E", "A1 spots"}
+    qtbot.waitUntil(lambda: not w.table.item(10, 0).icon().isNull(), timeout=60_000)
+    assert len(list(tmp_path.glob("*.png"))) == 11  # thumbnails cached on disk
+
+
+def test_next_previous_show_exactly_one_section(qtbot, widget):
+    from napari.utils.key_bindings import KeyBinding
+
+    from napari_stexp.session import get_session
+
+    viewer, w = widget
+    w.go(1)
+    _wait_current(qtbot, w, "B1")
+    # another widget's result for B1: must be hidden (kept), not removed
+    spots = w.nav.spots_layer()
+    other = viewer.add_points(spots.data, name="B1 ERBB2 (predicted)",
+                              metadata={"section": "B1", "kind": "predicted", "gene": "ERBB2"})
+    w.next_btn.click()
+    _wait_current(qtbot, w, "B4")
+    assert {ly.name for ly in viewer.layers if ly.visible} == {"B4 H&E", "B4 spots"}
+    assert _sections_shown(viewer) == {"B4"}
+    assert other in viewer.layers and not other.visible
+    assert w.nav.missing == ["ERBB2 (predicted)"]  # B4 has no prediction: said, not invented
+    assert "ERBB2 (predicted)" in w.status.text()
+    assert [ly.metadata["section"] for ly in viewer.layers if ly is not other] == ["B4", "B4"]
+    assert get_session(viewer).current_slide == "B4"
+    assert w.table.selectedItems()[0].text() == "B4"
+    pyr = weakref.ref(w.nav._data.image)
+    viewer.keymap[KeyBinding.from_str("PageDown")](viewer)  # next: C1 (no image)
+    _wait_current(qtbot, w, "C1")
+    assert [ly.name for ly in viewer.layers if ly.visible] == ["C1 spots"]
+    gc.collect()
+    assert pyr() is None  # B4's pyramid released, not just hidden
+    assert not any(ly.metadata.get("kind") == "image" for ly in viewer.layers)
+    viewer.keymap[KeyBinding.from_str("PageUp")](viewer)
+    _wait_current(qtbot, w, "B4")
+    viewer.keymap[KeyBinding.from_str("PageUp")](viewer)
+    _wait_current(qtbot, w, "B1")
+    assert _sections_shown(viewer) == {"B1"}
+    assert other.visible  # B1's own overlay is back
+
+
+def test_gene_overlay_keeps_name_and_limits(qtbot, widget, her2st_coll):
+    from napari_stexp.widgets.navigator import face_color_column
+
+    viewer, w = widget
+    w.go(8)
+    _wait_current(qtbot, w, "D1")
+    w.color_edit.setText("ERBB2")
+    w.color_btn.click()
+    layer = w.nav.spots_layer()
+    d1 = her2st_coll.read_adata("D1")
+    np.testing.assert_allclose(layer.features["ERBB2"], gene_expression(d1, "ERBB2"),
+                               rtol=1e-5)
+    assert face_color_column(layer) == "ERBB2"
+    layer.face_colormap = "magma"
+    layer.face_contrast_limits = (0.5, 3.0)
+    for expected in ("E1", "F1", "A1"):  # next wraps around F1 -> A1
+        w.next_btn.click()
+        _wait_current(qtbot, w, expected)
+        sp = w.nav.spots_layer()
+        assert sp.name == f"{expected} spots"
+        assert face_color_column(sp) == "ERBB2"
+        ad = her2st_coll.read_adata(expected)
+        np.testing.assert_allclose(sp.features["ERBB2"], gene_expression(ad, "ERBB2"),
+                                   rtol=1e-5)
+        assert sp.face_colormap.name == "magma"
+        assert tuple(sp.face_contrast_limits) == (0.5, 3.0)
+        # the colours are that map: a spot at or above 3.0 is magma's top colour
+        hi = np.flatnonzero(sp.features["ERBB2"].to_numpy() >= 3.0)
+        if hi.size:
+            np.testing.assert_allclose(sp.face_color[hi[0]],
+                                       sp.face_colormap.map(np.array([1.0]))[0], atol=1e-3)
+    # unlocked: each slide autoscaled
+    w.lock_box.setChecked(False)
+    w.prev_btn.click()
+    _wait_current(qtbot, w, "F1")
+    vals = w.nav.spots_layer().features["ERBB2"]
+    np.testing.assert_allclose(w.nav.spots_layer().face_contrast_limits,
+                               (vals.min(), vals.max()), rtol=1e-5)
+
+
+def test_other_widgets_overlay_in_step(qtbot, widget):
+    """A predicted-gene layer made by another widget: the next slide shows its own (matched on
+    metadata, not on the name) with the same colour limits, or the navigator says it lacks it."""
+    viewer, w = widget
+    nav = w.nav
+    b1_xy = nav.collection.load("B1", image=False).layers()[0][0]
+    nav.show("C1")
+    c1_xy = nav.spots_layer().data
+    mine = viewer.add_points(
+        c1_xy, name="my odd name", features=pd.DataFrame({"ERBB2": np.linspace(0, 1, 176)}),
+        face_color="ERBB2", metadata={"section": "C1", "kind": "predicted", "gene": "ERBB2"})
+    mine.face_colormap = "plasma"
+    mine.face_contrast_limits = (0.2, 0.7)
+    theirs = viewer.add_points(
+        b1_xy, name="B1 ERBB2 (predicted)", visible=False,
+        features=pd.DataFrame({"ERBB2": np.linspace(0, 1, len(b1_xy))}), face_color="ERBB2",
+        metadata={"section": "B1", "kind": "predicted", "gene": "ERBB2"})
+    nav.show("B1")
+    assert theirs.visible and not mine.visible
+    assert theirs.face_colormap.name == "plasma"
+    assert tuple(theirs.face_contrast_limits) == (0.2, 0.7)
+    nav.show("D1")  # no prediction for D1: reported, nothing invented from measured counts
+    assert nav.missing == ["ERBB2 (predicted)"]
+    assert {ly.name for ly in viewer.layers if ly.visible} == {"D1 spots"}
+    assert not any(ly.metadata.get("section") == "D1" and ly.metadata.get("kind") ==
+                   "predicted" for ly in viewer.layers)
+
+
+def test_grid_view_shows_requested_number(qtbot, widget):
+    viewer, w = widget
+    w.nav.show("A1")
+    w.nav.color_by("ERBB2", colormap="magma", contrast_limits=(0.0, 2.5))
+    w.grid_n.setValue(4)
+    w.grid_btn.setChecked(True)  # reads A1, B1, B4, C1 in a worker
+    qtbot.waitUntil(lambda: viewer.grid.enabled and w.nav.grid is not None, timeout=60_000)
+    assert w.nav.grid == ["A1", "B1", "B4", "C1"]
+    positions: dict[str, set] = {}
+    for i, ly in enumerate(viewer.layers):
+        if ly.visible:
+            positions.setdefault(ly.metadata.get("section"), set()).add(
+                viewer.grid.position(i, viewer.layers))
+    assert set(positions) == {"A1", "B1", "B4", "C1"}
+    cells = [next(iter(p)) for p in positions.values()]
+    assert all(len(p) == 1 for p in positions.values()) and len(set(cells)) == 4
+    rows, cols = viewer.grid.actual_shape(viewer.layers)
+    assert rows * cols >= 4
+    for sec in ("A1", "B1", "B4", "C1"):  # the same overlay on every slide
+        sp = w.nav.spots_layer(sec)
+        assert "ERBB2" in sp.features and sp.face_colormap.name == "magma"
+        assert tuple(sp.face_contrast_limits) == (0.0, 2.5)
+    # back to one slide: the others are gone
+    w.grid_btn.setChecked(False)
+    assert not viewer.grid.enabled
+    assert _sections_shown(viewer) == {"A1"}
+    assert {ly.metadata.get("section") for ly in viewer.layers} == {"A1"}
+
+
+def test_camera_keeps_position_for_same_size_sections(qtbot, widget):
+    viewer, w = widget
+    w.nav.camera = "keep"
+    w.nav.show("C2")
+    viewer.camera.center = (0.0, 2000.0, 3000.0)
+    viewer.camera.zoom = 0.5
+    w.nav.show("C3")  # serial section, same size: same physical view
+    assert viewer.camera.center[-2:] == pytest.approx((2000.0, 3000.0))
+    assert viewer.camera.zoom == pytest.approx(0.5)
+    w.nav.show("F1")  # different size: fitted
+    assert viewer.camera.zoom != pytest.approx(0.5)
+    w.camera_box.setCurrentIndex(1)  # "Fit each slide"
+    assert w.nav.camera == "fit"
+    w.nav.show("C4")
+    z_fit = viewer.camera.zoom
+    viewer.camera.zoom = 0.5
+    w.nav.show("C5")
+    assert viewer.camera.zoom == pytest.approx(z_fit, rel=0.05)
+
+
+def test_follows_session_current_slide(qtbot, widget):
+    from napari_stexp.session import get_session
+
+    viewer, w = widget
+    w.nav.show("E1")
+    get_session(viewer).current_slide = "D1"  # e.g. the latent scatter chose a D1 spot
+    assert w.nav.current == "D1"
+    assert _sections_shown(viewer) == {"D1"}
+    assert w.table.selectedItems()[0].text() == "D1"
+    assert "D1" in get_session(viewer).adatas
+
+
+# ----------------------------------------------------------------------------- batch output
+
+
+def st_adata(section: str, n: int = 30, seed: int = 0):
+    import scipy.sparse as sp
+
+    from napari_stexp.io.spatial import build_st_adata
+
+    genes = ["G0", "G1", "ERBB2"]
+    counts = np.random.default_rng(seed).poisson(3.0, size=(n, len(genes))).astype(np.float32)
+    xy = np.stack([np.arange(n) % 6 * 40.0 + 20, np.arange(n) // 6 * 40.0 + 20], 1)
+    return build_st_adata(sp.csr_matrix(counts), [f"{section}_{i}" for i in range(n)], genes,
+                          xy, section=section, patient="P", spot_diameter_fullres=20.0,
+                          mpp_fullres=0.5)
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    from napari_stexp.io.export import write_h5ad
+
+    root = tmp_path_factory.mktemp("results")
+    for k, sec in enumerate(("r1", "r2")):
+        a = st_adata(sec, seed=k)
+        a.layers["predicted"] = np.asarray(a.X.toarray()) * (k + 1)
+        a.obs["model_class"] = pd.Categorical((["tumour", "normal", "stroma"] * 20)[:a.n_obs])
+        write_h5ad(a, root / f"{sec}.h5ad")
+    return root
+
+
+def test_batch_results_rebuilt_on_next_slide(qtbot, make_napari_viewer, results_dir, tmp_path):
+    from napari_stexp.widgets.navigator import NavigatorWidget, face_color_column
+
+    viewer = make_napari_viewer()
+    w = NavigatorWidget(viewer, cache_dir=str(tmp_path), thumbnails=False)
+    w.set_collection(SlideCollection.from_paths(results_dir, cache_dir=tmp_path),
+                     show_first=False)
+    nav = w.nav
+    nav.show("r1")
+    spots = nav.spots_layer()
+    a1 = nav.collection.read_adata("r1")
+    # "another widget" shows ERBB2 (predicted) for r1
+    pred = a1.layers["predicted"][:, list(a1.var_names).index("ERBB2")]
+    viewer.add_points(spots.data, name="r1 ERBB2 (predicted)", size=spots.size,
+                      features=pd.DataFrame({"ERBB2": pred}), face_color="ERBB2",
+                      face_colormap="inferno", face_contrast_limits=(1.0, 4.0),
+                      metadata={"section": "r1", "kind": "predicted", "gene": "ERBB2"})
+    nav.color_by("model_class")
+    colours = dict(zip(spots.features["model_class"].astype(str), map(tuple, spots.face_color),
+                       strict=False))
+    nav.show("r2")
+    made = [ly for ly in viewer.layers if ly.metadata.get("section") == "r2"
+            and ly.metadata.get("kind") == "predicted"]
+    assert len(made) == 1 and made[0].name == "r2 ERBB2 (predicted)"
+    a2 = nav.collection.read_adata("r2")
+    np.testing.assert_allclose(made[0].features["ERBB2"],
+                               a2.layers["predicted"][:, list(a2.var_names).index("ERBB2")])
+    assert made[0].face_colormap.name == "inferno"
+    assert tuple(made[0].face_contrast_limits) == (1.0, 4.0)
+    assert nav.missing == []
+    sp2 = nav.spots_layer()
+    assert face_color_column(sp2) == "model_class"
+    for cls, col in zip(sp2.features["model_class"].astype(str), sp2.face_color, strict=False):
+        np.testing.assert_allclose(col, colours[cls])  # same class, same colour
