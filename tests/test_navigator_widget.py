@@ -66,21 +66,6 @@ def test_lists_all_sections_with_flags(widget):
     assert len(viewer.layers) == 0  # listing opens nothing
 
 
-def test_open_folder_in_worker_shows_first(qtbot, make_napari_viewer, her2st_dir, tmp_path):
-    from napari_stexp.widgets.navigator import NavigatorWidget
-
-    viewer = make_napari_viewer()
-    w = NavigatorWidget(viewer, cache_dir=str(tmp_path), thumbnails=True)
-    worker = w.open(str(her2st_dir))
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
-    _wait_current(qtbot, w, "A1")
-    assert w.table.rowCount() == 11
-    assert {ly.name for ly in viewer.layers} == {"A1 H&E", "A1 spots"}
-    qtbot.waitUntil(lambda: not w.table.item(10, 0).icon().isNull(), timeout=60_000)
-    assert len(list(tmp_path.glob("*.png"))) == 11  # thumbnails cached on disk
-
-
 def test_next_previous_show_exactly_one_section(qtbot, widget):
     from napari.utils.key_bindings import KeyBinding
 
@@ -133,7 +118,7 @@ def test_gene_overlay_keeps_name_and_limits(qtbot, widget, her2st_coll):
     assert face_color_column(layer) == "ERBB2"
     layer.face_colormap = "magma"
     layer.face_contrast_limits = (0.5, 3.0)
-    for expected in ("E1", "F1", "A1"):  # next wraps around F1 -> A1
+    for expected in ("E1", "F1"):
         w.next_btn.click()
         _wait_current(qtbot, w, expected)
         sp = w.nav.spots_layer()
@@ -152,7 +137,7 @@ def test_gene_overlay_keeps_name_and_limits(qtbot, widget, her2st_coll):
     # unlocked: each slide autoscaled
     w.lock_box.setChecked(False)
     w.prev_btn.click()
-    _wait_current(qtbot, w, "F1")
+    _wait_current(qtbot, w, "E1")
     vals = w.nav.spots_layer().features["ERBB2"]
     np.testing.assert_allclose(w.nav.spots_layer().face_contrast_limits,
                                (vals.min(), vals.max()), rtol=1e-5)
@@ -188,51 +173,57 @@ def test_other_widgets_overlay_in_step(qtbot, widget):
 
 def test_grid_view_shows_requested_number(qtbot, widget):
     viewer, w = widget
-    w.nav.show("A1")
+    grid = viewer.canvas.grid
+    w.nav.show("C1")
     w.nav.color_by("ERBB2", colormap="magma", contrast_limits=(0.0, 2.5))
-    w.grid_n.setValue(4)
-    w.grid_btn.setChecked(True)  # reads A1, B1, B4, C1 in a worker
-    qtbot.waitUntil(lambda: viewer.grid.enabled and w.nav.grid is not None, timeout=60_000)
-    assert w.nav.grid == ["A1", "B1", "B4", "C1"]
+    w.grid_n.setValue(3)
+    w.grid_btn.setChecked(True)  # reads C1 (shown), C2 (H&E), C3 (H&E) in a worker
+    qtbot.waitUntil(lambda: grid.enabled and w.nav.grid is not None, timeout=60_000)
+    assert w.nav.grid == ["C1", "C2", "C3"]
     positions: dict[str, set] = {}
     for i, ly in enumerate(viewer.layers):
         if ly.visible:
             positions.setdefault(ly.metadata.get("section"), set()).add(
-                viewer.grid.position(i, viewer.layers))
-    assert set(positions) == {"A1", "B1", "B4", "C1"}
+                grid.position(i, viewer.layers))
+    assert set(positions) == {"C1", "C2", "C3"}
     cells = [next(iter(p)) for p in positions.values()]
-    assert all(len(p) == 1 for p in positions.values()) and len(set(cells)) == 4
-    rows, cols = viewer.grid.actual_shape(viewer.layers)
-    assert rows * cols >= 4
-    for sec in ("A1", "B1", "B4", "C1"):  # the same overlay on every slide
+    assert all(len(p) == 1 for p in positions.values()) and len(set(cells)) == 3
+    rows, cols = grid.actual_shape(viewer.layers)
+    assert rows * cols >= 3
+    assert {ly.name for ly in viewer.layers if ly.visible and ly.metadata["kind"] == "image"} \
+        == {"C2 H&E", "C3 H&E"}
+    for sec in ("C1", "C2", "C3"):  # the same overlay on every slide
         sp = w.nav.spots_layer(sec)
         assert "ERBB2" in sp.features and sp.face_colormap.name == "magma"
         assert tuple(sp.face_contrast_limits) == (0.0, 2.5)
     # back to one slide: the others are gone
     w.grid_btn.setChecked(False)
-    assert not viewer.grid.enabled
-    assert _sections_shown(viewer) == {"A1"}
-    assert {ly.metadata.get("section") for ly in viewer.layers} == {"A1"}
+    assert not grid.enabled
+    assert _sections_shown(viewer) == {"C1"}
+    assert {ly.metadata.get("section") for ly in viewer.layers} == {"C1"}
 
 
 def test_camera_keeps_position_for_same_size_sections(qtbot, widget):
     viewer, w = widget
+    cam = viewer.scene.camera
     w.nav.camera = "keep"
     w.nav.show("C2")
-    viewer.camera.center = (0.0, 2000.0, 3000.0)
-    viewer.camera.zoom = 0.5
+    cam.center = (0.0, 2000.0, 3000.0)
+    cam.zoom = 0.5
     w.nav.show("C3")  # serial section, same size: same physical view
-    assert viewer.camera.center[-2:] == pytest.approx((2000.0, 3000.0))
-    assert viewer.camera.zoom == pytest.approx(0.5)
+    assert cam.center[-2:] == pytest.approx((2000.0, 3000.0))
+    assert cam.zoom == pytest.approx(0.5)
     w.nav.show("F1")  # different size: fitted
-    assert viewer.camera.zoom != pytest.approx(0.5)
+    assert cam.zoom != pytest.approx(0.5)
     w.camera_box.setCurrentIndex(1)  # "Fit each slide"
     assert w.nav.camera == "fit"
-    w.nav.show("C4")
-    z_fit = viewer.camera.zoom
-    viewer.camera.zoom = 0.5
-    w.nav.show("C5")
-    assert viewer.camera.zoom == pytest.approx(z_fit, rel=0.05)
+    w.nav.show("D1")
+    z_fit, c_fit = cam.zoom, cam.center
+    cam.zoom = 0.5
+    w.nav.show("E1")
+    w.nav.show("D1")
+    assert cam.zoom == pytest.approx(z_fit, rel=1e-6)
+    assert cam.center == pytest.approx(c_fit)
 
 
 def test_follows_session_current_slide(qtbot, widget):
@@ -277,6 +268,8 @@ def results_dir(tmp_path_factory):
 
 
 def test_batch_results_rebuilt_on_next_slide(qtbot, make_napari_viewer, results_dir, tmp_path):
+    """Overlays shaped like the expression widget's (predicted + measured ``mclstexp_gene``
+    layers coloured by ``value``) and a segmentation tied to the image by ``source_image``."""
     from napari_stexp.widgets.navigator import NavigatorWidget, face_color_column
 
     viewer = make_napari_viewer()
@@ -287,26 +280,65 @@ def test_batch_results_rebuilt_on_next_slide(qtbot, make_napari_viewer, results_
     nav.show("r1")
     spots = nav.spots_layer()
     a1 = nav.collection.read_adata("r1")
-    # "another widget" shows ERBB2 (predicted) for r1
-    pred = a1.layers["predicted"][:, list(a1.var_names).index("ERBB2")]
-    viewer.add_points(spots.data, name="r1 ERBB2 (predicted)", size=spots.size,
-                      features=pd.DataFrame({"ERBB2": pred}), face_color="ERBB2",
-                      face_colormap="inferno", face_contrast_limits=(1.0, 4.0),
-                      metadata={"section": "r1", "kind": "predicted", "gene": "ERBB2"})
+    gi = list(a1.var_names).index("ERBB2")
+    for what, vals, shift in (("predicted", a1.layers["predicted"][:, gi], 0.0),
+                              ("measured", a1.X.toarray()[:, gi], 500.0)):
+        viewer.add_points(spots.data, name=f"r1 {what}", size=spots.size,
+                          translate=(0.0, shift), features=pd.DataFrame({"value": vals}),
+                          face_color="value", face_colormap="inferno",
+                          face_contrast_limits=(1.0, 4.0),
+                          metadata={"section": "r1", "kind": "mclstexp_gene", "gene": "ERBB2",
+                                    "what": what})
+    viewer.add_labels(np.zeros((40, 40), np.int32), name="r1 spots cells",
+                      metadata={"kind": "cells", "source_image": "r1 spots"})
     nav.color_by("model_class")
     colours = dict(zip(spots.features["model_class"].astype(str), map(tuple, spots.face_color),
                        strict=False))
     nav.show("r2")
     made = [ly for ly in viewer.layers if ly.metadata.get("section") == "r2"
-            and ly.metadata.get("kind") == "predicted"]
-    assert len(made) == 1 and made[0].name == "r2 ERBB2 (predicted)"
+            and ly.metadata.get("kind") == "mclstexp_gene"]
+    assert [ly.name for ly in made] == ["r2 predicted"]  # rebuilt from layers['predicted']
     a2 = nav.collection.read_adata("r2")
-    np.testing.assert_allclose(made[0].features["ERBB2"],
+    np.testing.assert_allclose(made[0].features["value"],
                                a2.layers["predicted"][:, list(a2.var_names).index("ERBB2")])
+    assert made[0].metadata["what"] == "predicted" and made[0].metadata["gene"] == "ERBB2"
     assert made[0].face_colormap.name == "inferno"
     assert tuple(made[0].face_contrast_limits) == (1.0, 4.0)
-    assert nav.missing == []
+    assert nav.missing == ["measured"]  # measured with an unknown normalisation: not invented
+    assert not viewer.layers["r1 spots cells"].visible  # r1's segmentation hidden, kept
     sp2 = nav.spots_layer()
     assert face_color_column(sp2) == "model_class"
     for cls, col in zip(sp2.features["model_class"].astype(str), sp2.face_color, strict=False):
         np.testing.assert_allclose(col, colours[cls])  # same class, same colour
+    assert len({tuple(c) for c in colours.values()}) == 3  # and the classes are told apart
+
+
+def test_open_folder_in_worker_shows_first(qtbot, make_napari_viewer, results_dir, tmp_path):
+    from napari_stexp.widgets.navigator import NavigatorWidget
+
+    viewer = make_napari_viewer()
+    w = NavigatorWidget(viewer, cache_dir=str(tmp_path), thumbnails=True)
+    worker = w.open(str(results_dir))
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    _wait_current(qtbot, w, "r1")
+    assert w.table.rowCount() == 2
+    assert _row(w, "r2")[2] == "expr · pred · cls"
+    assert {ly.name for ly in viewer.layers} == {"r1 spots"}
+    qtbot.waitUntil(lambda: not w.table.item(1, 0).icon().isNull(), timeout=60_000)
+    assert len(list(tmp_path.glob("*.png"))) == 2  # thumbnails cached on disk
+
+
+def test_bad_folder_notifies(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    from napari_stexp.widgets.navigator import NavigatorWidget
+
+    viewer = make_napari_viewer()
+    w = NavigatorWidget(viewer, cache_dir=str(tmp_path), thumbnails=False)
+    shown = []
+    monkeypatch.setattr("napari_stexp.widgets.navigator.notify_error",
+                        lambda e: shown.append(str(e)))
+    (tmp_path / "empty").mkdir()
+    w.open(str(tmp_path / "empty"))
+    qtbot.waitUntil(lambda: bool(shown) and w._worker is None, timeout=60_000)
+    assert shown and "no slides found" in shown[0] and "empty" in shown[0]
+    assert len(viewer.layers) == 0 and w.table.rowCount() == 0

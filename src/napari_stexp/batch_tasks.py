@@ -55,13 +55,26 @@ def _objects_adata(table, *, mpp: float | None, source: Path, provenance: dict):
     return adata
 
 
-def _segment(image, options: dict, progress=None):
+def segment_params(options: dict, model_dir: str | None = None) -> dict:
+    """Backend parameters of a batch run: ``options['params']`` plus, for the torch backends,
+    ``--model`` as the trained weights (what ``segment --weights`` passes)."""
+    params = dict(options.get("params") or {})
+    method = options.get("method", "classical")
+    if model_dir and method == "maskrcnn":
+        params.setdefault("weights", str(model_dir))
+    elif model_dir and method == "cellpose":
+        params.setdefault("pretrained_model", str(model_dir))
+    return params
+
+
+def _segment(image, options: dict, model_dir: str | None = None, progress=None):
+    """``segmentation.segment`` with the batch options (same call as ``napari-stexp segment``)."""
     from .segmentation import segment
 
-    params = dict(options.get("params") or {})
     return segment(image, options.get("method", "classical"),
                    device=options.get("device", "cpu"), tile_size=options.get("tile_size"),
-                   progress=progress, **params)
+                   overlap=options.get("overlap"), progress=progress,
+                   **segment_params(options, model_dir))
 
 
 # --------------------------------------------------------------------------- segment
@@ -84,7 +97,7 @@ def run_segment(model: dict, input_path: Path, out_dir: Path, stem: str, options
     from .io.export import write_h5ad, write_ome_zarr
 
     img = _open_image(input_path)
-    res = _segment(img, options)
+    res = _segment(img, options, model["model_dir"])
     mpp = img.mpp
     scale = (mpp, mpp) if mpp else (1.0, 1.0)
     labels_path = write_ome_zarr(out_dir / f"{stem}.labels.ome.zarr", np.asarray(res.labels),
@@ -159,7 +172,7 @@ def run_embed(loaded: dict, input_path: Path, out_dir: Path, stem: str, options:
     else:
         img = _open_image(input_path)
         rgb = np.asarray(img.levels[0])
-        res = _segment(rgb, options)
+        res = _segment(rgb, options, options.get("segment_model"))
         table = res.table
         if res.n_objects == 0:
             raise InputError(input_path, "no cells found to embed")
@@ -181,12 +194,30 @@ def run_embed(loaded: dict, input_path: Path, out_dir: Path, stem: str, options:
 
 
 def load_expression(model_dir: str | None, options: dict):
-    raise InputError("predict", "mclSTExp slide prediction is not available yet")
+    """The mclSTExp model bundle (network + retrieval reference), once per worker."""
+    from .models.mclstexp import ExpressionModel
+
+    if not model_dir:
+        raise InputError("--model", "predict needs an mclSTExp model folder "
+                                    "(napari-stexp expression train)")
+    return ExpressionModel.load(model_dir, device=options.get("device", "cpu"))
 
 
 def run_expression(model, input_path: Path, out_dir: Path, stem: str, options: dict
                    ) -> list[Path]:
-    raise InputError("predict", "mclSTExp slide prediction is not available yet")
+    """Predicted expression over one slide's tissue (``expression predict``'s computation)."""
+    from .analysis.slide_predict import predict_slide
+    from .io.export import write_h5ad
+
+    adata = predict_slide(model, input_path, name=options.get("name"),
+                          pitch_um=options.get("pitch_um"),
+                          layout=options.get("layout", "square"),
+                          min_tissue=float(options.get("min_tissue", 0.5)),
+                          batch_size=int(options.get("batch_size", 32)),
+                          tile=int(options.get("tile", 2048)),
+                          device=options.get("device", "cpu"))
+    adata.uns["napari_stexp"]["batch"] = True
+    return [write_h5ad(adata, out_dir / f"{stem}.expression.h5ad")]
 
 
 def load_classifier(model_dir: str | None, options: dict):

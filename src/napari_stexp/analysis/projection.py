@@ -49,12 +49,17 @@ class Projection:
 
 
 def umap_available() -> bool:
-    """True when the optional ``umap-learn`` package can be imported."""
+    """True when the optional ``umap-learn`` package is installed.
+
+    Only looks it up: importing umap compiles numba code for seconds, which a widget must not
+    pay at start-up (the import happens when UMAP actually runs).
+    """
+    import importlib.util
+
     try:
-        import umap  # noqa: F401
-    except Exception:  # ImportError, or a broken numba install
+        return importlib.util.find_spec("umap") is not None
+    except (ImportError, ValueError):
         return False
-    return True
 
 
 def as_matrix(data, source: str = "embedding") -> np.ndarray:
@@ -286,7 +291,10 @@ def _umap2(X, rows, standardize, seed, n_neighbors, min_dist, max_fit, progress,
         raise StexpError("UMAP needs the optional package umap-learn "
                          "(pip install 'napari-stexp[umap]'); PCA and two chosen dimensions "
                          "work without it")
-    import umap
+    try:
+        import umap
+    except Exception as exc:  # installed but broken (e.g. numba/llvmlite mismatch)
+        raise StexpError(f"UMAP could not be loaded ({exc}); use PCA or two dimensions") from exc
 
     d = X.shape[1]
     if d > 50:

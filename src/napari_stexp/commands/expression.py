@@ -194,7 +194,7 @@ def default_panel(paths, adatas) -> tuple[list[str] | None, str]:
         panel = load_gene_file(find_her2st_root(paths[0]) / "her_hvg_cut_1000.npy")
     except InputError:
         return None, "top 1000 variable genes of the training sections"
-    if all(all(g in set(a.var_names) for g in panel) for a in adatas.values()):
+    if all(set(panel) <= set(a.var_names) for a in adatas.values()):
         return panel, f"her2st panel ({len(panel)} genes, her_hvg_cut_1000.npy)"
     return None, "top 1000 variable genes (the her2st panel is not in every section)"
 

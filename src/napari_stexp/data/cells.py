@@ -208,7 +208,8 @@ def cell_mask(rgb: np.ndarray, *, min_area: int = 12, nucleus_floor: float = 0.1
     cell-free corners (red cells, background) stay below 0.13.
 
     Stain heuristic for Giemsa / May-Grünwald / Wright smears: the nucleus is purple (green much
-    lower than red and blue), cytoplasm is bluer than the background, red cells are not. The
+    lower than red and blue), cytoplasm is bluer than the background, red cells are not. For a
+    grey image (no hue) the nucleus is the dark object instead. The
     nucleus component nearest the centre (plus lobes within a few px) seeds the cell; connected
     cytoplasm joins it, limited to a disc around the nucleus; holes are filled.
     """
@@ -218,10 +219,14 @@ def cell_mask(rgb: np.ndarray, *, min_area: int = 12, nucleus_floor: float = 0.1
     a = ndi.gaussian_filter(np.asarray(rgb, np.float32), (1, 1, 0))
     h, w = a.shape[:2]
     r, g, b = a[..., 0], a[..., 1], a[..., 2]
-    purple = (r + b) / 2 - g
-    blue = b - r
     bright = a.sum(-1)
     bg = bright >= np.percentile(bright, 70)
+    if np.percentile(a.max(-1) - a.min(-1), 99) < 0.03:  # grey image: darkness, no stain hue
+        purple = np.median(bright[bg]) / 3 - bright / 3
+        blue = np.zeros_like(purple)
+    else:
+        purple = (r + b) / 2 - g
+        blue = b - r
     purple = purple - np.median(purple[bg])
     blue = blue - np.median(blue[bg])
     if float(purple.max()) <= nucleus_peak:

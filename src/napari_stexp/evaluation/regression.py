@@ -203,6 +203,7 @@ def cv_folds(adatas: Mapping[str, Any], by: str = "section") -> list[tuple[list[
 def cross_validate(adatas: Mapping[str, Any], *, by: str = "section", config=None,
                    genes: Sequence[str] | None = None, top_genes: int | None = None,
                    baselines: Sequence[str] = ("ridge", "train_mean"),
+                   images: Mapping[str, Any] | None = None,
                    cache_dir: str | os.PathLike | None | bool = None, device: Any = None,
                    progress: ProgressFn | None = None, cancel: CancelFlag | None = None,
                    **overrides: Any) -> EvaluationResult:
@@ -221,10 +222,13 @@ def cross_validate(adatas: Mapping[str, Any], *, by: str = "section", config=Non
         kw = dict(overrides)
         if device is not None:
             kw["device"] = device
+        imgs = images or {}
         model = train_expression_model({n: adatas[n] for n in train}, config, genes=genes,
                                        top_genes=top_genes, cache_dir=cache_dir, cancel=cancel,
+                                       images={n: imgs[n] for n in train if n in imgs},
                                        **kw)
         res = evaluate_model(model, {n: adatas[n] for n in test}, baselines=baselines,
+                             images={n: imgs[n] for n in test if n in imgs},
                              device=model.config.device, cache_dir=cache_dir, cancel=cancel)
         tables.append(res.table)
         genes_tabs.append(res.per_gene)

@@ -48,6 +48,9 @@ FLAGS = ("image", "expression", "labels", "predictions", "classes", "cells", "em
 FLAG_SHORT = {"image": "img", "expression": "expr", "labels": "lbl", "predictions": "pred",
               "classes": "cls", "cells": "cells", "embeddings": "emb"}
 
+#: Distinct colours for categories (labels, classes): napari's default cycle has two.
+CATEGORY_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+                   "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 _H5AD = ".h5ad"
 _ROLE_PATTERNS = {
     "cells": re.compile(r"[._-](cells?|labels?|masks?|seg|segmentation)$", re.I),
@@ -134,7 +137,8 @@ class SlideData:
             out.append((data, attrs, "labels"))
         if self.adata is not None and "spatial" in self.adata.obsm:
             data, attrs, ltype = spots_layer(self.adata, f"{name} spots",
-                                             section=self.item.section)
+                                             section=self.item.section,
+                                             face_color_cycle=CATEGORY_COLORS)
             attrs["metadata"].update(section=name, kind="spots", adata=self.adata)
             out.append((data, attrs, ltype))
         return out

@@ -507,12 +507,12 @@ class BVAEModel:
         from ..analysis.alignment import fit_alignment, read_class_map
 
         adata, src = read_genes(genes)
-        ds = self._cells(cells)
+        X, names = expression_matrix(adata, src)
+        X = X[:, self.check_genes(names, src)]
         g_labels, key = gene_labels(adata, self.gene_label_key or self.config.gene_label_key,
                                     src)
         cmap = read_class_map(class_map)
-        X, names = expression_matrix(adata, src)
-        X = X[:, self.check_genes(names, src)]
+        ds = self._cells(cells)
         z_gene = self._gene_means(X)
         self.alignment = fit_alignment(self.embed(ds), ds.labels, z_gene, g_labels, cmap,
                                        ridge=self.config.align_ridge,

@@ -544,10 +544,11 @@ def fit_gene_vae(adatas: Any, genes: Sequence[str] | None = None,
         warnings.warn(f"{', '.join(secs)}: only one batch ({inputs.batches[0]!r}); batch "
                       "conditioning is a no-op", GeneVAEWarning, stacklevel=2)
     n_lab = int((inputs.labels >= 0).sum())
-    if cfg.classifier and len(inputs.classes) > 1 and n_lab == 0:
+    if cfg.classifier and n_lab == 0:
         warnings.warn("no labelled spots: the gene encoder trains without its classifier head",
                       GeneVAEWarning, stacklevel=2)
-    use_classes = inputs.classes if (cfg.classifier and n_lab > 0) else []
+    use_classes = inputs.classes if (cfg.classifier and n_lab > 0 and len(inputs.classes) > 1) \
+        else []
     if not use_classes:
         inputs.labels[:] = -1
     # per-batch prior of the log-library (scVI)

@@ -597,6 +597,16 @@ def section_frozen_features(encoder, backbone_sig: dict, adata, name: str, image
     return feats
 
 
+def make_optimizer(net: nn.Module, cfg: MclstexpConfig, device):
+    """Adam (lr, weight decay of the config) over the trainable parameters; the fused kernel
+    where available (on CPU it is ~8× faster than the per-tensor loop)."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    try:
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def _run_signature(cfg: MclstexpConfig, genes: Sequence[str], sections: Sequence[str],
                    n_spots: int) -> str:
     import hashlib
@@ -778,9 +788,12 @@ def train_expression_model(
                 last.unlink()
     n_batches = math.ceil((n - (1 if (n % bs == 1 and n > 1) else 0)) / bs)
     t_fit = time.perf_counter()
-    history = fit(net, batches, step, tc, checkpoint_dir=checkpoint_dir, resume=resume,
-                  extra_state={"run": sig}, progress=progress, cancel=cancel,
-                  batches_per_epoch=n_batches) if cfg.epochs > 0 else None
+    history = None
+    if cfg.epochs > 0:
+        net.to(device)
+        history = fit(net, batches, step, tc, optimizer=make_optimizer(net, cfg, device),
+                      checkpoint_dir=checkpoint_dir, resume=resume, extra_state={"run": sig},
+                      progress=progress, cancel=cancel, batches_per_epoch=n_batches)
     fit_seconds = time.perf_counter() - t_fit
     check_cancel(cancel, "training")
 

@@ -71,6 +71,8 @@ def prepare(image: Any, method: str = "classical", **params: Any) -> dict:
     p = {**backend.defaults, **params}
     if backend.prepare is None:
         return p
+    if not backend.needs_sample:
+        return backend.prepare(None, p)
     sample, _ = global_sample(image)
     return backend.prepare(sample, p)
 

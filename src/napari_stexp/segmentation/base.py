@@ -59,6 +59,8 @@ class Backend:
     available: Callable[[], bool] = lambda: True
     description: str = ""
     defaults: dict = field(default_factory=dict)
+    #: does ``prepare`` look at the pixels (else it gets ``None`` and no sample is read)?
+    needs_sample: bool = True
 
 
 _BACKENDS: dict[str, Backend] = {}

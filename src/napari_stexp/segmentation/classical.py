@@ -42,7 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "merge_lobes": 0.07,       # nucleus pieces closer than this fraction of d are one nucleus
     "neck_ratio": 0.55,        # neighbours whose shared border is this wide (vs. their inner
                                # radius) are one cell with a lobed nucleus, not two cells
-    "min_area": None,          # smallest object (px); None: 12 % of a disc of the diameter
+    "min_area": None,          # smallest nucleus (px) of a kept cell/nucleus; None: 15 %
+                               # (cells) or 20 % (nuclei) of a disc of the diameter
     "max_area": None,          # largest object (px); None: 5 discs of the diameter
     "smooth": None,            # Gaussian sigma of the stain channel; None: from the diameter
 }
@@ -217,7 +218,8 @@ def segment_classical(image: Any, params: dict | None = None, progress: Progress
     ch = gaussian(ch, float(p["smooth"])) if p["smooth"] else ch
     bg, t_nuc = float(p["background"]), float(p["nucleus_threshold"])
     disc = np.pi * (d / 2) ** 2
-    min_area = float(p["min_area"]) if p["min_area"] is not None else 0.12 * disc
+    min_area = float(p["min_area"]) if p["min_area"] is not None else (
+        0.15 if p["mode"] == "cells" else 0.2) * disc
     max_area = float(p["max_area"]) if p["max_area"] is not None else 5.0 * disc
 
     nuc = ch > t_nuc
@@ -324,7 +326,7 @@ def _cells_window(ch, nuc, grey, p, min_area):
     if n:
         nuc_area = ndi.sum(nuc, markers, index=np.arange(1, n + 1))
         keep = np.zeros(n + 1, bool)
-        keep[1:] = nuc_area >= 0.4 * min_area  # drop platelets and specks
+        keep[1:] = nuc_area >= min_area  # drop platelets and specks
         markers = np.where(keep[markers], markers, 0)
     seeds = markers > 0
     if not seeds.any():

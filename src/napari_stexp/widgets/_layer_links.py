@@ -52,6 +52,7 @@ class LayerLink:
     clear: Callable[[Any], None]
     read_selection: Callable[[Any], np.ndarray]  # rows the user selected in the slide
     selection_emitters: Callable[[Any], list]  # objects with .connect/.disconnect
+    write_column: Callable[[Any, str, Any], None]  # (layer, column, values) into features
 
 
 def _points_n(layer) -> int:
@@ -112,15 +113,16 @@ def _points_highlight(layer, codes, colors) -> None:
 
 
 def _set_points_border(layer, colors, widths) -> None:
-    # One GPU update instead of four: width silently, then colours (the colour manager's own
-    # event redraws with both); emit the width event when the colours did not change.
+    # One GPU upload instead of four: the width setter refreshes the slice with the upload
+    # (set_data) blocked, then the colour manager's event uploads both; when the colours did not
+    # change, set_data is emitted once by hand.
     same_colors = np.array_equal(np.asarray(layer.border_color), colors)
-    with layer.events.border_width.blocker():
+    with layer.events.set_data.blocker(), layer.events.border_width.blocker():
         layer.border_width = widths
     with layer.events.border_color.blocker():
         layer.border_color = colors
     if same_colors:
-        layer.events.border_width(value=layer.border_width)
+        layer.events.set_data()
 
 
 def _points_clear(layer) -> None:
@@ -186,16 +188,57 @@ def _labels_selected_rows(layer) -> np.ndarray:
     return np.flatnonzero(row_labels(layer) == lab)
 
 
+def _write_in_place(layer, column: str, values) -> None:
+    """Points/Shapes: set one column of the live features table and announce it.
+
+    The ``features`` setter would also recompute every feature-bound face/border colour and
+    re-upload the layer (seconds for a million points); a new column changes none of them. The
+    one-row ``feature_defaults`` gets the column too, so points added later are "unselected".
+    """
+    f = layer.features
+    if len(values) != len(f):
+        raise InputError(layer.name, f"features has {len(f)} rows, got {len(values)} values")
+    f[column] = values
+    defaults = layer.feature_defaults
+    new_defaults = {c: defaults[c].iloc[0] for c in defaults.columns if c in f.columns}
+    new_defaults[column] = values[0] if not hasattr(values, "categories") else \
+        values.categories[0]
+    for c in f.columns:
+        new_defaults.setdefault(c, f[c].iloc[0] if len(f) else None)
+    layer.feature_defaults = new_defaults
+    layer.events.features()
+
+
+def _write_setter(layer, column: str, values) -> None:
+    """Labels: the features setter is cheap (no colour manager), so use it."""
+    f = layer.features
+    if len(values) != len(f):
+        raise InputError(layer.name, f"features has {len(f)} rows, got {len(values)} values")
+    f[column] = values
+    layer.features = f
+
+
+def write_column(layer, column: str, values) -> None:
+    """Write ``values`` (one per features row) as ``column`` of ``layer.features``."""
+    link = link_for(layer)
+    if link is None:
+        raise InputError(getattr(layer, "name", "layer"), "is not a Points, Labels or Shapes layer")
+    link.write_column(layer, column, values)
+
+
 def _make_links() -> dict[type, LayerLink]:
     from napari.layers import Labels, Points, Shapes
 
     return {
         Points: LayerLink("points", _points_n, _points_highlight, _points_clear, _selected_rows,
-                          lambda layer: [layer.selected_data.events.items_changed]),
+                          lambda layer: [layer.selected_data.events.items_changed],
+                          _write_in_place),
         Shapes: LayerLink("shapes", _shapes_n, _shapes_highlight, _shapes_clear, _selected_rows,
-                          lambda layer: [layer.selected_data.events.items_changed]),
+                          lambda layer: [layer.selected_data.events.items_changed],
+                          _write_in_place),
         Labels: LayerLink("labels", _labels_n, _labels_highlight, _labels_clear,
-                          _labels_selected_rows, lambda layer: [layer.events.selected_label]),
+                          _labels_selected_rows, lambda layer: [layer.events.selected_label],
+                          _write_setter),
     }
 
 

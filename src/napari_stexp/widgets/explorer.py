@@ -69,6 +69,7 @@ from ._layer_links import (
     link_for,
     n_items,
     resolve_source,
+    write_column,
 )
 from ._scatter_canvas import (
     COLORMAPS,
@@ -129,6 +130,7 @@ class ExplorerWidget(QWidget):
         self._values = None
         self._layer_sizes: dict[str, int] = {}
         self._connections: list[tuple[object, object]] = []
+        self._picked: set[str] = set()  # Labels layers where the user picked a label
         self._writing = False
         self._worker = None
         self._cancel = threading.Event()
@@ -441,6 +443,8 @@ class ExplorerWidget(QWidget):
         if len(proj) != emb.n:
             notify_error(f"{emb.label}: projection has {len(proj)} rows for {emb.n} items")
             return
+        import matplotlib.path  # noqa: F401  (the lasso's point-in-polygon; import it now)
+
         named = {layer.name: layer for layer in self.viewer.layers}
         self._disconnect_layers()
         self.embedding, self.projection = emb, proj
@@ -765,8 +769,7 @@ class ExplorerWidget(QWidget):
                     old = remap[old]
                 pts = emb.links.points_of(name)
                 old[emb.links.rows[pts]] = new_codes[pts]
-                f[self.column] = selection_categorical(old, groups)
-                layer.features = f
+                write_column(layer, self.column, selection_categorical(old, groups))
                 apply_highlight(layer, old, colors)
         finally:
             self._writing = False
@@ -825,9 +828,12 @@ class ExplorerWidget(QWidget):
             link = link_for(layer) if layer is not None else None
             if link is None:
                 continue
+            # A Labels layer always has a selected_label (the paint label): it only counts as
+            # a selection once the user picks one after the scatter was linked.
+            cb = self._on_label_picked if link.kind == "labels" else self._on_slide_selection
             for emitter in link.selection_emitters(layer):
-                emitter.connect(self._on_slide_selection)
-                self._connections.append((emitter, self._on_slide_selection))
+                emitter.connect(cb)
+                self._connections.append((emitter, cb))
             layer.events.features.connect(self._on_layer_features)
             self._connections.append((layer.events.features, self._on_layer_features))
 
@@ -838,6 +844,13 @@ class ExplorerWidget(QWidget):
             except Exception:  # already gone with its layer
                 pass
         self._connections = []
+        self._picked = set()
+
+    def _on_label_picked(self, event=None) -> None:
+        layer = getattr(event, "source", None)
+        if layer is not None:
+            self._picked.add(layer.name)
+        self._on_slide_selection()
 
     def _on_slide_selection(self, *args) -> None:
         """The user selected points/shapes or picked a label in a linked layer."""
@@ -849,7 +862,7 @@ class ExplorerWidget(QWidget):
             for name in self.embedding.links.layer_names:
                 layer = named.get(name)
                 link = link_for(layer) if layer is not None else None
-                if link is None:
+                if link is None or (link.kind == "labels" and name not in self._picked):
                     continue
                 rows = link.read_selection(layer)
                 parts.append(self.embedding.links.indices_of(name, rows))

@@ -48,9 +48,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..io.collection import FLAGS, SlideCollection, SlideData, resolve_feature
+from ..io.collection import (
+    CATEGORY_COLORS,
+    FLAGS,
+    SlideCollection,
+    SlideData,
+    resolve_feature,
+)
 from ..session import get_session
-from ._common import add_layer_tuples, notify_error, notify_info
+from ._common import add_layer_tuples, notify_error, notify_info, start_worker
 
 #: Drawing order inside one slide (lower = further below).
 KIND_RANK = {"image": 0, "cells": 1, "spots": 2}
@@ -137,7 +143,7 @@ def _apply_points_colour(layer, st: dict, *, lock: bool, values: np.ndarray | No
         specs[col] = spec
         layer.metadata["feature_specs"] = specs
     if st.get("mode") == "colormap":
-        layer.face_color = col
+        _set_face_column(layer, col)
         if st.get("colormap") is not None:
             layer.face_colormap = st["colormap"]
         if lock and st.get("contrast_limits") is not None:
@@ -152,8 +158,15 @@ def _apply_points_colour(layer, st: dict, *, lock: bool, values: np.ndarray | No
             feats[col] = feats[col].astype(str)
             layer.features = feats
             layer.face_color_cycle = cycle
-        layer.face_color = col
+        _set_face_column(layer, col)
     layer.metadata["color_by"] = col
+
+
+def _set_face_column(layer, col: str) -> None:
+    """Colour by a column; napari validates the new column against the old colour mode
+    (strings through a colormap fail), so go through 'direct' first."""
+    layer.face_color_mode = "direct"
+    layer.face_color = col
 
 
 class SlideNavigator:
@@ -193,9 +206,7 @@ class SlideNavigator:
         """Use another collection; the navigator's layers of the old one are removed."""
         if self.grid is not None:
             self.leave_grid()
-        for layer in list(self.viewer.layers):
-            if layer.metadata.get("navigator"):
-                self.viewer.layers.remove(layer)
+        self._remove([ly for ly in self.viewer.layers if ly.metadata.get("navigator")])
         self._drop_session_image(self.current)
         self.collection = collection
         self.current = None
@@ -234,6 +245,7 @@ class SlideNavigator:
     def apply(self, data: SlideData) -> list:
         """Show an already-read slide (main thread): the step that touches layers."""
         name = data.item.name
+        self._tag_sections()
         if self.grid is not None:
             self.leave_grid(keep=name)
         state = self.capture() if self.current is not None else self._state
@@ -257,9 +269,27 @@ class SlideNavigator:
         return layers
 
     def section_layers(self, name: str | None) -> list:
+        """Layers of slide ``name``: ``metadata['section']``, or for layers made from an image
+        (``metadata['source_image']``, e.g. cell masks) the section of that image layer."""
         if name is None:
             return []
-        return [ly for ly in self.viewer.layers if section_of(ly) == name]
+        return [ly for ly in self.viewer.layers if self._section(ly) == name]
+
+    def _section(self, layer) -> str | None:
+        sec = section_of(layer)
+        if sec is not None:
+            return sec
+        src = (layer.metadata or {}).get("source_image")
+        if src and src != layer.name and src in self.viewer.layers:
+            sec = section_of(self.viewer.layers[src])
+            if sec is not None:  # remember it: the image layer may be renamed or reused
+                layer.metadata["section"] = sec
+            return sec
+        return None
+
+    def _tag_sections(self) -> None:
+        for ly in self.viewer.layers:
+            self._section(ly)
 
     def spots_layer(self, name: str | None = None):
         """The spots (Points) layer of slide ``name`` (default: the current one), or None."""
@@ -298,6 +328,8 @@ class SlideNavigator:
             if contrast_limits[0] == contrast_limits[1]:
                 contrast_limits = (contrast_limits[0], contrast_limits[0] + 1.0)
         st["contrast_limits"] = contrast_limits
+        if not numeric:
+            layer.face_color_cycle = CATEGORY_COLORS
         _apply_points_colour(layer, st, lock=True, values=values, spec=spec)
         return layer
 
@@ -318,8 +350,9 @@ class SlideNavigator:
             else:
                 meta = ly.metadata or {}
                 extra = {"kind": kind, "type": _layer_type(ly), "gene": meta.get("gene"),
-                         "column": meta.get("column"), **base,
-                         "suffix": ly.name.removeprefix(f"{section_of(ly)} ").strip()}
+                         "column": meta.get("column"), "what": meta.get("what"), **base,
+                         "translate": tuple(float(t) for t in ly.translate),
+                         "suffix": ly.name.removeprefix(f"{self._section(ly)} ").strip()}
                 if extra["type"] == "points":
                     extra["points"] = _points_colour(ly)
                 elif extra["type"] == "image" and not getattr(ly, "rgb", True):
@@ -380,33 +413,39 @@ class SlideNavigator:
         return True
 
     def _build_overlay(self, extra: dict, name: str, spots) -> Any:
-        """Rebuild another widget's per-spot overlay from the slide's AnnData, if it has it."""
+        """Rebuild another widget's per-spot overlay from the slide's AnnData when it holds
+        the same thing (a prediction, an obs column, an embedding dimension); never invents
+        a prediction from measured counts."""
         if extra["type"] != "points" or spots is None:
             return None
         adata = self._adata(name, spots)
         if adata is None:
             return None
         pts = extra.get("points") or {}
-        col = extra.get("column") or pts.get("column") or extra.get("gene")
         gene = extra.get("gene")
-        if "predict" in str(extra["kind"]).lower():  # only a real prediction will do
-            found = resolve_feature(adata, f"{gene or col} (predicted)", {"type": "predicted"})
+        col = pts.get("column") or extra.get("column") or gene
+        if "predict" in str(extra["kind"]).lower() or extra.get("what") == "predicted":
+            target = gene or col
+            found = resolve_feature(adata, f"{target} (predicted)", {"type": "predicted"}) \
+                if target else None
+        elif extra.get("what") == "measured" and not pts.get("spec"):
+            found = None  # unknown normalisation: the limits would not mean the same
         else:
-            found = resolve_feature(adata, col, pts.get("spec")) if col else None
+            source = extra.get("column") or col
+            found = resolve_feature(adata, source, pts.get("spec")) if source else None
         if found is None or len(found[0]) != len(spots.data):
             return None
         values, spec = found
-        col = col or gene
         feats = pd.DataFrame({"spot_id": adata.obs_names.astype(str), col: values})
         meta = {"section": name, "kind": extra["kind"], "navigator": True,
                 "feature_specs": {col: spec}}
-        if gene:
-            meta["gene"] = gene
-        if extra.get("column"):
-            meta["column"] = extra["column"]
+        for key in ("gene", "column", "what"):
+            if extra.get(key) is not None:
+                meta[key] = extra[key]
         attrs = {"name": f"{name} {extra['suffix']}".strip(), "size": spots.size.copy(),
                  "features": feats, "border_width": 0.0, "metadata": meta,
-                 "scale": tuple(spots.scale), "translate": tuple(spots.translate)}
+                 "scale": tuple(spots.scale),
+                 "translate": extra.get("translate") or tuple(spots.translate)}
         (layer,) = add_layer_tuples(self.viewer, [(np.asarray(spots.data).copy(), attrs,
                                                    "points")])
         return layer
@@ -434,6 +473,7 @@ class SlideNavigator:
         """napari grid mode, one viewbox per slide, cameras linked (zooming into a region shows
         the same region of every slide). Each slide gets the same number of layers (padded
         with hidden empty layers) so ``grid.stride`` groups exactly one slide per viewbox."""
+        self._tag_sections()
         state = self.capture() if self.current is not None else self._state
         if self.grid is not None:
             self.leave_grid(keep=self.current)
@@ -444,7 +484,7 @@ class SlideNavigator:
             self.apply_overlay(state, d.item.name)
         missing = list(self.missing)
         self._grid_hidden = [ly for ly in self.viewer.layers
-                             if ly.visible and section_of(ly) not in names]
+                             if ly.visible and self._section(ly) not in names]
         for ly in self._grid_hidden:
             ly.visible = False
         groups = []
@@ -461,9 +501,10 @@ class SlideNavigator:
         if shape is None:
             cols = math.ceil(math.sqrt(n))
             shape = (math.ceil(n / cols), cols)
-        self.viewer.grid.stride = stride
-        self.viewer.grid.shape = tuple(int(v) for v in shape)
-        self.viewer.grid.enabled = True
+        grid = viewer_grid(self.viewer)
+        grid.stride = stride
+        grid.shape = tuple(int(v) for v in shape)
+        grid.enabled = True
         self.grid = names
         self._grid_data = datas
         real = [ly for g in groups for ly in g if kind_of(ly) not in ("title", "placeholder")]
@@ -475,10 +516,9 @@ class SlideNavigator:
     def leave_grid(self, keep: str | None = None) -> None:
         """Back to one slide (``keep``, default: the current one); grid-only layers go."""
         keep = keep or self.current
-        self.viewer.grid.enabled = False
-        for ly in list(self.viewer.layers):
-            if kind_of(ly) in ("title", "placeholder") and ly.metadata.get("navigator"):
-                self.viewer.layers.remove(ly)
+        viewer_grid(self.viewer).enabled = False
+        self._remove([ly for ly in self.viewer.layers
+                      if kind_of(ly) in ("title", "placeholder") and ly.metadata.get("navigator")])
         for ly in self._grid_hidden:
             if ly in self.viewer.layers:
                 ly.visible = True
@@ -521,14 +561,24 @@ class SlideNavigator:
     def _release_others(self, keep: list[str], hide_only: bool = False) -> None:
         """Remove the navigator's layers of other slides (pyramids released) and hide other
         widgets' slide layers (their results are kept)."""
-        for ly in list(self.viewer.layers):
-            sec = section_of(ly)
+        drop = []
+        for ly in self.viewer.layers:
+            sec = self._section(ly)
             if sec is None or sec in keep:
                 continue
             if ly.metadata.get("navigator") and not hide_only:
-                self.viewer.layers.remove(ly)
+                drop.append(ly)
             else:
                 ly.visible = False
+        self._remove(drop)
+
+    def _remove(self, layers: list) -> None:
+        """Remove layers in one batch (napari runs a full garbage collection per batch)."""
+        if not layers:
+            return
+        with self.viewer.layers.batched_update():
+            for ly in layers:
+                self.viewer.layers.remove(ly)
 
     def _ensure_layers(self, data: SlideData, reuse: dict | None = None) -> list:
         """Add the slide's missing base layers. ``reuse``: the previous slide's own layers by
@@ -624,6 +674,12 @@ class SlideNavigator:
         self.session.events.current_slide.disconnect(self._on_session_slide)
 
 
+def viewer_grid(viewer):
+    """napari's grid model (``viewer.canvas.grid`` since 0.9, ``viewer.grid`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
 def _recycle(layer, t) -> bool:
     """Give ``layer`` the data and attributes of layer tuple ``t`` if it can take them
     (same layer type; images: same multiscale/rgb). False: the caller adds a new layer."""
@@ -652,7 +708,11 @@ def _recycle(layer, t) -> bool:
             layer.features = attrs.get("features", pd.DataFrame(index=range(len(data))))
             layer.size = attrs.get("size", 10)
             fc = attrs.get("face_color")
-            if fc is not None:
+            if attrs.get("face_color_cycle") is not None:
+                layer.face_color_cycle = attrs["face_color_cycle"]
+            if fc is not None and fc in layer.features:
+                _set_face_column(layer, fc)
+            elif fc is not None:
                 layer.face_color = fc
                 if attrs.get("face_colormap"):
                     layer.face_colormap = attrs["face_colormap"]
@@ -676,7 +736,7 @@ def _same_overlay(extra: dict, layer) -> bool:
     meta = layer.metadata or {}
     if meta.get("kind") != extra["kind"] or _layer_type(layer) != extra["type"]:
         return False
-    for key in ("gene", "column"):
+    for key in ("gene", "column", "what"):
         if extra.get(key) is not None and meta.get(key) != extra.get(key):
             return False
     return True
@@ -829,8 +889,6 @@ class NavigatorWidget(QWidget):
 
     def open(self, paths: str | list | None = None, *, show_first: bool = True):
         """List the slides of ``paths`` in a worker, then show the first. Returns the worker."""
-        from napari.qt.threading import create_worker
-
         if paths is None:
             paths = [p.strip() for p in self.path_edit.text().split(";") if p.strip()]
         elif isinstance(paths, str):
@@ -841,14 +899,12 @@ class NavigatorWidget(QWidget):
             return None
         self.path_edit.setText("; ".join(paths))
         self.status.setText("listing slides …")
-        worker = create_worker(SlideCollection.from_paths, paths, cache_dir=self.cache_dir,
-                               _progress={"desc": "List slides"})
-        worker.returned.connect(lambda coll: self.set_collection(coll, show_first=show_first))
-        worker.errored.connect(self._on_error)
-        self._worker = worker
-        worker.finished.connect(self._on_finished)
-        worker.start()
-        return worker
+        self._worker = start_worker(
+            SlideCollection.from_paths, paths, cache_dir=self.cache_dir,
+            returned=lambda coll: self.set_collection(coll, show_first=show_first),
+            errored=self._on_error, finished=self._on_finished,
+            progress={"desc": "List slides"})
+        return self._worker
 
     def use_loaded(self, show_first: bool = True) -> None:
         """A collection of the sections already in the session (loaded by other widgets)."""
@@ -878,8 +934,6 @@ class NavigatorWidget(QWidget):
             self.go(0)
 
     def _load_thumbnails(self, coll: SlideCollection):
-        from napari.qt.threading import create_worker
-
         def _gen():
             for i, item in enumerate(coll):
                 try:
@@ -887,11 +941,10 @@ class NavigatorWidget(QWidget):
                 except Exception:  # noqa: BLE001 - a missing thumbnail is not an error
                     continue
 
-        worker = create_worker(_gen, _progress={"desc": "Thumbnails", "total": len(coll)})
-        worker.yielded.connect(lambda r, c=coll: self._set_thumb(c, *r))
-        self._thumb_worker = worker
-        worker.start()
-        return worker
+        self._thumb_worker = start_worker(
+            _gen, yielded=lambda r, c=coll: self._set_thumb(c, *r), errored=lambda e: None,
+            progress={"desc": "Thumbnails", "total": len(coll)})
+        return self._thumb_worker
 
     def _set_thumb(self, coll, row: int, arr: np.ndarray) -> None:
         if coll is not self.nav.collection or row >= self.table.rowCount():
@@ -924,19 +977,14 @@ class NavigatorWidget(QWidget):
         return self._start_read()
 
     def _start_read(self):
-        from napari.qt.threading import create_worker
-
         index, self._pending = self._pending, None
         coll = self.nav.collection
         item = coll[index]
         self.status.setText(f"reading {item.name} …")
-        worker = create_worker(coll.load, item, _progress={"desc": f"Slide {item.name}"})
-        worker.returned.connect(self._on_loaded)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        worker.start()
-        return worker
+        self._worker = start_worker(coll.load, item, returned=self._on_loaded,
+                                    errored=self._on_error, finished=self._on_finished,
+                                    progress={"desc": f"Slide {item.name}"})
+        return self._worker
 
     def _on_loaded(self, data: SlideData):
         if data.item.name not in (self.nav.collection.names if self.nav.collection else []):
@@ -962,6 +1010,10 @@ class NavigatorWidget(QWidget):
 
     def _on_error(self, exc):
         self.status.setText("failed")
+        if self.grid_btn.isChecked() and self.nav.grid is None:
+            self.grid_btn.blockSignals(True)
+            self.grid_btn.setChecked(False)
+            self.grid_btn.blockSignals(False)
         notify_error(exc)
 
     def _on_finished(self):
@@ -991,8 +1043,6 @@ class NavigatorWidget(QWidget):
 
     def show_grid(self, n: int):
         """Read ``n`` slides in a worker, then show them side by side. Returns the worker."""
-        from napari.qt.threading import create_worker
-
         if self.nav.collection is None:
             notify_error("open slides first")
             return None
@@ -1006,12 +1056,9 @@ class NavigatorWidget(QWidget):
                 yield k + 1
             return out
 
-        worker = create_worker(_read, _progress={"desc": "Grid", "total": len(names)})
-        worker.returned.connect(self._on_grid_loaded)
-        worker.errored.connect(self._on_error)
         self.status.setText(f"reading {len(names)} slides …")
-        worker.start()
-        return worker
+        return start_worker(_read, returned=self._on_grid_loaded, errored=self._on_error,
+                            progress={"desc": "Grid", "total": len(names)})
 
     def _on_grid_loaded(self, datas):
         try:

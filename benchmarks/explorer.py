@@ -1,0 +1,238 @@
+"""Benchmark: the latent explorer with a million points vs a matplotlib scatter, same run.
+
+Setup (not timed): a napari viewer (shown, under ``xvfb-run``) with ``--slides`` Points layers
+that share ``--n`` spots in total, each with ``--dims`` embedding feature columns ``emb_*``
+(a Gaussian mixture, so a lasso around one cluster is a realistic selection) and a categorical
+``kind``. Only the first slide is visible, as the loader does (``--visible`` changes that).
+
+Figures (one JSON line each, ours vs matplotlib measured in this process):
+
+- ``explorer_show``: dock widget built, embedding gathered from all slides, PCA, colours,
+  upload and one real frame (``canvas.render()`` reads the pixels back) vs a matplotlib Agg
+  figure with the same points and colours drawn once (``scatter`` + ``canvas.draw()``).
+- ``explorer_lasso_to_highlight``: from a lasso polygon in scatter coordinates to the selection
+  column written into every slide's features and the highlight applied to the visible slide
+  (``applied``: state and GPU buffers updated) and then drawn (``drawn``: one frame of the scatter
+  plus one frame of napari's canvas) vs matplotlib (``Path.contains_points`` + highlight colours
+  on the embedding scatter and the visible slide's scatter + ``canvas.draw()``).
+- ``explorer_recolour``, ``explorer_pan_frame``: colour-by switch and one view change, drawn.
+- ``explorer_memory``: RSS growth of ours (widget + scatter) and of the matplotlib figure.
+- ``napari_frame``: one frame of napari's own canvas with the visible slide, unchanged (the part
+  of ``drawn`` that is napari's, for context).
+
+Targets: show < 5 s, lasso -> highlight < 0.3 s, >= 10x faster than matplotlib.
+
+    xvfb-run -a python benchmarks/explorer.py                 # 1,000,000 points, 10 slides
+    xvfb-run -a python benchmarks/explorer.py --quick         # 100,000 points, 4 slides
+    xvfb-run -a python benchmarks/explorer.py --slides 1      # one slide of 1e6 (worst case)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+import pandas as pd
+
+TARGETS = {"show_s": 5.0, "lasso_s": 0.3, "ratio": 10.0}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def emit(**fields) -> None:
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in fields.items()}),
+          flush=True)
+
+
+def make_layers(n: int, slides: int, dims: int, seed: int = 0):
+    """``slides`` (coords, features) pairs, with a Gaussian-mixture embedding of ``dims``."""
+    rng = np.random.default_rng(seed)
+    k = 8
+    centers = rng.normal(size=(k, dims)).astype(np.float32) * 4
+    per = np.full(slides, n // slides)
+    per[: n - per.sum()] += 1
+    out = []
+    for s, m in enumerate(per):
+        cl = rng.integers(0, k, m)
+        emb = centers[cl] + rng.normal(size=(m, dims)).astype(np.float32)
+        side = int(np.ceil(np.sqrt(m)))
+        rr, cc = np.divmod(np.arange(m), side)
+        coords = np.column_stack([rr, cc]).astype(np.float32) * 100.0  # 100 µm spot pitch
+        f = pd.DataFrame(emb, columns=[f"emb_{i}" for i in range(dims)])
+        f.insert(0, "spot_id", [f"s{s}_{i}" for i in range(m)])
+        f["kind"] = pd.Categorical(np.array(list("abcdefgh"))[cl])
+        out.append((coords, f))
+    return out
+
+
+def lasso_around(xy: np.ndarray, center: np.ndarray, radius: float, k: int = 64) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, k, endpoint=False)
+    wobble = 1 + 0.15 * np.sin(3 * t)  # not a circle: a hand-drawn lasso
+    return np.column_stack([center[0] + radius * wobble * np.cos(t),
+                            center[1] + radius * wobble * np.sin(t)])
+
+
+def run(args) -> None:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_stexp.analysis.projection import PROJECTION_CACHE, project
+    from napari_stexp.widgets.explorer import ExplorerWidget
+
+    if args.renderer:
+        os.environ["NAPARI_STEXP_SCATTER_RENDERER"] = args.renderer
+    app = QApplication.instance() or QApplication([])
+    layers_data = make_layers(args.n, args.slides, args.dims)
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    for s, (coords, f) in enumerate(layers_data):
+        viewer.add_points(coords, features=f, size=80, name=f"slide {s}",
+                          visible=s < args.visible, face_color="kind", border_width=0)
+    app.processEvents()
+    viewer.screenshot(canvas_only=True, flash=False)  # warm napari's canvas
+    t = time.perf_counter()
+    viewer.screenshot(canvas_only=True, flash=False)
+    napari_frame = time.perf_counter() - t
+    load = os.getloadavg()[0]
+
+    # ---- ours: build and show -------------------------------------------------------------
+    rss0 = rss_mb()
+    PROJECTION_CACHE.clear()
+    t0 = time.perf_counter()
+    w = ExplorerWidget(viewer)
+    viewer.window.add_dock_widget(w, name="explorer", area="right")
+    w.set_source(f"features:emb_|{args.dims}")
+    w.set_method("pca")
+    w.set_colour_by("feature · kind")
+    w.compute(block=True)
+    app.processEvents()
+    frame = w.scatter.draw_now()
+    show_s = time.perf_counter() - t0
+    rss_ours = rss_mb() - rss0
+    drawn_frac = float((frame[..., :3].astype(int).sum(-1) != frame[0, 0, :3].astype(int).sum())
+                       .mean())
+    coords = np.asarray(w.projection.coords)
+    t = time.perf_counter()
+    project(w.embedding.data, "pca", cache=None)
+    pca_s = time.perf_counter() - t
+
+    # lassos around three cluster centres (in PCA coordinates)
+    kinds = w.embedding.n and np.concatenate([f["kind"].to_numpy() for _, f in layers_data])
+    polys = []
+    for kname in ("a", "c", "f")[: args.repeats]:
+        sel = coords[kinds == kname]
+        c = np.median(sel, axis=0)
+        r = float(np.median(np.linalg.norm(sel - c, axis=1)))
+        polys.append(lasso_around(coords, c, r))
+
+    # ---- ours: lasso -> highlight ---------------------------------------------------------
+    applied, drawn, counts = [], [], []
+    for poly in polys:
+        t = time.perf_counter()
+        counts.append(w.select_polygon(poly))
+        t_applied = time.perf_counter() - t
+        w.scatter.draw_now()
+        viewer.screenshot(canvas_only=True, flash=False)
+        drawn.append(time.perf_counter() - t)
+        applied.append(t_applied)
+    first = viewer.layers["slide 0"]
+    n_marked = int((first.features["selection"] != "unselected").sum())
+    n_border = int((first.border_width > 0).sum())
+
+    t = time.perf_counter()
+    w.set_colour_by(f"dim · emb_{args.dims - 1}")
+    w.scatter.draw_now()
+    recolour_s = time.perf_counter() - t
+    t = time.perf_counter()
+    w.scatter.view.camera.zoom(0.7)
+    w.scatter.draw_now()
+    pan_s = time.perf_counter() - t
+    renderer, gl_name = w.scatter.renderer, w.scatter.gl_renderer_name
+    w.set_colour_by("feature · kind")
+    colors = np.asarray(w.mapping.colors)
+
+    # ---- matplotlib baseline --------------------------------------------------------------
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.path import Path
+
+    vis = np.concatenate([np.full(len(f), s < args.visible) for s, (_, f) in
+                          enumerate(layers_data)])
+    slide_xy = np.concatenate([c for c, _ in layers_data])
+    rss1 = rss_mb()
+    t0 = time.perf_counter()
+    fig = Figure(figsize=(16, 8), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax_emb, ax_slide = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    sc_emb = ax_emb.scatter(coords[:, 0], coords[:, 1], s=2, c=colors, linewidths=0)
+    sc_slide = ax_slide.scatter(slide_xy[vis, 1], -slide_xy[vis, 0], s=4, c=colors[vis],
+                                linewidths=0)
+    canvas.draw()
+    mpl_show = time.perf_counter() - t0
+    rss_mpl = rss_mb() - rss1
+    mpl_lasso = []
+    for poly in polys[: args.mpl_repeats]:
+        t = time.perf_counter()
+        inside = Path(np.vstack([poly, poly[:1]]), closed=True).contains_points(coords)
+        fc = colors.copy()
+        fc[inside] = (1.0, 0.23, 0.19, 1.0)
+        sc_emb.set_facecolors(fc)
+        ec = np.zeros((int(vis.sum()), 4))
+        ec[inside[vis]] = (1.0, 0.23, 0.19, 1.0)
+        sc_slide.set_edgecolors(ec)
+        sc_slide.set_linewidths(np.where(inside[vis], 1.0, 0.0))
+        canvas.draw()
+        mpl_lasso.append(time.perf_counter() - t)
+
+    med = statistics.median
+    common = {"n": args.n, "slides": args.slides, "visible_slides": args.visible,
+              "dims": args.dims, "renderer": renderer, "gl": gl_name,
+              "load_avg_1min": round(load, 2)}
+    emit(name="explorer_show", ours_s=show_s, pca_s=pca_s, matplotlib_s=mpl_show,
+         ratio=mpl_show / show_s, target_s=TARGETS["show_s"], pixels_drawn_frac=drawn_frac,
+         **common)
+    emit(name="explorer_lasso_to_highlight", ours_applied_s=med(applied),
+         ours_drawn_s=med(drawn), matplotlib_s=med(mpl_lasso),
+         ratio_applied=med(mpl_lasso) / med(applied), ratio_drawn=med(mpl_lasso) / med(drawn),
+         selected_per_lasso=int(med(counts)), marked_rows_slide0=n_marked,
+         highlighted_slide0=n_border, target_s=TARGETS["lasso_s"], **common)
+    emit(name="explorer_recolour", ours_s=recolour_s, **common)
+    emit(name="explorer_pan_frame", ours_s=pan_s, **common)
+    emit(name="napari_frame", napari_s=napari_frame, **common)
+    emit(name="explorer_memory", ours_rss_mb=rss_ours, matplotlib_rss_mb=rss_mpl, **common)
+    w.cleanup()
+    viewer.close()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=1_000_000, help="points in total")
+    p.add_argument("--slides", type=int, default=10, help="Points layers sharing the points")
+    p.add_argument("--visible", type=int, default=1, help="how many slides are visible")
+    p.add_argument("--dims", type=int, default=16, help="embedding dimensions")
+    p.add_argument("--repeats", type=int, default=3, help="lassos for ours (median)")
+    p.add_argument("--mpl-repeats", type=int, default=2, help="lassos for matplotlib (median)")
+    p.add_argument("--renderer", choices=("auto", "gl", "raster"), default=None)
+    p.add_argument("--quick", action="store_true", help="100,000 points in 4 slides")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.slides = 100_000, 4
+    args.visible = max(1, min(args.visible, args.slides))
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
