@@ -1,18 +1,25 @@
 """The per-slide work of ``napari-stexp batch``: one ``load_*`` / ``run_*`` pair per kind.
 
 ``load_<kind>(model_dir, options)`` runs once per worker process (the batch engine caches what
-it returns); ``run_<kind>(model, input_path, out_dir, stem, options)`` processes one slide,
+it returns); ``run_<kind>(loaded, input_path, out_dir, stem, options)`` processes one slide,
 writes its outputs atomically (``write_h5ad`` / ``write_ome_zarr``) and returns their paths.
 Each adapter calls the same functions as the matching one-slide command, so a batch gives the
 same numbers as running the slides one by one.
 
-Outputs per slide (``<stem>`` = input name without extension):
+Outputs per slide (``<stem>`` = input name without extension), named so that the slide
+navigator groups them into one slide ``<stem>`` (``.labels`` = cell masks, ``.cells`` /
+``.embeddings`` / ``.predicted`` / ``.classes`` = result tables) and links the input image
+(``uns['spatial'][<stem>]['metadata']['source_image_path']``):
 
 - ``segment``: ``<stem>.labels.ome.zarr`` (Labels, µm scale) + ``<stem>.cells.h5ad`` (one row
-  per label: centroid/bbox/area/score[/class] in ``obs``, ``obsm['spatial']`` = (x, y) px).
-- ``embed``: ``<stem>.bvae.h5ad`` (``obsm['X_bvae']`` latent means, as ``bvae embed``).
-- ``predict``: ``<stem>.expression.h5ad`` (predicted expression per spot).
-- ``classify``: ``<stem>.classes.h5ad`` (class + probabilities per spot/cell).
+  per cell ``cell<label>``: centroid/bbox/area/score[/class] in ``obs``,
+  ``obsm['spatial']`` = centroid (x, y) in slide pixels);
+- ``embed``: ``<stem>.embeddings.h5ad`` (``obsm['X_bvae']`` latent means, as ``bvae embed``;
+  for slides also where each cell is);
+- ``predict``: ``<stem>.predicted.h5ad`` (mclSTExp expression over the tissue's pseudo-spots,
+  as ``expression predict``);
+- ``classify``: ``<stem>.classes.h5ad`` (the batch-agnostic classifier's classes and
+  probabilities).
 """
 
 from __future__ import annotations
@@ -34,16 +41,30 @@ def _open_image(path: Path):
     return open_image(path)
 
 
-def _provenance(kind: str, model_dir: str | None, options: dict, source: Path, **extra) -> dict:
+def _provenance(task: str, model: str, model_dir: str | None, options: dict, source: Path,
+                **extra) -> dict:
     from . import __version__
 
-    return {"model": kind, "model_dir": str(model_dir) if model_dir else None,
-            "version": __version__, "source": str(source), "batch": True,
+    return {"task": task, "model": model, "model_dir": str(model_dir) if model_dir else "",
+            "version": __version__, "source": str(Path(source).resolve()), "batch": True,
             "parameters": json.dumps(options, sort_keys=True, default=str), **extra}
 
 
-def _objects_adata(table, *, mpp: float | None, source: Path, provenance: dict):
-    """AnnData with one row per object of a segmentation table (no genes)."""
+def link_image(adata, stem: str, image_path: Path, mpp: float | None,
+               diameter_px: float | None = None) -> None:
+    """ST-style ``uns['spatial'][stem]`` pointing at the slide (coordinates are level-0 px), so
+    readers and the navigator show the results over their image."""
+    meta = {"source_image_path": str(Path(image_path).resolve()), "image_scale": 1.0}
+    if mpp:
+        meta["mpp_fullres"] = float(mpp)
+    scale = {"spot_diameter_fullres": float(diameter_px)} if diameter_px else {}
+    adata.uns["spatial"] = {stem: {"images": {}, "metadata": meta, "scalefactors": scale}}
+    adata.obs["section"] = stem
+    adata.obs["section"] = adata.obs["section"].astype("category")
+
+
+def cells_adata(table, *, stem: str, image_path: Path, mpp: float | None, provenance: dict):
+    """AnnData with one row per cell of a segmentation table (no genes), linked to its slide."""
     import anndata
     import pandas as pd
 
@@ -51,7 +72,10 @@ def _objects_adata(table, *, mpp: float | None, source: Path, provenance: dict):
     obs.index = pd.Index([f"cell{int(v)}" for v in obs["label"]], name="cell")
     adata = anndata.AnnData(X=np.zeros((len(obs), 0), np.float32), obs=obs)
     adata.obsm["spatial"] = obs[["x", "y"]].to_numpy(np.float64)
-    adata.uns["napari_stexp"] = {**provenance, "mpp": mpp, "image": str(source)}
+    diam = float(np.median(np.sqrt(4 * obs["area"].to_numpy(float) / np.pi))) if len(obs) \
+        else None
+    link_image(adata, stem, image_path, mpp, diam)
+    adata.uns["napari_stexp"] = {**provenance, "n_cells": int(len(obs))}
     return adata
 
 
@@ -67,21 +91,22 @@ def segment_params(options: dict, model_dir: str | None = None) -> dict:
     return params
 
 
-def _segment(image, options: dict, model_dir: str | None = None, progress=None):
-    """``segmentation.segment`` with the batch options (same call as ``napari-stexp segment``)."""
+def _segment(image, options: dict, model_dir: str | None = None):
+    """``segmentation.segment`` with the batch options (the call ``napari-stexp segment``
+    makes)."""
     from .segmentation import segment
 
     return segment(image, options.get("method", "classical"),
                    device=options.get("device", "cpu"), tile_size=options.get("tile_size"),
-                   overlap=options.get("overlap"), progress=progress,
-                   **segment_params(options, model_dir))
+                   overlap=options.get("overlap"), **segment_params(options, model_dir))
 
 
 # --------------------------------------------------------------------------- segment
 
 
 def load_segment(model_dir: str | None, options: dict) -> dict:
-    """Check the method once per worker (a missing optional backend fails fast)."""
+    """Check the method once per worker (a missing optional backend fails fast; torch
+    backends keep their loaded network in their own per-process cache)."""
     from .segmentation import get_backend
 
     method = options.get("method", "classical")
@@ -91,28 +116,27 @@ def load_segment(model_dir: str | None, options: dict) -> dict:
     return {"method": method, "model_dir": model_dir}
 
 
-def run_segment(model: dict, input_path: Path, out_dir: Path, stem: str, options: dict
+def run_segment(loaded: dict, input_path: Path, out_dir: Path, stem: str, options: dict
                 ) -> list[Path]:
-    """Segment one slide: labels -> OME-Zarr, objects table -> h5ad."""
+    """Segment one slide: labels -> OME-Zarr (µm scale), cells table -> h5ad."""
     from .io.export import write_h5ad, write_ome_zarr
 
     img = _open_image(input_path)
-    res = _segment(img, options, model["model_dir"])
+    res = _segment(img, options, loaded["model_dir"])
     mpp = img.mpp
     scale = (mpp, mpp) if mpp else (1.0, 1.0)
     labels_path = write_ome_zarr(out_dir / f"{stem}.labels.ome.zarr", np.asarray(res.labels),
                                  kind="labels", scale_um=scale, name=f"{stem} cells")
-    prov = _provenance("segmentation", model["model_dir"], options, input_path,
-                       method=model["method"], n_objects=res.n_objects)
-    adata = _objects_adata(res.table, mpp=mpp, source=input_path, provenance=prov)
-    cells_path = write_h5ad(adata, out_dir / f"{stem}.cells.h5ad")
-    return [labels_path, cells_path]
+    prov = _provenance("segment cells", loaded["method"], loaded["model_dir"], options,
+                       input_path)
+    adata = cells_adata(res.table, stem=stem, image_path=input_path, mpp=mpp, provenance=prov)
+    return [labels_path, write_h5ad(adata, out_dir / f"{stem}.cells.h5ad")]
 
 
 # --------------------------------------------------------------------------- embed (β-VAE)
 
 
-def load_bvae(model_dir: str | None, options: dict):
+def load_bvae(model_dir: str | None, options: dict) -> dict:
     from .models.betavae import BVAEModel
 
     if not model_dir:
@@ -121,8 +145,8 @@ def load_bvae(model_dir: str | None, options: dict):
             "model_dir": model_dir}
 
 
-def embed_cells_adata(model, cells, *, model_dir: str | None, source: Path, options: dict,
-                      expression: bool = False):
+def embed_cells_adata(model, cells, *, model_dir: str | None, source: Path,
+                      expression: bool = False, obs_names=None):
     """The AnnData ``napari-stexp bvae embed`` writes: latent means in ``obsm['X_bvae']``
     (and ``X_bvae_gene`` for aligned models), ``obs`` cell_id / path / label."""
     import anndata
@@ -131,7 +155,8 @@ def embed_cells_adata(model, cells, *, model_dir: str | None, source: Path, opti
     from . import __version__
 
     z = model.embed(cells)
-    obs = pd.DataFrame(index=pd.Index([f"cell{i}" for i in range(len(cells))]))
+    names = obs_names if obs_names is not None else [f"cell{i}" for i in range(len(cells))]
+    obs = pd.DataFrame(index=pd.Index(list(names)))
     obs["cell_id"] = cells.ids
     obs["path"] = (cells.table["path"].astype(str).to_numpy() if "path" in cells.table.columns
                    else str(source))
@@ -148,49 +173,54 @@ def embed_cells_adata(model, cells, *, model_dir: str | None, source: Path, opti
     if model.alignment is not None:
         adata.obsm["X_bvae_gene"] = model.alignment.transform(z)
     adata.uns["napari_stexp"] = {
-        "model": "bvae", "model_dir": str(model_dir), "version": __version__,
+        "task": "embed cells", "model": "bvae", "model_dir": str(model_dir),
+        "version": __version__,
         "command": " ".join(["napari-stexp", *sys.argv[1:]]) if sys.argv else "",
         "parameters": json.dumps(model.config.to_dict()), "seed": model.config.seed,
         "cells": str(source), "skipped_cells": len(cells.skipped), "batch": True,
-        "batch_options": json.dumps(options, sort_keys=True, default=str),
     }
     return adata
 
 
-def run_embed(loaded: dict, input_path: Path, out_dir: Path, stem: str, options: dict) -> list[Path]:
+def run_embed(loaded: dict, input_path: Path, out_dir: Path, stem: str, options: dict
+              ) -> list[Path]:
     """β-VAE latents of one input's cells: a crop folder / crop table as ``bvae embed``, or a
-    slide / smear image segmented first (``method``, default classical), one crop per cell."""
+    slide / smear image segmented first (``method``, default classical) with one crop per
+    cell, as ``segment`` + ``bvae embed --labels``."""
     from .data.cells import CellCropDataset, load_cells
     from .io.export import write_h5ad
     from .io.open import detect_kind
 
     model = loaded["model"]
     size = model.config.image_size
-    table = None
-    if detect_kind(input_path) in ("cell-crops",) or input_path.suffix.lower() == ".csv":
+    expression = bool(options.get("expression"))
+    if detect_kind(input_path) == "cell-crops" or input_path.suffix.lower() == ".csv":
         cells = load_cells(input_path, size=size)
-    else:
-        img = _open_image(input_path)
-        rgb = np.asarray(img.levels[0])
-        res = _segment(rgb, options, options.get("segment_model"))
-        table = res.table
-        if res.n_objects == 0:
-            raise InputError(input_path, "no cells found to embed")
-        cells = CellCropDataset.from_segmentation(rgb, np.asarray(res.labels), table,
-                                                  size=size, on_empty="skip")
-    adata = embed_cells_adata(model, cells, model_dir=loaded["model_dir"],
-                              source=input_path, options=options,
-                              expression=bool(options.get("expression")))
-    if table is not None:  # where each cell is on the slide (cell ids are label ids)
-        t = table.set_index(table["label"].astype(str))
-        rows = t.loc[adata.obs["cell_id"].astype(str)]
-        for c in ("label", "y", "x", "area"):
-            adata.obs[f"seg_{c}"] = rows[c].to_numpy()
-        adata.obsm["spatial"] = rows[["x", "y"]].to_numpy(np.float64)
-    return [write_h5ad(adata, out_dir / f"{stem}.bvae.h5ad")]
+        adata = embed_cells_adata(model, cells, model_dir=loaded["model_dir"],
+                                  source=input_path, expression=expression)
+        return [write_h5ad(adata, out_dir / f"{stem}.embeddings.h5ad")]
+    img = _open_image(input_path)
+    rgb = np.asarray(img.levels[0])
+    res = _segment(img, options, options.get("segment_model"))
+    if res.n_objects == 0:
+        raise InputError(input_path, "no cells found to embed")
+    table = res.table
+    cells = CellCropDataset.from_segmentation(rgb, np.asarray(res.labels), table, size=size,
+                                              on_empty="skip")
+    rows = table.set_index(table["label"].astype(str)).loc[list(cells.ids)]
+    adata = embed_cells_adata(model, cells, model_dir=loaded["model_dir"], source=input_path,
+                              expression=expression,
+                              obs_names=[f"cell{v}" for v in cells.ids])
+    for c in ("y", "x", "area"):  # where each cell is (cell ids are label ids)
+        adata.obs[f"cell_{c}"] = rows[c].to_numpy()
+    adata.obsm["spatial"] = rows[["x", "y"]].to_numpy(np.float64)
+    diam = float(np.median(np.sqrt(4 * rows["area"].to_numpy(float) / np.pi)))
+    link_image(adata, stem, input_path, img.mpp, diam)
+    adata.uns["napari_stexp"]["segmentation"] = options.get("method", "classical")
+    return [write_h5ad(adata, out_dir / f"{stem}.embeddings.h5ad")]
 
 
-# --------------------------------------------------------------------------- predict / classify
+# --------------------------------------------------------------------------- predict (mclSTExp)
 
 
 def load_expression(model_dir: str | None, options: dict):
@@ -217,7 +247,10 @@ def run_expression(model, input_path: Path, out_dir: Path, stem: str, options: d
                           tile=int(options.get("tile", 2048)),
                           device=options.get("device", "cpu"))
     adata.uns["napari_stexp"]["batch"] = True
-    return [write_h5ad(adata, out_dir / f"{stem}.expression.h5ad")]
+    return [write_h5ad(adata, out_dir / f"{stem}.predicted.h5ad")]
+
+
+# --------------------------------------------------------------------------- classify
 
 
 def load_classifier(model_dir: str | None, options: dict):

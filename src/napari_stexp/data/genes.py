@@ -101,15 +101,21 @@ def check_panel(adatas: Mapping[str, Any], panel: Sequence[str], source: Any = N
                                f"{', '.join(missing[:8])}{more}")
 
 
-def top_variable_genes(adatas: Mapping[str, Any], n: int, min_spot_fraction: float = 0.05
-                       ) -> list[str]:
+def top_variable_genes(adatas: Mapping[str, Any], n: int, min_spot_fraction: float = 0.05,
+                       candidates: Sequence[str] | None = None) -> list[str]:
     """The ``n`` genes with the highest variance of log-normalised expression, pooled over
-    sections, among genes shared by all sections and detected in ``min_spot_fraction`` of spots.
+    sections, among genes shared by all sections (and in ``candidates``, e.g. the genes held-out
+    sections have too) and detected in ``min_spot_fraction`` of spots.
 
     Why pooled variance of log1p(CP10k) and not a dispersion model: with a few hundred spots per
     section it is stable, cheap and close to what the reference's HVG panels select.
     """
     genes = shared_genes(adatas)
+    if candidates is not None:
+        cand = set(candidates)
+        genes = [g for g in genes if g in cand]
+        if not genes:
+            raise InputError(", ".join(adatas), "no candidate gene is shared by the sections")
     if n <= 0:
         raise InputError(None, f"top genes must be positive, got {n}")
     blocks, detected = [], []

@@ -63,15 +63,18 @@ def _nucleus(kind: str, yy, xx, cy, cx, R, rng) -> np.ndarray:
         dent = _disc_alpha(yy, xx, cy + 0.62 * R * np.sin(a), cx + 0.62 * R * np.cos(a),
                            0.30 * R, 0.30 * R)
         return np.clip(body - dent, 0, 1)
-    n_lobes = 2 if kind == "eosinophil" else int(rng.integers(3, 5))
+    eos = kind == "eosinophil"
+    n_lobes = 2 if eos else int(rng.integers(3, 5))
     a0 = rng.uniform(0, 2 * np.pi)
     out = np.zeros_like(yy, dtype=float)
     centres = []
+    # eosinophils: two big "spectacle" lobes; neutrophils: 3-4 smaller lobes on an arc
+    dist, ry, rx, spread = (0.36, 0.40, 0.34, 0.75) if eos else (0.40, 0.34, 0.29, 0.8)
     for k in range(n_lobes):
-        a = a0 + 2 * np.pi * k / n_lobes * (0.5 if n_lobes == 2 else 0.8)
-        ly, lx = cy + 0.40 * R * np.sin(a), cx + 0.40 * R * np.cos(a)
+        a = a0 + 2 * np.pi * k / n_lobes * spread
+        ly, lx = cy + dist * R * np.sin(a), cx + dist * R * np.cos(a)
         centres.append((ly, lx))
-        out = np.maximum(out, _disc_alpha(yy, xx, ly, lx, 0.34 * R, 0.29 * R, a))
+        out = np.maximum(out, _disc_alpha(yy, xx, ly, lx, ry * R, rx * R, a))
     for (y0, x0), (y1, x1) in zip(centres[:-1], centres[1:], strict=True):  # thin strands
         my, mx = (y0 + y1) / 2, (x0 + x1) / 2
         ang = np.arctan2(y1 - y0, x1 - x0)

@@ -208,12 +208,17 @@ def cross_validate(adatas: Mapping[str, Any], *, by: str = "section", config=Non
                    progress: ProgressFn | None = None, cancel: CancelFlag | None = None,
                    **overrides: Any) -> EvaluationResult:
     """Leave-one-section-out or leave-one-patient-out: train on the rest, evaluate the held-out
-    sections (model + baselines). With ``top_genes`` the panel is chosen per fold from the
-    training sections only. Returns the concatenated :class:`EvaluationResult` (table gets the
+    sections (model + baselines). Without ``genes`` the panel is the ``top_genes`` (default
+    1000) most variable genes of each fold's *training* sections, among genes every section has. Returns the concatenated :class:`EvaluationResult` (table gets the
     report columns; ``per_gene`` and notes as for :func:`evaluate_model`)."""
+    from ..data.genes import check_panel, shared_genes, top_variable_genes
     from ..models.mclstexp import train_expression_model
 
     folds = cv_folds(adatas, by)
+    if genes is not None:
+        check_panel(adatas, genes)
+    else:
+        everywhere = shared_genes(adatas)  # held-out sections must have the fold's panel too
     tables, genes_tabs, notes = [], [], []
     preds: dict[str, dict] = {}
     for k, (train, test) in enumerate(folds):
@@ -223,8 +228,10 @@ def cross_validate(adatas: Mapping[str, Any], *, by: str = "section", config=Non
         if device is not None:
             kw["device"] = device
         imgs = images or {}
-        model = train_expression_model({n: adatas[n] for n in train}, config, genes=genes,
-                                       top_genes=top_genes, cache_dir=cache_dir, cancel=cancel,
+        panel = genes if genes is not None else top_variable_genes(
+            {n: adatas[n] for n in train}, top_genes or 1000, candidates=everywhere)
+        model = train_expression_model({n: adatas[n] for n in train}, config, genes=panel,
+                                       cache_dir=cache_dir, cancel=cancel,
                                        images={n: imgs[n] for n in train if n in imgs},
                                        **kw)
         res = evaluate_model(model, {n: adatas[n] for n in test}, baselines=baselines,

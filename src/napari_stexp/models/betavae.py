@@ -4,8 +4,9 @@ latent of the same size, and an alignment of the two latent spaces over the cell
 modalities share, so a cell image can be decoded to an expected expression profile.
 
 - :class:`ImageBetaVAE`: conv encoder/decoder for 3 × S × S crops (S = 128 by default). Loss =
-  reconstruction inside the cell's soft mask (pixel weight ``bg_weight + (1 - bg_weight) · mask``,
-  so with ``bg_weight = 0`` the background does not count at all) + β · KL (β = 4 by default).
+  reconstruction inside the cell's soft mask (Gaussian, pixel noise ``recon_sigma``; pixel weight
+  ``bg_weight + (1 - bg_weight) · mask``, so with ``bg_weight = 0`` the background does not count
+  at all) + β · KL (β = 4 by default).
   The decoder also predicts the cell mask (``mask_weight`` · BCE) so decoded cells can be shown on
   a clean background; an optional head reconstructs Mask R-CNN RoI features.
 - :class:`GeneVAE`: MLP VAE on log-normalised expression with a Gaussian likelihood (learned
@@ -54,6 +55,7 @@ class BVAEConfig:
     base_channels: int = 32
     image_size: int = 128
     beta: float = 4.0
+    recon_sigma: float = 0.1  # Gaussian pixel noise σ: reconstruction = Σ w (x̂ − x)² / 2σ²
     bg_weight: float = 0.0
     mask_weight: float = 0.1  # BCE of the predicted cell mask (0 = no mask head loss)
     roi_dim: int = 0  # >0: reconstruct Mask R-CNN RoI features of this size
@@ -232,10 +234,14 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def bvae_loss(out: dict, x: torch.Tensor, mask: torch.Tensor, *, beta: float = 4.0,
-              bg_weight: float = 0.0, mask_weight: float = 0.0, roi: torch.Tensor | None = None,
-              roi_weight: float = 1.0, roi_mean=None, roi_std=None) -> dict[str, torch.Tensor]:
-    """β-VAE loss terms, batch means: ``total = recon + β·kl (+ mask + roi)``."""
-    recon = masked_recon_loss(out["recon"], x, mask, bg_weight).mean()
+              bg_weight: float = 0.0, recon_sigma: float = 0.1, mask_weight: float = 0.0,
+              roi: torch.Tensor | None = None, roi_weight: float = 1.0, roi_mean=None,
+              roi_std=None) -> dict[str, torch.Tensor]:
+    """β-VAE loss terms, batch means: ``total = recon + β·kl (+ mask + roi)`` with
+    ``recon`` the masked Gaussian negative log-likelihood (pixel noise ``recon_sigma``, up to a
+    constant)."""
+    scale = 1.0 / (2.0 * recon_sigma ** 2)
+    recon = scale * masked_recon_loss(out["recon"], x, mask, bg_weight).mean()
     kl = kl_divergence(out["mu"], out["logvar"]).sum(1).mean()
     total = recon + beta * kl
     terms = {"recon": recon, "kl": kl}
@@ -705,7 +711,7 @@ def train_image_vae(cells, config: BVAEConfig, *, checkpoint_dir: str | os.PathL
         xb, mb = xb.to(device), mb.to(device)
         out = model(xb)
         terms = bvae_loss(out, xb, mb, beta=config.beta, bg_weight=config.bg_weight,
-                          mask_weight=config.mask_weight,
+                          recon_sigma=config.recon_sigma, mask_weight=config.mask_weight,
                           roi=None if rb is None else rb.to(device), roi_weight=config.roi_weight,
                           roi_mean=getattr(model, "roi_mean", None),
                           roi_std=getattr(model, "roi_std", None))

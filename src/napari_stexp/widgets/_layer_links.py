@@ -200,6 +200,9 @@ def _write_in_place(layer, column: str, values) -> None:
         raise InputError(layer.name, f"features has {len(f)} rows, got {len(values)} values")
     f[column] = values
     defaults = layer.feature_defaults
+    if column in defaults and defaults[column].dtype == f[column].dtype:
+        layer.events.features()  # same categories: the defaults are still right
+        return
     new_defaults = {c: defaults[c].iloc[0] for c in defaults.columns if c in f.columns}
     new_defaults[column] = values[0] if not hasattr(values, "categories") else \
         values.categories[0]
@@ -386,6 +389,35 @@ def discover_sources(layers, session) -> dict[str, str]:
     return out
 
 
+def source_columns(key: str, layers, session) -> list[str]:
+    """Column names of a source without gathering its data (for the dimension pickers)."""
+    kind, _, rest = key.partition(":")
+    if kind == "session":
+        ref = (getattr(session, "embeddings", {}) or {}).get(rest)
+        shape = getattr(getattr(ref, "data", None), "shape", None)
+        d = int(shape[1]) if shape is not None and len(shape) == 2 else 1
+        return [f"{rest}_{i}" for i in range(d)]
+    if kind == "features":
+        prefix, _, ncol = rest.rpartition("|")
+        for layer in linkable_layers(layers):
+            group = prefixed_groups(layer.features).get(prefix)
+            if group is not None and len(group) == int(ncol):
+                return group
+        return []
+    if kind == "columns":
+        layer = _by_name(layers).get(rest)
+        return numeric_columns(layer.features) if layer is not None else []
+    if kind == "obsm":
+        name, _, okey = rest.partition(":")
+        ad = session_adatas(layers, session).get(name)
+        if ad is None or okey not in ad.obsm:
+            return []
+        mat = ad.obsm[okey]
+        cols = [str(c) for c in getattr(mat, "columns", [])]
+        return cols or [f"{okey}_{i}" for i in range(mat.shape[1])]
+    return []
+
+
 def _by_name(layers) -> dict[str, Any]:
     return {layer.name: layer for layer in layers}
 
@@ -416,7 +448,7 @@ def resolve_source(key: str, layers, session) -> Embedding:
         return Embedding(key, rest, data, cols, links_, notes=notes)
     if kind == "features":
         prefix, _, ncol = rest.rpartition("|")
-        parts, names, lengths, cols = [], [], [], None
+        found, cols = [], None
         for layer in linkable_layers(layers):
             group = prefixed_groups(layer.features).get(prefix)
             if group is None or len(group) != int(ncol):
@@ -426,13 +458,20 @@ def resolve_source(key: str, layers, session) -> Embedding:
                 raise InputError(layer.name, f"features has {len(layer.features)} rows for "
                                              f"{n_layer} items")
             cols = group
-            parts.append(layer.features[group].to_numpy(np.float32))
-            names.append(layer.name)
-            lengths.append(n_layer)
-        if not parts:
+            found.append((layer, n_layer))
+        if not found:
             raise InputError(prefix, "no layer has these feature columns any more")
-        data = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        return Embedding(key, f"{prefix}*", data, list(cols), RowLinks.from_lengths(names, lengths))
+        # column by column into one preallocated matrix (no DataFrame take/copy per layer)
+        data = np.empty((sum(n for _, n in found), len(cols)), np.float32)
+        start = 0
+        for layer, n_layer in found:
+            f = layer.features
+            for j, c in enumerate(cols):
+                data[start:start + n_layer, j] = f[c].to_numpy(np.float32)
+            start += n_layer
+        names = [layer.name for layer, _ in found]
+        links_ = RowLinks.from_lengths(names, [n for _, n in found])
+        return Embedding(key, f"{prefix}*", data, list(cols), links_)
     if kind == "columns":
         layer = named.get(rest)
         if layer is None or link_for(layer) is None:
@@ -441,7 +480,9 @@ def resolve_source(key: str, layers, session) -> Embedding:
         n_layer = n_items(layer)
         if len(layer.features) != n_layer:
             raise InputError(rest, f"features has {len(layer.features)} rows for {n_layer} items")
-        data = layer.features[cols].to_numpy(np.float32)
+        data = np.empty((n_layer, len(cols)), np.float32)
+        for j, col in enumerate(cols):
+            data[:, j] = layer.features[col].to_numpy(np.float32)
         return Embedding(key, f"{rest} features", data, cols,
                          RowLinks.from_lengths([rest], [n_layer]))
     if kind == "obsm":
@@ -617,17 +658,14 @@ def colour_values(emb: Embedding, key: str, layers) -> np.ndarray | pd.Categoric
             pts = np.flatnonzero(emb.links.layer_codes == k)
             vals = layer.features[name]
             categorical |= _is_cat(vals)
-            pieces.append((pts, vals.to_numpy()[emb.links.rows[pts]]))
+            pieces.append((pts, emb.links.rows[pts], vals))
         if not pieces:
             raise InputError(key, "no linked layer has this feature")
         if categorical:
-            out = np.full(n, None, dtype=object)
-            for pts, v in pieces:
-                out[pts] = v
-            return pd.Categorical(out)
+            return _merge_categories(n, pieces)
         outf = np.full(n, np.nan, np.float32)
-        for pts, v in pieces:
-            outf[pts] = np.asarray(v, np.float32)
+        for pts, rows, v in pieces:
+            outf[pts] = v.to_numpy(np.float32)[rows]
         return outf
     # a gene: "gene · NAME" (normalised counts) or "<adata layer> · NAME"
     layer_key = None if kind == "gene" else kind
@@ -653,6 +691,20 @@ def colour_values(emb: Embedding, key: str, layers) -> np.ndarray | pd.Categoric
     if not found:
         raise InputError(key, "unknown colour key (no AnnData behind the linked layers)")
     return outg
+
+
+def _merge_categories(n: int, pieces) -> pd.Categorical:
+    """One categorical over all points from per-layer columns, working on codes (a million
+    points over ten layers take milliseconds instead of factorising a million strings)."""
+    cats: dict[str, int] = {}
+    codes = np.full(n, -1, np.int32)
+    for pts, rows, vals in pieces:
+        cat = vals.array if isinstance(vals.dtype, pd.CategoricalDtype) else \
+            pd.Categorical(vals.to_numpy())
+        lut = np.array([cats.setdefault(str(c), len(cats)) for c in cat.categories] + [-1],
+                       np.int32)
+        codes[pts] = lut[np.asarray(cat.codes)[rows]]
+    return pd.Categorical.from_codes(codes, list(cats))
 
 
 def _is_cat(values) -> bool:

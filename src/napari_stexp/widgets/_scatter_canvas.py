@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage as ndi
 
 MISSING_COLOR = np.array([0.45, 0.45, 0.45, 0.55], np.float32)
 BACKGROUND = "#262930"  # napari's dark canvas
@@ -140,7 +141,10 @@ def group_colors(n_groups: int) -> np.ndarray:
 
 
 def _to_u8(colors: np.ndarray) -> np.ndarray:
-    return np.clip(np.asarray(colors, np.float32) * 255 + 0.5, 0, 255).astype(np.uint8)
+    tmp = np.multiply(colors, 255.0, dtype=np.float32)
+    tmp += 0.5
+    np.clip(tmp, 0, 255, out=tmp)
+    return tmp.astype(np.uint8)
 
 
 def _disc(size: float) -> np.ndarray:
@@ -155,23 +159,29 @@ def _disc(size: float) -> np.ndarray:
 def rasterize(xy: np.ndarray, valid: np.ndarray, rect: tuple[float, float, float, float],
               shape: tuple[int, int], size: float, indices: np.ndarray | None = None
               ) -> np.ndarray:
-    """(H, W) int64 image of the index of the top-most point covering each pixel (-1: none).
+    """(H, W) int32 image of the index of the top-most point covering each pixel (-1: none).
 
     ``rect`` = (x0, y0, width, height) of the view in data units; row r of the image is
     y = y0 + (r + 0.5) * height / H. ``indices`` restricts to a subset (drawn in index order).
+    NaN coordinates fall outside every pixel, so missing points need no special case.
     """
-    from scipy import ndimage as ndi
-
     H, W = int(shape[0]), int(shape[1])
-    img = np.full(H * W, -1, np.int64)
-    idx = np.flatnonzero(valid) if indices is None else \
-        np.asarray(indices, np.int64)[valid[np.asarray(indices, np.int64)]]
-    if idx.size and H > 0 and W > 0:
+    img = np.full(H * W, -1, np.int32)
+    if indices is None:
+        pts, idx = xy, None
+    else:
+        idx = np.asarray(indices, np.int64)
+        idx = idx[valid[idx]]
+        pts = xy[idx]
+    if len(pts) and H > 0 and W > 0:
         x0, y0, w, h = rect
-        px = ((xy[idx, 0] - x0) * (W / w)).astype(np.int64)
-        py = ((xy[idx, 1] - y0) * (H / h)).astype(np.int64)
-        inside = (px >= 0) & (px < W) & (py >= 0) & (py < H)
-        img[py[inside] * W + px[inside]] = idx[inside]  # later (higher) index wins
+        with np.errstate(invalid="ignore"):
+            fx = (pts[:, 0] - np.float32(x0)) * np.float32(W / w)
+            fy = (pts[:, 1] - np.float32(y0)) * np.float32(H / h)
+            inside = (fx >= 0) & (fx < W) & (fy >= 0) & (fy < H)  # False for NaN
+        sel = np.flatnonzero(inside)
+        lin = fy[sel].astype(np.int32) * np.int32(W) + fx[sel].astype(np.int32)
+        img[lin] = sel if idx is None else idx[sel]  # later (higher) index wins
     img = img.reshape(H, W)
     fp = _disc(size)
     if fp.shape[0] > 1:
@@ -333,10 +343,12 @@ class ScatterCanvas:
         self.canvas.update()
 
     def set_colors(self, colors: np.ndarray, *, redraw: bool = True) -> None:
-        c = np.asarray(colors, np.float32).copy()
-        c[~self.valid] = 0.0  # missing rows: invisible (they also sit at NaN/0)
+        c = np.asarray(colors, np.float32)
+        if not self.valid.all():
+            c = c.copy()
+            c[~self.valid] = 0.0  # missing rows: invisible (they also sit at NaN/0)
         self.colors = c
-        self._colors_u8 = _to_u8(c)
+        self._colors_u8 = None  # made when the raster renderer needs it
         if self.renderer == "gl" and "base" in self._gl_nodes:
             self._gl_nodes["base"].set_colors(c)
         if redraw:
@@ -370,7 +382,7 @@ class ScatterCanvas:
         self.canvas.update()
 
     def reset_view(self) -> None:
-        fin = self.xy[self.valid]
+        fin = self.xy if self.valid.all() else self.xy[self.valid]
         if len(fin) == 0:
             self.view.camera.set_range(x=(-1, 1), y=(-1, 1))
             return
@@ -449,6 +461,8 @@ class ScatterCanvas:
         shape, rect = self._raster_shape_rect()
         scale = float(self.canvas.pixel_scale or 1.0)
         base = rasterize(self.xy, self.valid, rect, shape, self.point_size * scale)
+        if self._colors_u8 is None or len(self._colors_u8) != len(self.colors):
+            self._colors_u8 = _to_u8(self.colors)
         frame = np.zeros(shape + (4,), np.uint8)
         hit = base >= 0
         frame[hit] = self._colors_u8[base[hit]]

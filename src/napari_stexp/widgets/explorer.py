@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import matplotlib.path  # noqa: F401  (the lasso's point-in-polygon: imported up front)
 import numpy as np
 import pandas as pd
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
@@ -38,6 +39,7 @@ from qtpy.QtWidgets import (
     QPushButton,
     QRadioButton,
     QSpinBox,
+    QStackedWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -69,6 +71,7 @@ from ._layer_links import (
     link_for,
     n_items,
     resolve_source,
+    source_columns,
     write_column,
 )
 from ._scatter_canvas import (
@@ -227,7 +230,6 @@ class ExplorerWidget(QWidget):
         self.colorbar.setFixedHeight(12)
         self.colorbar.setScaledContents(True)
         self.legend = QListWidget()
-        self.legend.setMaximumHeight(110)
 
         self.group_combo = QComboBox()
         self.group_combo.setToolTip(TIPS["group"])
@@ -270,13 +272,23 @@ class ExplorerWidget(QWidget):
         colour_box = QGroupBox("Colour")
         cf = QFormLayout(colour_box)
         cf.addRow("by", self.colour_combo)
+        # Continuous controls and the category legend share one fixed-size stack, so switching
+        # between them never re-lays out the dock (which would resize and redraw the scatter).
+        cont_page = QWidget()
+        cl = QVBoxLayout(cont_page)
+        cl.setContentsMargins(0, 0, 0, 0)
         cmap_row = QHBoxLayout()
         cmap_row.addWidget(self.cmap_combo)
         cmap_row.addWidget(self.lo_spin)
         cmap_row.addWidget(self.hi_spin)
-        cf.addRow("colormap", cmap_row)
-        cf.addRow(self.colorbar)
-        cf.addRow(self.legend)
+        cl.addLayout(cmap_row)
+        cl.addWidget(self.colorbar)
+        cl.addStretch(1)
+        self.colour_stack = QStackedWidget()
+        self.colour_stack.addWidget(cont_page)
+        self.colour_stack.addWidget(self.legend)
+        self.colour_stack.setFixedHeight(96)
+        cf.addRow(self.colour_stack)
 
         sel_box = QGroupBox("Selection")
         sf = QFormLayout(sel_box)
@@ -355,8 +367,7 @@ class ExplorerWidget(QWidget):
             combo.setCurrentIndex(min(default, len(cols) - 1))
 
     def _peek_columns(self, key: str) -> list[str]:
-        emb = resolve_source(key, self.viewer.layers, self.session)
-        return list(emb.columns)
+        return source_columns(key, self.viewer.layers, self.session)
 
     def _on_method_changed(self, *args) -> None:
         dims = self.method_combo.currentData() == "dims"
@@ -443,8 +454,6 @@ class ExplorerWidget(QWidget):
         if len(proj) != emb.n:
             notify_error(f"{emb.label}: projection has {len(proj)} rows for {emb.n} items")
             return
-        import matplotlib.path  # noqa: F401  (the lasso's point-in-polygon; import it now)
-
         named = {layer.name: layer for layer in self.viewer.layers}
         self._disconnect_layers()
         self.embedding, self.projection = emb, proj
@@ -562,9 +571,7 @@ class ExplorerWidget(QWidget):
     def _update_colour_controls(self) -> None:
         m = self.mapping
         cont = m is not None and m.mode == "continuous"
-        for w in (self.cmap_combo, self.lo_spin, self.hi_spin, self.colorbar):
-            w.setVisible(cont)
-        self.legend.setVisible(not cont)
+        self.colour_stack.setCurrentIndex(0 if cont else 1)
         self.legend.clear()
         if m is None:
             return

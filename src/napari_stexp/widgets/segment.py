@@ -289,13 +289,18 @@ class SegmentWidget(QWidget):
         self.progress_bar.setRange(0, 0)
         self.status.setText(f"segmenting {name} ({method}) …")
         emit = self._emitter.progress.emit
-        self._worker = start_worker(
-            segment_layer_data, layer.data, method, device=self.device_combo.currentText(),
-            tile_size=int(self.tile_spin.value()) or None,
-            overlap=int(self.overlap_spin.value()) or None,
-            progress=lambda d, t, m: emit(int(d), int(t), str(m)), cancel=self._cancel,
-            returned=lambda res: self._on_done(name, method, res), errored=self._on_error,
-            finished=self._on_finished, **self.params())
+        data, cancel, params = layer.data, self._cancel, self.params()
+        device = self.device_combo.currentText()
+        tile = int(self.tile_spin.value()) or None
+        overlap = int(self.overlap_spin.value()) or None
+
+        def job():
+            return segment_layer_data(
+                data, method, device=device, tile_size=tile, overlap=overlap, cancel=cancel,
+                progress=lambda d, t, m: emit(int(d), int(t), str(m)), **params)
+
+        self._worker = start_worker(job, returned=lambda res: self._on_done(name, method, res),
+                                    errored=self._on_error, finished=self._on_finished)
         return self._worker
 
     def cancel(self):

@@ -1,0 +1,176 @@
+"""Batch prediction with the trained models (tiny ones, trained here): the distributed path
+(a LocalCluster of 2 workers) gives the same numbers as in-process and as the one-slide
+commands, and each worker loads its model once."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_stexp import batch
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import LocalCluster
+
+    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                     dashboard_address=None, silence_logs=50)
+    yield c.scheduler_address
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def he_slides(tmp_path_factory):
+    """A tiny trained mclSTExp model and three small H&E slides (the training slide, flipped)."""
+    import torch
+
+    from napari_stexp.data.synthetic_slide import make_synthetic_slide
+    from napari_stexp.io.wsi import write_pyramidal_tiff
+    from napari_stexp.models.mclstexp import train_expression_model
+
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("he")
+    s = make_synthetic_slide(n_rows=4, n_cols=4, n_genes=12, mpp=2.0)
+    model = train_expression_model({"SYN1": s.adata}, images={"SYN1": s.pyramid},
+                                   backbone="tinycnn", patch_size=96, input_size=32, epochs=2,
+                                   batch_size=8, top_k=10, mode="cached", device="cpu",
+                                   cache_dir=False, top_genes=12)
+    model.save(d / "model")
+    paths = []
+    for i, img in enumerate([s.image, s.image[::-1], s.image[:, ::-1]]):
+        paths.append(write_pyramidal_tiff(d / f"he{i}.tif", np.ascontiguousarray(img),
+                                          mpp=s.mpp, compression="zlib", tile=256))
+    return d / "model", paths
+
+
+@pytest.fixture(scope="module")
+def smears(tmp_path_factory):
+    """A tiny trained β-VAE and three small smear images."""
+    from napari_stexp.data.cells import CellCropDataset, synthetic_cell_images
+    from napari_stexp.data.synthetic_smear import make_synthetic_smear
+    from napari_stexp.io.wsi import write_pyramidal_tiff
+    from napari_stexp.models.betavae import BVAEConfig, train_bvae
+
+    d = tmp_path_factory.mktemp("smears")
+    imgs, labs = synthetic_cell_images(n_per_class=6, n_classes=2, size=48)
+    model = train_bvae(CellCropDataset.from_arrays(imgs, labs, size=32),
+                       config=BVAEConfig.tiny(device="cpu", epochs=1))
+    model.save(d / "model")
+    paths = []
+    for i in range(3):
+        img, _, _ = make_synthetic_smear(shape=(256, 320), n_wbc=3, n_rbc=25, seed=10 + i)
+        paths.append(write_pyramidal_tiff(d / f"smear{i}.tif", img, mpp=0.5,
+                                          compression="zlib", tile=256))
+    return d / "model", paths
+
+
+def _read(path):
+    import anndata
+
+    return anndata.read_h5ad(path)
+
+
+def _one_model_load_per_worker(res):
+    pids = {r["pid"] for r in res.records}
+    assert os.getpid() not in pids
+    assert sum(not r["model_cached"] for r in res.records) == len(pids)
+
+
+def test_predict_batch_equals_one_by_one(he_slides, cluster, tmp_path):
+    from napari_stexp.commands import expression as cmd
+
+    model_dir, paths = he_slides
+    res = batch.run_batch("predict", paths, tmp_path / "dist", model_dir=str(model_dir),
+                          scheduler=cluster)
+    assert res.ok, res.failed
+    _one_model_load_per_worker(res)
+    loc = batch.run_batch("predict", paths, tmp_path / "local", model_dir=str(model_dir),
+                          local=True)
+    assert loc.ok, loc.failed
+    for p in paths:
+        one = tmp_path / f"{p.stem}.one.h5ad"  # the one-slide command
+        parser = argparse.ArgumentParser()
+        cmd.register(parser.add_subparsers())
+        args = parser.parse_args(["expression", "predict", "--model", str(model_dir),
+                                  "--image", str(p), "--out", str(one), "--device", "cpu",
+                                  "--quiet"])
+        assert args.func(args) == 0
+        ref = _read(one)
+        assert ref.n_obs > 4
+        for out in ("dist", "local"):
+            a = _read(tmp_path / out / f"{p.stem}.predicted.h5ad")
+            assert list(a.obs_names) == list(ref.obs_names)
+            assert list(a.var_names) == list(ref.var_names)
+            np.testing.assert_allclose(a.X, ref.X, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(a.obsm["X_mclstexp"], ref.obsm["X_mclstexp"],
+                                       rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(a.obsm["spatial"], ref.obsm["spatial"])
+    # flipping the slide moves the spots: the outputs really are per slide
+    a0, a1 = (_read(tmp_path / "dist" / f"{p.stem}.predicted.h5ad") for p in paths[:2])
+    assert not np.allclose(np.sort(a0.obsm["spatial"][:, 1]), np.sort(a1.obsm["spatial"][:, 1])
+                           ) or not np.allclose(a0.X.mean(0), a1.X.mean(0))
+
+
+def test_embed_batch_equals_one_by_one(smears, cluster, tmp_path):
+    from napari_stexp.commands import bvae as bcmd
+    from napari_stexp.commands.segment import segment_to_folder
+
+    model_dir, paths = smears
+    res = batch.run_batch("embed", paths, tmp_path / "dist", model_dir=str(model_dir),
+                          scheduler=cluster)
+    assert res.ok, res.failed
+    _one_model_load_per_worker(res)
+    for p in paths:
+        # one by one: `napari-stexp segment` then `napari-stexp bvae embed --labels`
+        seg = tmp_path / "seg" / p.stem
+        segment_to_folder(p, seg, method="classical", device="cpu")
+        one = tmp_path / f"{p.stem}.one.h5ad"
+        parser = argparse.ArgumentParser()
+        bcmd.register(parser.add_subparsers())
+        args = parser.parse_args(["bvae", "embed", "--model", str(model_dir), "--cells",
+                                  str(p), "--labels", str(seg / "labels.tif"), "--out",
+                                  str(one)])
+        assert args.func(args) == 0
+        ref = _read(one)
+        a = _read(tmp_path / "dist" / f"{p.stem}.embeddings.h5ad")
+        assert a.n_obs == ref.n_obs > 0
+        assert list(a.obs["cell_id"]) == list(ref.obs["cell_id"])
+        np.testing.assert_allclose(a.obsm["X_bvae"], ref.obsm["X_bvae"], rtol=1e-4, atol=1e-5)
+        # each cell knows where it is on the slide
+        assert a.obsm["spatial"].shape == (a.n_obs, 2)
+        assert Path(a.uns["napari_stexp"]["cells"]).name == p.name
+
+
+def test_navigator_opens_a_batch_output_folder(smears, he_slides, cluster, tmp_path):
+    """segment + embed (smears) and predict (H&E) into one folder: the slide navigator's
+    collection lists one slide per input, with its image, cells and results together."""
+    from napari_stexp.io.collection import SlideCollection
+
+    out = tmp_path / "out"
+    bvae_dir, smear_paths = smears
+    mcl_dir, he_paths = he_slides
+    for kind, paths, model in (("segment", smear_paths, None), ("embed", smear_paths, bvae_dir),
+                               ("predict", he_paths[:1], mcl_dir)):
+        res = batch.run_batch(kind, paths, out, model_dir=model and str(model),
+                              scheduler=cluster)
+        assert res.ok, res.failed
+    coll = SlideCollection.from_paths(out, cache_dir=tmp_path / "cache")
+    assert sorted(coll.names) == sorted([p.stem for p in smear_paths] + [he_paths[0].stem])
+    table = coll.table().set_index("name")
+    for p in smear_paths:
+        assert table.loc[p.stem, ["image", "cells", "embeddings"]].all()
+    assert table.loc[he_paths[0].stem, ["image", "predictions"]].all()
+    one = coll.load(smear_paths[0].stem)
+    assert Path(one.image.path).resolve() == smear_paths[0].resolve()
+    assert one.cells is not None and one.cells.height == one.image.height
+    # cells and their latents are one table (merged by cell id), at the cells' positions
+    assert "X_bvae" in one.adata.obsm and one.adata.n_obs == _read(
+        out / f"{smear_paths[0].stem}.cells.h5ad").n_obs
+    assert np.isfinite(np.asarray(one.adata.obsm["X_bvae"], float)).all()
