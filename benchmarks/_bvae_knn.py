@@ -25,32 +25,46 @@ import time
 
 import numpy as np
 
-DEFAULTS = dict(data=None, size=64, epochs=40, latent_dim=50, base_channels=32, beta=4.0,
+DEFAULTS = dict(data=None, size=64, epochs=40, latent_dim=50, base_channels=16, beta=4.0,
                 bg_weight=0.0, batch_size=32, per_class=None, k=5, folds=5, seed=0,
-                threads=None, quick=False)
+                threads=None)
+
+
+OPTIONS = [  # (flag, type, help); dest is "bvae_<flag>" so callers' own flags never collide
+    ("data", str, "PBC folder (default $STEXP_DATA/pbc-wbc)"),
+    ("size", int, "crop size in px (64; the model default is 128)"),
+    ("epochs", int, "β-VAE epochs (40)"),
+    ("latent-dim", int, "latent size = PCA components (50)"),
+    ("base-channels", int, "conv width (16)"),
+    ("beta", float, "KL weight β (4)"),
+    ("bg-weight", float, "background pixel weight (0)"),
+    ("batch-size", int, "batch size (32)"),
+    ("per-class", int, "cells per class (all 60)"),
+    ("k", int, "neighbours (5)"),
+    ("folds", int, "cross-validation folds (5)"),
+    ("seed", int, "seed (0)"),
+    ("threads", int, "torch threads (torch's default)"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser, prefix: str = "bvae-") -> None:
+    """Add this benchmark's flags (``--bvae-epochs`` ... when embedded in another script)."""
+    for flag, typ, help_ in OPTIONS:
+        dest = "bvae_" + flag.replace("-", "_")
+        parser.add_argument(f"--{prefix}{flag}", dest=dest, metavar=flag.split("-")[0].upper(),
+                            type=typ, default=None, help=help_)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=None, help="PBC folder (default $STEXP_DATA/pbc-wbc)")
-    p.add_argument("--size", type=int, default=DEFAULTS["size"], help="crop size px (64)")
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    p.add_argument("--latent-dim", type=int, default=DEFAULTS["latent_dim"])
-    p.add_argument("--base-channels", type=int, default=DEFAULTS["base_channels"])
-    p.add_argument("--beta", type=float, default=DEFAULTS["beta"])
-    p.add_argument("--bg-weight", type=float, default=DEFAULTS["bg_weight"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--per-class", type=int, default=None, help="cells per class (all 60)")
-    p.add_argument("--k", type=int, default=DEFAULTS["k"])
-    p.add_argument("--folds", type=int, default=DEFAULTS["folds"])
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    add_arguments(p, prefix="")
     p.add_argument("--quick", action="store_true", help="10 cells/class, 32 px, 5 epochs")
     return p
 
 
 def _arg(args, name):
-    return getattr(args, name, DEFAULTS[name]) if args is not None else DEFAULTS[name]
+    v = getattr(args, "bvae_" + name, None) if args is not None else None
+    return DEFAULTS[name] if v is None else v
 
 
 def _knn_acc(X: np.ndarray, y: np.ndarray, k: int, folds: int, seed: int) -> float:
@@ -71,7 +85,7 @@ def run(args: argparse.Namespace | None = None) -> list[dict]:
     from napari_stexp.datasets import data_path
     from napari_stexp.models.betavae import BVAEConfig, train_bvae
 
-    quick = bool(_arg(args, "quick"))
+    quick = bool(getattr(args, "quick", False))
     size = 32 if quick else int(_arg(args, "size"))
     epochs = 5 if quick else int(_arg(args, "epochs"))
     per_class = 10 if quick else _arg(args, "per_class")

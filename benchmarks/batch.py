@@ -12,7 +12,8 @@ synthetic H&E slides; ``segment``: classical segmentation of synthetic smears):
   ``overhead_s_per_slide`` = the extra seconds per slide the distributed path costs.
 
 Every process uses ``--threads`` BLAS/torch threads (default 1), so 1 worker vs in-process is a
-like-for-like comparison. Prints one JSON line per figure.
+like-for-like comparison. Prints one JSON line per figure (with the machine's 1-minute load
+average: on a shared machine other processes take cores away and flatten the 2-worker ratio).
 
     python benchmarks/batch.py            # 16 slides per kind
     python benchmarks/batch.py --quick    # 6 slides, predict only
@@ -91,7 +92,7 @@ def bench_kind(kind: str, model_dir: str | None, paths: list[Path], work: Path,
         assert res.ok, res.failed
         # warm: a running cluster whose workers already imported and loaded the model
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None, silence_logs=50) as cluster:
+                          dashboard_address=":0", silence_logs=50) as cluster:
             addr = cluster.scheduler_address
             batch.run_batch(kind, warmup, work / f"warm{workers}-warmup",
                             model_dir=model_dir, scheduler=addr)
@@ -110,12 +111,13 @@ def bench_kind(kind: str, model_dir: str | None, paths: list[Path], work: Path,
          "workers_1_per_s": round(per_s[1], 3), "workers_2_per_s": round(per_s[2], 3),
          "ratio": round(per_s[2] / per_s[1], 3),
          "cold_run_s_1_worker": round(cold[1], 2), "cold_run_s_2_workers": round(cold[2], 2),
-         "cpu_count": os.cpu_count()},
+         "cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)},
         {"name": "batch_overhead", "kind": kind, "slides": n, "threads": threads,
          "inprocess_per_s": round(local_per_s, 3),
          "distributed_1_worker_per_s": round(per_s[1], 3),
          "ratio": round(per_s[1] / local_per_s, 3),
-         "overhead_s_per_slide": round(1 / per_s[1] - 1 / local_per_s, 4)},
+         "overhead_s_per_slide": round(1 / per_s[1] - 1 / local_per_s, 4),
+         "load_average_1min": round(os.getloadavg()[0], 2)},
     ]
 
 

@@ -3,7 +3,7 @@
     xvfb-run -a -s "-screen 0 1800x1100x24" python docs/navigator_screenshots.py [HER2ST_DIR]
 
 Opens the navigator on the her2st folder (thumbnails in the list), clicks to C2, colours the
-spots by ERBB2 with fixed limits, clicks Next to C3 (the overlay follows) and takes a screenshot
+spots by ERBB2 (viridis, limits 3-5.5), clicks Next to C3 (the overlay follows) and takes a screenshot
 of the whole window; then shows C2-C5 in the grid view.
 """
 
@@ -46,11 +46,11 @@ def main() -> int:
                            for r in range(w.table.rowCount())))
     w.go(w.nav.collection.index("C2"))
     _wait(app, lambda: w.nav.current == "C2" and w._worker is None)
-    w.nav.color_by("ERBB2", colormap="magma", contrast_limits=(0.0, 3.5))
+    w.nav.color_by("ERBB2", colormap="viridis", contrast_limits=(3.0, 5.5))
     w.color_edit.setText("ERBB2")
     w.next_btn.click()
     _wait(app, lambda: w.nav.current == "C3" and w._worker is None)
-    viewer.reset_view()
+    viewer.reset_view(layers=[w.nav.spots_layer()], margin=0.15)
     for _ in range(20):
         app.processEvents()
     viewer.screenshot(str(out / "navigator.png"), canvas_only=False)

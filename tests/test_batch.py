@@ -49,7 +49,7 @@ def cluster():
     from distributed import LocalCluster
 
     c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                     dashboard_address=None, silence_logs=50)
+                     dashboard_address=":0", silence_logs=50)
     yield c.scheduler_address
     c.close()
 

@@ -1,6 +1,7 @@
 """Batch prediction with the trained models (tiny ones, trained here): the distributed path
-(a LocalCluster of 2 workers) gives the same numbers as in-process and as the one-slide
-commands, and each worker loads its model once."""
+(a LocalCluster of 2 workers) gives the same numbers as the one-slide commands / functions,
+each worker loads its model once, and the slide navigator opens the output folder. (The
+in-process path ``local=True`` is checked against the distributed one in test_batch.py.)"""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def cluster():
     from distributed import LocalCluster
 
     c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                     dashboard_address=None, silence_logs=50)
+                     dashboard_address=":0", silence_logs=50)
     yield c.scheduler_address
     c.close()
 
@@ -48,6 +49,29 @@ def he_slides(tmp_path_factory):
         paths.append(write_pyramidal_tiff(d / f"he{i}.tif", np.ascontiguousarray(img),
                                           mpp=s.mpp, compression="zlib", tile=256))
     return d / "model", paths
+
+
+@pytest.fixture(scope="module")
+def classifier(he_slides, tmp_path_factory):
+    """A tiny trained batch-agnostic classifier (two synthetic sections, two patients)."""
+    import warnings
+
+    from napari_stexp.data.synthetic_slide import make_synthetic_slide
+    from napari_stexp.models.batch_agnostic import ClassifierConfig, train_classifier
+
+    d = tmp_path_factory.mktemp("classifier")
+    a = make_synthetic_slide(n_rows=4, n_cols=4, n_genes=12, mpp=2.0)
+    b = make_synthetic_slide(n_rows=4, n_cols=4, n_genes=12, mpp=2.0, seed=1, section="SYN2",
+                             patient="P2")
+    cfg = ClassifierConfig.tiny(patch_size=96, epochs=1, classifier_epochs=10,
+                                n_top_genes=12, device="cpu")
+    cfg.gene.epochs = 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = train_classifier({"SYN1": a.adata, "SYN2": b.adata}, cfg,
+                                 images={"SYN1": a.pyramid, "SYN2": b.pyramid}, cache_dir=False)
+    model.save(d / "model")
+    return d / "model"
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +115,6 @@ def test_predict_batch_equals_one_by_one(he_slides, cluster, tmp_path):
                           scheduler=cluster)
     assert res.ok, res.failed
     _one_model_load_per_worker(res)
-    loc = batch.run_batch("predict", paths, tmp_path / "local", model_dir=str(model_dir),
-                          local=True)
-    assert loc.ok, loc.failed
     for p in paths:
         one = tmp_path / f"{p.stem}.one.h5ad"  # the one-slide command
         parser = argparse.ArgumentParser()
@@ -104,18 +125,36 @@ def test_predict_batch_equals_one_by_one(he_slides, cluster, tmp_path):
         assert args.func(args) == 0
         ref = _read(one)
         assert ref.n_obs > 4
-        for out in ("dist", "local"):
-            a = _read(tmp_path / out / f"{p.stem}.predicted.h5ad")
-            assert list(a.obs_names) == list(ref.obs_names)
-            assert list(a.var_names) == list(ref.var_names)
-            np.testing.assert_allclose(a.X, ref.X, rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(a.obsm["X_mclstexp"], ref.obsm["X_mclstexp"],
-                                       rtol=1e-4, atol=1e-5)
-            np.testing.assert_allclose(a.obsm["spatial"], ref.obsm["spatial"])
+        a = _read(tmp_path / "dist" / f"{p.stem}.h5ad")
+        assert list(a.obs_names) == list(ref.obs_names)
+        assert list(a.var_names) == list(ref.var_names)
+        np.testing.assert_allclose(a.X, ref.X, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a.obsm["X_mclstexp"], ref.obsm["X_mclstexp"],
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a.obsm["spatial"], ref.obsm["spatial"])
     # flipping the slide moves the spots: the outputs really are per slide
-    a0, a1 = (_read(tmp_path / "dist" / f"{p.stem}.predicted.h5ad") for p in paths[:2])
+    a0, a1 = (_read(tmp_path / "dist" / f"{p.stem}.h5ad") for p in paths[:2])
     assert not np.allclose(np.sort(a0.obsm["spatial"][:, 1]), np.sort(a1.obsm["spatial"][:, 1])
                            ) or not np.allclose(a0.X.mean(0), a1.X.mean(0))
+
+
+def test_classify_batch_equals_one_by_one(he_slides, classifier, cluster, tmp_path):
+    from napari_stexp.models.batch_agnostic import BatchAgnosticClassifier, classify_slide
+
+    _, paths = he_slides
+    res = batch.run_batch("classify", paths, tmp_path / "dist", model_dir=str(classifier),
+                          scheduler=cluster)
+    assert res.ok, res.failed
+    _one_model_load_per_worker(res)
+    model = BatchAgnosticClassifier.load(classifier, device="cpu")
+    for p in paths:
+        ref = classify_slide(model, p, device="cpu")
+        a = _read(tmp_path / "dist" / f"{p.stem}.classes.h5ad")
+        assert list(a.obs_names) == list(ref.obs_names) and a.n_obs > 4
+        assert list(a.obs["batch_agnostic_class"]) == list(ref.obs["batch_agnostic_class"])
+        np.testing.assert_allclose(a.obsm["batch_agnostic_proba"],
+                                   ref.obsm["batch_agnostic_proba"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a.obsm["batch_agnostic_proba"].sum(1), 1.0, rtol=1e-5)
 
 
 def test_embed_batch_equals_one_by_one(smears, cluster, tmp_path):
@@ -167,10 +206,11 @@ def test_navigator_opens_a_batch_output_folder(smears, he_slides, cluster, tmp_p
     for p in smear_paths:
         assert table.loc[p.stem, ["image", "cells", "embeddings"]].all()
     assert table.loc[he_paths[0].stem, ["image", "predictions"]].all()
-    one = coll.load(smear_paths[0].stem)
-    assert Path(one.image.path).resolve() == smear_paths[0].resolve()
-    assert one.cells is not None and one.cells.height == one.image.height
-    # cells and their latents are one table (merged by cell id), at the cells' positions
-    assert "X_bvae" in one.adata.obsm and one.adata.n_obs == _read(
-        out / f"{smear_paths[0].stem}.cells.h5ad").n_obs
-    assert np.isfinite(np.asarray(one.adata.obsm["X_bvae"], float)).all()
+    smear = coll[smear_paths[0].stem]
+    assert Path(smear.cells).name == f"{smear_paths[0].stem}.labels.ome.zarr"
+    assert [Path(h).name for h in smear.h5ads] == [f"{smear_paths[0].stem}.cells.h5ad",
+                                                   f"{smear_paths[0].stem}.embeddings.h5ad"]
+    he = coll.load(he_paths[0].stem)  # predicted spots over their H&E
+    assert Path(he.image.path).resolve() == he_paths[0].resolve()
+    assert he.adata.n_obs == _read(out / f"{he_paths[0].stem}.h5ad").n_obs
+    assert "predicted" in he.adata.layers

@@ -304,14 +304,18 @@ def test_export_writes_the_groups(explorer, tmp_path):
 def test_export_h5ad_on_the_synthetic_slide(make_napari_viewer, tmp_path):
     import anndata as ad
 
-    from napari_stexp._sample_data import synthetic_slide
+    from napari_stexp.data.synthetic_slide import make_synthetic_slide
+    from napari_stexp.io.layers import spots_layer
     from napari_stexp.session import get_session
     from napari_stexp.widgets._common import add_layer_tuples
     from napari_stexp.widgets.explorer import ExplorerWidget
 
     viewer = make_napari_viewer()
-    spots = add_layer_tuples(viewer, synthetic_slide())[1]
-    adata = spots.metadata["adata"]
+    slide = make_synthetic_slide(6, 6, n_genes=8)
+    data, attrs, kind = spots_layer(slide.adata)
+    attrs["metadata"]["adata"] = slide.adata
+    spots = add_layer_tuples(viewer, [(data, attrs, kind)])[0]
+    adata = slide.adata
     rng = np.random.default_rng(0)
     get_session(viewer).add_embedding(EmbeddingRef(
         name="toy", layer=spots.name, data=rng.normal(size=(len(spots.data), 4))))
@@ -393,3 +397,51 @@ def test_projection_runs_in_a_worker(explorer, qtbot):
     assert len(w.projection) == 17 and w.compute_btn.isEnabled()
     frame = w.scatter.draw_now()
     assert frame.shape[2] == 4 and frame[..., :3].std() > 0  # points were drawn
+
+
+@pytest.mark.gui
+def test_gl_renderer_draws_points_and_rings(qtbot):
+    """The GPU path (chosen automatically on hardware OpenGL) draws the same scene."""
+    from qtpy.QtWidgets import QWidget
+
+    from napari_stexp.widgets._scatter_canvas import ScatterCanvas
+
+    host = QWidget()
+    qtbot.addWidget(host)
+    sc = ScatterCanvas(parent=host, renderer="gl")
+    host.resize(200, 200)
+    host.show()
+    xy = np.array([[0, 0], [1, 1], [np.nan, np.nan], [0.5, 0.2]], np.float32)
+    colors = np.tile([1.0, 1.0, 1.0, 1.0], (4, 1)).astype(np.float32)
+    sc.set_points(xy, colors)
+    sc.set_point_size(8)
+    before = sc.draw_now()
+    assert sc.renderer == "gl"
+    lit = before[..., :3].astype(int).sum(-1) > 600  # white pixels: the points
+    assert 3 * 20 < lit.sum() < 3 * 120  # three visible discs of ~50 px, the NaN row unseen
+    sc.set_overlay("groups", [0], group_colors(1)[1:2])
+    after = sc.draw_now()
+    yellow = (after[..., 0] > 200) & (after[..., 1] > 180) & (after[..., 2] < 80)
+    assert yellow.sum() > 10  # a ring around point 0
+    sc.close()
+
+
+@pytest.mark.gui
+def test_auto_renderer_picks_gl_on_hardware_and_raster_on_software(qtbot, monkeypatch):
+    from qtpy.QtWidgets import QWidget
+
+    from napari_stexp.widgets import _scatter_canvas as SC
+
+    host = QWidget()
+    qtbot.addWidget(host)
+    host.show()
+    xy = np.array([[0, 0], [1, 1]], np.float32)
+    for name, expected in (("llvmpipe (LLVM 15.0.6, 256 bits)", "raster"),
+                           ("NVIDIA GeForce RTX 3060/PCIe/SSE2", "gl")):
+        sc = SC.ScatterCanvas(parent=host, renderer="auto")
+        sc.set_points(xy, np.ones((2, 4), np.float32))
+        monkeypatch.setattr(SC, "_query_gl_renderer", lambda _n=name: _n)
+        frame = sc.draw_now()
+        assert sc.renderer == expected and sc.gl_renderer_name == name
+        assert frame[..., :3].max() == 255  # white points drawn either way
+        sc.close()

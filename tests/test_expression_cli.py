@@ -72,7 +72,6 @@ def test_her2st_train_evaluate_and_cross_validate(her2st_dir, tmp_path, cache, c
 @pytest.fixture(scope="module")
 def synthetic_model(tmp_path_factory):
     from expression_helpers import synthetic_pair
-
     from napari_stexp.models.mclstexp import train_expression_model
 
     torch.set_num_threads(1)

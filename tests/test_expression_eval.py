@@ -95,7 +95,6 @@ def test_cv_folds_by_section_and_patient():
 
 def test_leave_one_section_out_reports_model_and_baselines_without_leak(monkeypatch):
     from expression_helpers import synthetic_pair
-
     from napari_stexp.evaluation import regression
     from napari_stexp.evaluation.regression import cross_validate
 

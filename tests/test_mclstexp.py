@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from expression_helpers import MPP, synthetic_pair
 
+from expression_helpers import MPP, synthetic_pair
 from napari_stexp.errors import InputError, StexpError
 
 TINY = dict(backbone="tinycnn", patch_size=64, input_size=32, batch_size=64, top_k=50,

@@ -342,3 +342,58 @@ def test_bad_folder_notifies(qtbot, make_napari_viewer, tmp_path, monkeypatch):
     qtbot.waitUntil(lambda: bool(shown) and w._worker is None, timeout=60_000)
     assert shown and "no slides found" in shown[0] and "empty" in shown[0]
     assert len(viewer.layers) == 0 and w.table.rowCount() == 0
+
+
+def test_from_viewer_reuses_loaded_layers(qtbot, make_napari_viewer, her2st_dir, tmp_path):
+    """Sections loaded by 'Open data' (loader layers): listed, switched by hiding, never
+    duplicated or removed."""
+    from napari_stexp.io.open import open_path
+    from napari_stexp.session import get_session
+    from napari_stexp.widgets._common import add_layer_tuples
+    from napari_stexp.widgets.navigator import NavigatorWidget
+
+    viewer = make_napari_viewer()
+    opened = open_path(her2st_dir, sections=["A1", "C1"])
+    loaded = add_layer_tuples(viewer, opened.layers(max_visible=2))
+    sess = get_session(viewer)
+    for sec, ad in opened.adatas.items():
+        sess.add_adata(sec, ad)
+    sess.images = dict(opened.images)
+    w = NavigatorWidget(viewer, cache_dir=str(tmp_path), thumbnails=False)
+    w.use_loaded(show_first=False)
+    assert w.nav.collection.names == ["A1", "C1"]
+    assert w.nav.collection["A1"].has("image") and w.nav.collection["C1"].has("labels")
+    w.nav.show("C1")
+    assert list(viewer.layers) == loaded  # nothing added, nothing removed
+    assert _sections_shown(viewer) == {"C1"}
+    w.nav.color_by("ERBB2")
+    w.nav.show("A1")
+    assert _sections_shown(viewer) == {"A1"} and list(viewer.layers) == loaded
+    a1 = viewer.layers["A1 spots"]
+    assert "ERBB2" in a1.features
+    assert tuple(a1.face_contrast_limits) == tuple(viewer.layers["C1 spots"].face_contrast_limits)
+
+
+def test_works_through_napari_plugin_proxy(qtbot, make_napari_viewer, results_dir, tmp_path):
+    """napari hands dock widgets a PublicOnlyProxy of the viewer: same session, no errors."""
+    import warnings
+
+    from napari.utils._proxies import PublicOnlyProxy
+
+    from napari_stexp.session import get_session
+    from napari_stexp.widgets.navigator import NavigatorWidget
+
+    viewer = make_napari_viewer()
+    w = NavigatorWidget(PublicOnlyProxy(viewer), cache_dir=str(tmp_path), thumbnails=False)
+    w.set_collection(SlideCollection.from_paths(results_dir, cache_dir=tmp_path),
+                     show_first=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no private access through the proxy
+        w.nav.show("r1")
+        w.nav.color_by("model_class")
+        w.nav.next()
+        w.nav.show_grid(2)
+        w.nav.leave_grid()
+    assert get_session(viewer).current_slide == "r2"
+    assert _sections_shown(viewer) == {"r2"}
+

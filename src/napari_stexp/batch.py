@@ -369,7 +369,7 @@ def _run_distributed(res, kind, todo, out, model_dir, options, task, progress, t
     else:
         n = max(1, min(n_workers or os.cpu_count() or 1, len(todo)))
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=40)
+                               dashboard_address=":0", silence_logs=40)
         client = Client(cluster)
     try:
         if scheduler:

@@ -6,17 +6,17 @@ writes its outputs atomically (``write_h5ad`` / ``write_ome_zarr``) and returns 
 Each adapter calls the same functions as the matching one-slide command, so a batch gives the
 same numbers as running the slides one by one.
 
-Outputs per slide (``<stem>`` = input name without extension), named so that the slide
-navigator groups them into one slide ``<stem>`` (``.labels`` = cell masks, ``.cells`` /
-``.embeddings`` / ``.predicted`` / ``.classes`` = result tables) and links the input image
-(``uns['spatial'][<stem>]['metadata']['source_image_path']``):
+Outputs per slide (``<stem>`` = input name without extension), named the way the slide
+navigator groups files into one slide ``<stem>``: ``<stem>.h5ad`` is the slide's spot table,
+``.labels`` marks cell masks, ``.cells`` / ``.embeddings`` / ``.classes`` result tables; every
+table links its input image (``uns['spatial'][<stem>]['metadata']['source_image_path']``):
 
 - ``segment``: ``<stem>.labels.ome.zarr`` (Labels, µm scale) + ``<stem>.cells.h5ad`` (one row
   per cell ``cell<label>``: centroid/bbox/area/score[/class] in ``obs``,
   ``obsm['spatial']`` = centroid (x, y) in slide pixels);
 - ``embed``: ``<stem>.embeddings.h5ad`` (``obsm['X_bvae']`` latent means, as ``bvae embed``;
   for slides also where each cell is);
-- ``predict``: ``<stem>.predicted.h5ad`` (mclSTExp expression over the tissue's pseudo-spots,
+- ``predict``: ``<stem>.h5ad`` (mclSTExp expression over the tissue's pseudo-spots,
   as ``expression predict``);
 - ``classify``: ``<stem>.classes.h5ad`` (the batch-agnostic classifier's classes and
   probabilities).
@@ -247,16 +247,34 @@ def run_expression(model, input_path: Path, out_dir: Path, stem: str, options: d
                           tile=int(options.get("tile", 2048)),
                           device=options.get("device", "cpu"))
     adata.uns["napari_stexp"]["batch"] = True
-    return [write_h5ad(adata, out_dir / f"{stem}.predicted.h5ad")]
+    return [write_h5ad(adata, out_dir / f"{stem}.h5ad")]
 
 
 # --------------------------------------------------------------------------- classify
 
 
 def load_classifier(model_dir: str | None, options: dict):
-    raise InputError("classify", "the batch-agnostic classifier is not available yet")
+    """The batch-agnostic classifier (image encoder + calibrated head), once per worker."""
+    from .models.batch_agnostic import BatchAgnosticClassifier
+
+    if not model_dir:
+        raise InputError("--model", "classify needs a batch-agnostic classifier folder")
+    return BatchAgnosticClassifier.load(model_dir, device=options.get("device", "cpu"))
 
 
 def run_classify(model, input_path: Path, out_dir: Path, stem: str, options: dict
                  ) -> list[Path]:
-    raise InputError("classify", "the batch-agnostic classifier is not available yet")
+    """Classes and calibrated probabilities on a grid over one slide's tissue
+    (``classify_slide``, the computation of the one-slide command)."""
+    from .io.export import write_h5ad
+    from .models.batch_agnostic import classify_slide
+
+    adata = classify_slide(model, input_path, name=options.get("name"),
+                           pitch_um=options.get("pitch_um"),
+                           layout=options.get("layout", "square"),
+                           min_tissue=float(options.get("min_tissue", 0.5)),
+                           batch_size=int(options.get("batch_size", 64)),
+                           tile=int(options.get("tile", 2048)),
+                           device=options.get("device", "cpu"))
+    adata.uns["napari_stexp"]["batch"] = True
+    return [write_h5ad(adata, out_dir / f"{stem}.classes.h5ad")]

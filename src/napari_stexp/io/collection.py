@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -156,6 +157,7 @@ class SlideCollection:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.sources = [str(s) for s in sources]
         self._adata_cache: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()  # workers read slides while the GUI thread may, too
         self._adata_cache_size = int(adata_cache)
         self._memory: dict[str, tuple[Any, Any]] = {}
 
@@ -237,14 +239,17 @@ class SlideCollection:
         item = key if isinstance(key, SlideItem) else self[key]
         if item.kind == "memory":
             return self._memory.get(item.name, (None, None))[0]
-        if item.name in self._adata_cache:
-            self._adata_cache.move_to_end(item.name)
-            return self._adata_cache[item.name]
+        with self._lock:
+            if item.name in self._adata_cache:
+                self._adata_cache.move_to_end(item.name)
+                return self._adata_cache[item.name]
         ad = _read_adata(item)
-        if ad is not None and self._adata_cache_size > 0:
-            self._adata_cache[item.name] = ad
-            while len(self._adata_cache) > self._adata_cache_size:
-                self._adata_cache.popitem(last=False)
+        with self._lock:
+            if ad is not None and self._adata_cache_size > 0:
+                ad = self._adata_cache.setdefault(item.name, ad)
+                self._adata_cache.move_to_end(item.name)
+                while len(self._adata_cache) > self._adata_cache_size:
+                    self._adata_cache.popitem(last=False)
         return ad
 
     def load(self, key: int | str | SlideItem, *, image: bool = True) -> SlideData:

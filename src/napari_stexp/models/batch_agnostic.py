@@ -303,13 +303,6 @@ def spatial_block_split(xy: np.ndarray, groups: Sequence, labels: Sequence, frac
     return val & has
 
 
-@dataclass
-class _Prepared:
-    names: list[str]
-    image_names: list[str]
-    gene_names: list[str]
-
-
 # ----------------------------------------------------------------------------- the model
 
 
@@ -511,9 +504,7 @@ class BatchAgnosticClassifier:
         elif gmeta.get("kind") == "obsm":
             gene_model = ObsmLatent(gmeta["key"], gmeta.get("n_latent"))
             n_latent = int(gmeta.get("n_latent") or 0)
-        encoder = None
-        if cfg.mode == "finetune" or True:  # the backbone is always stored in model.pt
-            encoder, _ = build_image_encoder(cfg.backbone, None)
+        encoder, _ = build_image_encoder(cfg.backbone, None)  # weights come from model.pt
         net = _build_net(int(meta["feature_dim"]), n_latent if cfg.objective == "contrastive"
                          else 0, len(meta["classes"]), cfg, encoder)
         try:
@@ -612,7 +603,7 @@ def train_classifier(
     import torch
 
     from ..data.patches import PatchSpec, spot_pitch_px, spot_positions
-    from ..io.spatial import mpp_fullres, spot_diameter_fullres
+    from ..io.spatial import mpp_fullres, spot_diameter_fullres, validate_st_adata
     from ..training.engine import TrainConfig, fit, seed_everything
     from ..training.feature_cache import backbone_signature, resolve_cache_dir
     from .backbones import build_image_encoder
@@ -629,6 +620,8 @@ def train_classifier(
         raise InputError(None, "no training sections given")
     names = list(adatas)
     src = ", ".join(names)
+    for n in names:  # NaN/inf coordinates, duplicate ids -> InputError naming the section
+        validate_st_adata(adatas[n], f"section {n}")
     cdir = resolve_cache_dir(cache_dir)
     fcache = cdir if cdir is not None else False
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None

@@ -37,7 +37,7 @@ CATEGORY_PALETTE = np.array([
 ], np.float32)
 # Selection groups: saturated colours that stand out on any colormap.
 GROUP_PALETTE = np.array([
-    (1.00, 0.23, 0.19), (1.00, 0.84, 0.04), (0.20, 0.90, 1.00), (1.00, 0.25, 0.90),
+    (1.00, 0.90, 0.00), (0.20, 0.90, 1.00), (1.00, 0.23, 0.19), (1.00, 0.25, 0.90),
     (0.45, 1.00, 0.25), (1.00, 0.58, 0.00), (0.55, 0.45, 1.00), (1.00, 1.00, 1.00),
 ], np.float32)
 SLIDE_SELECTION_COLOR = np.array([1.0, 1.0, 1.0, 1.0], np.float32)
@@ -219,7 +219,7 @@ def _make_points_node():
     from vispy.scene.visuals import create_visual_node
     from vispy.visuals import Visual
 
-    class _PointSprites(Visual):
+    class PointSpritesVisual(Visual):
         """Minimal GL point sprites: one position and one colour per point."""
 
         def __init__(self, size: float = 3.0, inner: float = 0.0):
@@ -263,7 +263,7 @@ def _make_points_node():
         def _prepare_transforms(self, view):
             view.view_program.vert["transform"] = view.get_transform()
 
-    return create_visual_node(_PointSprites)
+    return create_visual_node(PointSpritesVisual)
 
 
 _POINTS_NODE = None
@@ -274,6 +274,16 @@ def _points_node_class():
     if _POINTS_NODE is None:
         _POINTS_NODE = _make_points_node()
     return _POINTS_NODE
+
+
+def _query_gl_renderer() -> str:
+    """GL_RENDERER of the current context (e.g. "llvmpipe (LLVM 15...)"), or "unknown"."""
+    try:
+        from vispy.gloo import gl
+
+        return str(gl.glGetParameter(gl.GL_RENDERER))
+    except Exception:
+        return "unknown"
 
 
 _SOFTWARE_GL = ("llvmpipe", "softpipe", "swrast", "software", "swiftshader", "lavapipe")
@@ -507,12 +517,7 @@ class ScatterCanvas:
         """Pick the renderer once a GL context is current (first paint)."""
         if self.gl_renderer_name is not None:
             return
-        try:
-            from vispy.gloo import gl
-
-            self.gl_renderer_name = str(gl.glGetParameter(gl.GL_RENDERER))
-        except Exception:
-            self.gl_renderer_name = "unknown"
+        self.gl_renderer_name = _query_gl_renderer()
         software = any(s in self.gl_renderer_name.lower() for s in _SOFTWARE_GL)
         if self.renderer_request == "auto" and not software and \
                 self.gl_renderer_name != "unknown":

@@ -90,11 +90,21 @@ def face_color_column(layer) -> str | None:
     col = (layer.metadata or {}).get("color_by")
     if col and col in layer.features:
         return str(col)
+    import warnings
+
     try:  # napari private API, guarded: only used to read the column name
-        props = layer._face.color_properties
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # plugin proxies warn on '_' names
+            props = layer._face.color_properties
         return None if props is None else str(props.name)
     except AttributeError:
         return None
+
+
+def _unwrap(viewer):
+    """The viewer behind napari's plugin proxy: one session per viewer, whichever widget
+    (each gets its own proxy) asks."""
+    return getattr(viewer, "__wrapped__", viewer)
 
 
 @dataclass
@@ -185,7 +195,7 @@ class SlideNavigator:
                  camera: str = "keep", lock_contrast: bool = True, image_cache: bool = False,
                  same_size_tolerance: float = 0.1):
         self.viewer = viewer
-        self.session = get_session(viewer)
+        self.session = get_session(_unwrap(viewer))
         self.collection = collection
         self.camera = camera
         self.lock_contrast = lock_contrast
@@ -528,9 +538,15 @@ class SlideNavigator:
         self._release_others(keep=[keep] if keep else [])
 
     def _title_layer(self, name: str, extent: np.ndarray | None):
-        y0, x0 = (0.0, 0.0) if extent is None else (float(extent[0, -2]), float(extent[0, -1]))
+        """The slide's name in the top-left corner of its grid box (text sits above the
+        point, so the point goes a little inside the slide)."""
+        if extent is None:
+            y0, x0 = 0.0, 0.0
+        else:
+            (ya, xa), (yb, xb) = extent[0, -2:], extent[1, -2:]
+            y0, x0 = float(ya + 0.05 * (yb - ya)), float(xa + 0.02 * (xb - xa))
         attrs = {"name": f"{name} title", "features": pd.DataFrame({"slide": [name]}),
-                 "text": {"string": "{slide}", "size": 12, "color": "orange",
+                 "text": {"string": "{slide}", "size": 14, "color": "orange",
                           "anchor": "upper_left"},
                  "size": 1.0, "face_color": "transparent", "border_width": 0.0,
                  "metadata": {"section": name, "kind": "title", "navigator": True}}
@@ -760,11 +776,12 @@ class NavigatorWidget(QWidget):
 
     THUMB = 64
 
-    def __init__(self, viewer, parent=None, *, cache_dir: str | None = None,
+    def __init__(self, napari_viewer, parent=None, *, cache_dir: str | None = None,
                  thumbnails: bool = True):
         super().__init__(parent)
+        viewer = napari_viewer
         self.viewer = viewer
-        self.session = get_session(viewer)
+        self.session = get_session(_unwrap(viewer))
         self.nav = SlideNavigator(viewer)
         self.nav.changed.connect(self._on_changed)
         self.cache_dir = cache_dir
@@ -793,7 +810,9 @@ class NavigatorWidget(QWidget):
         self.table.setIconSize(QSize(self.THUMB, self.THUMB))
         self.table.verticalHeader().setVisible(False)
         self.table.verticalHeader().setDefaultSectionSize(self.THUMB + 4)
-        self.table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         self.table.cellClicked.connect(lambda row, _col: self.go(row))
 
         self.prev_btn = QPushButton("◀ Previous")
@@ -926,7 +945,7 @@ class NavigatorWidget(QWidget):
             self.table.setItem(i, 0, name)
             self.table.setItem(i, 1, QTableWidgetItem(item.patient or item.batch or ""))
             self.table.setItem(i, 2, QTableWidgetItem(item.describe(short=True)))
-        self.table.resizeColumnToContents(0)
+        self.table.setColumnWidth(0, self.THUMB + 70)  # thumbnail + name
         self.status.setText(f"{len(coll)} slide(s)")
         if self.thumbnails:
             self._load_thumbnails(coll)

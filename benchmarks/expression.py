@@ -1,0 +1,357 @@
+"""Benchmarks of the mclSTExp expression model (issues 3 and 9).
+
+Prints one JSON line per figure, each with its baseline measured in the same run and, where the
+issue gives one, the published-code figure and our ratio to it:
+
+(a) ``slide_inference``: whole-slide prediction (tissue mask, pseudo-spots, reading, resampling,
+    embedding, retrieval) in spots/s vs the bare backbone forward on the same number of patches
+    at the same batch size (target ratio ≥ 0.9); peak memory beside the slide size.
+(b) ``train_epoch_finetune`` / ``train_epoch_cached``: training time per epoch and peak memory
+    (RSS sampled every 20 ms, and ru_maxrss) in both modes; ``protocol_cached``: features +
+    training + evaluation of the issue-9 protocol in cached mode (target < 180 s).
+(c) ``her2st_loso``: leave-one-section-out over the her2st image sections with the baselines
+    (report printed), and ``holdout``: train B4, C2, C3, C4 and test C5 over several seeds with
+    the faithful loss (temperature 1, unnormalised) and the option (normalised embeddings,
+    learned temperature), beside ridge on the same frozen features and the published figures.
+
+Published-code figures (issue 9: 2 CPU cores, no GPU, no pretrained weights, torch 2.14.1,
+her2st B4, C2–C5, 785 genes, batch 64): 4.2 training spots/s (243 s/epoch for 1,015 spots),
+19.1 GB peak at batch 64 (batch 128: out of memory at 24.4 GB), ~21.5 patches/s inference,
+PCC-ACG 0.160 / PCC-HEG 0.196 after 8 epochs; ridge on frozen random DenseNet-121 features
+0.150 / 0.204.
+
+``--quick`` finishes in about a minute on a free 2-core CPU (tiny backbone, few spots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+PUBLISHED = {"train_spots_per_s": 1015 / 243.0, "peak_gb_b64": 19.1, "oom_gb_b128": 24.4,
+             "infer_per_s": 21.5, "pcc_acg": 0.160, "pcc_heg": 0.196,
+             "ridge_pcc_acg": 0.150, "ridge_pcc_heg": 0.204}
+HER2ST_IMAGE_SECTIONS = ["B4", "C2", "C3", "C4", "C5"]
+
+
+def emit(**kw) -> None:
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in kw.items()}),
+          flush=True)
+
+
+class PeakRSS:
+    """Peak resident memory (GB) during a block, sampled in a thread (psutil)."""
+
+    def __init__(self, interval: float = 0.02):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self.start = self.proc.memory_info().rss
+        self.peak = self.start
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    @property
+    def peak_gb(self) -> float:
+        return self.peak / 1e9
+
+    @property
+    def added_gb(self) -> float:
+        return (self.peak - self.start) / 1e9
+
+
+def ru_maxrss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def load_her2st(data: Path, sections, genes_file: Path | None):
+    from napari_stexp.io.st import read_st
+
+    panel = None
+    if genes_file is not None and genes_file.is_file():
+        panel = [str(g) for g in np.load(genes_file, allow_pickle=False)]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adatas = read_st(data, sections, images=False, genes=panel)
+    return adatas, panel
+
+
+def subsample(adatas, n_per_section: int | None, seed: int = 0):
+    if not n_per_section:
+        return adatas
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, a in adatas.items():
+        idx = np.sort(rng.choice(a.n_obs, size=min(n_per_section, a.n_obs), replace=False))
+        out[k] = a[idx].copy()
+    return out
+
+
+# ----------------------------------------------------------------------------- (a)
+
+
+def bench_slide(args, adatas, panel) -> None:
+    import torch
+
+    from napari_stexp.analysis.slide_predict import predict_slide
+    from napari_stexp.data.patches import to_float_nchw
+    from napari_stexp.io.st import section_image
+    from napari_stexp.models.mclstexp import (
+        ExpressionModel,
+        MclstexpConfig,
+        MclstexpNet,
+        Reference,
+        position_table_sizes,
+    )
+    from napari_stexp.training.engine import seed_everything
+
+    test = args.test_section
+    pyr = section_image(adatas[test])
+    G = len(panel) if panel else 785
+    seed_everything(0)
+    px, py = position_table_sizes(np.array([[35, 35]]))
+    cfg = MclstexpConfig(backbone=args.backbone, input_size=args.input_size,
+                         patch_size=args.patch_size, target_mpp=pyr.mpp, pos_size_x=px,
+                         pos_size_y=py, spot_pitch_um=args.pitch_um, spot_diameter_um=100.0)
+    net = MclstexpNet(G, cfg).eval()
+    rng = np.random.default_rng(0)
+    ref = Reference(embeddings=rng.normal(size=(1015, 256)).astype(np.float32),
+                    expression=rng.random((1015, G)).astype(np.float32),
+                    sections=np.array(["REF"] * 1015), obs_names=np.arange(1015).astype(str),
+                    positions=np.zeros((1015, 2), np.int64))
+    model = ExpressionModel(net=net, config=cfg, genes=[f"G{i}" for i in range(G)],
+                            reference=ref)
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        out = predict_slide(model, pyr, name=test, batch_size=args.infer_batch, device="cpu")
+        ours = time.perf_counter() - t0
+    n = out.n_obs
+    # the bare backbone on the same number of patches (random pixels), same batch size
+    enc = net.image_encoder.eval()
+    x = to_float_nchw(torch.from_numpy(
+        rng.integers(0, 255, (args.infer_batch, args.input_size, args.input_size, 3),
+                     dtype=np.uint8)))
+    with torch.inference_mode():
+        enc(x[:2])
+        t0 = time.perf_counter()
+        done = 0
+        while done < n:
+            b = min(args.infer_batch, n - done)
+            enc(x[:b])
+            done += b
+        bare = time.perf_counter() - t0
+    emit(name="slide_inference", slide=test, slide_px=[pyr.height, pyr.width], n_spots=n,
+         backbone=args.backbone, input_px=args.input_size, batch=args.infer_batch,
+         ours_per_s=n / ours, backbone_only_per_s=n / bare, ratio=(n / ours) / (n / bare),
+         peak_rss_gb=mem.peak_gb, added_rss_gb=mem.added_gb,
+         published_per_s=PUBLISHED["infer_per_s"],
+         ratio_vs_published=(n / ours) / PUBLISHED["infer_per_s"])
+
+
+# ----------------------------------------------------------------------------- (b)
+
+
+def bench_train(args, adatas, panel) -> None:
+    from napari_stexp.evaluation.regression import evaluate_model
+    from napari_stexp.models.mclstexp import train_expression_model
+
+    train = {k: adatas[k] for k in args.train_sections}
+    test = {args.test_section: adatas[args.test_section]}
+    # finetune: the whole network on augmented patches (patches decoded once, not timed here)
+    ft = subsample(train, args.finetune_spots)
+    n_ft = sum(a.n_obs for a in ft.values())
+    for bs in args.finetune_batches:
+        with PeakRSS() as mem:
+            m = train_expression_model(ft, genes=panel, mode="finetune", epochs=args.ft_epochs,
+                                       backbone=args.backbone, batch_size=bs,
+                                       patch_size=args.patch_size, input_size=args.input_size,
+                                       cache_dir=args.cache_dir, device="cpu",
+                                       channels_last=args.channels_last, bf16=args.bf16,
+                                       frozen_features=False)
+        ep = m.history[-1]
+        emit(name="train_epoch_finetune", batch=bs, spots=n_ft, backbone=args.backbone,
+             input_px=args.input_size, seconds_per_epoch=ep["seconds"],
+             spots_per_s=n_ft / ep["seconds"],
+             published_spots_per_s=PUBLISHED["train_spots_per_s"],
+             ratio_vs_published=(n_ft / ep["seconds"]) / PUBLISHED["train_spots_per_s"],
+             peak_rss_gb=mem.peak_gb, published_peak_gb=PUBLISHED["peak_gb_b64"],
+             mem_ratio_vs_published=mem.peak_gb / PUBLISHED["peak_gb_b64"],
+             within_24gb=mem.peak_gb < 24.0,
+             n_parameters=m.provenance["n_parameters"])
+    # cached: the whole protocol (features, training, evaluation)
+    t0 = time.perf_counter()
+    with PeakRSS() as mem:
+        m = train_expression_model(train, genes=panel, mode="cached", epochs=args.epochs,
+                                   backbone=args.backbone, batch_size=args.batch_size,
+                                   patch_size=args.patch_size, input_size=args.input_size,
+                                   cache_dir=args.protocol_cache, device="cpu")
+        res = evaluate_model(m, test, baselines=("ridge",), cache_dir=args.protocol_cache,
+                             device="cpu")
+    total = time.perf_counter() - t0
+    n = sum(a.n_obs for a in train.values())
+    secs = [h["seconds"] for h in m.history]
+    emit(name="train_epoch_cached", batch=args.batch_size, spots=n,
+         seconds_per_epoch=float(np.median(secs)), spots_per_s=n / float(np.median(secs)),
+         published_spots_per_s=PUBLISHED["train_spots_per_s"],
+         ratio_vs_published=(n / float(np.median(secs))) / PUBLISHED["train_spots_per_s"],
+         peak_rss_gb=mem.peak_gb)
+    t = res.table.set_index("method")
+    emit(name="protocol_cached", seconds=total, target_seconds=180.0, ratio=total / 180.0,
+         epochs=args.epochs, train=list(train), test=list(test),
+         pcc_acg=float(t.loc["mclstexp", "pcc_acg"]), pcc_heg=float(t.loc["mclstexp",
+                                                                          "pcc_heg"]),
+         ridge_pcc_acg=float(t.loc["ridge", "pcc_acg"]),
+         ridge_pcc_heg=float(t.loc["ridge", "pcc_heg"]), features="cold cache (fresh folder)")
+
+
+# ----------------------------------------------------------------------------- (c)
+
+
+def bench_accuracy(args, adatas, panel) -> None:
+    import pandas as pd
+
+    from napari_stexp.evaluation.regression import cross_validate, evaluate_model, summarise
+    from napari_stexp.models.mclstexp import train_expression_model
+
+    common = dict(mode="cached", backbone=args.backbone, batch_size=args.batch_size,
+                  patch_size=args.patch_size, input_size=args.input_size,
+                  cache_dir=args.cache_dir, device="cpu")
+    variants = {"faithful": {}, "normalised+learned T": {"normalize_embeddings": True,
+                                                         "learn_temperature": True}}
+    # hold-out protocol of issue 9, several seeds
+    train = {k: adatas[k] for k in args.train_sections}
+    test = {args.test_section: adatas[args.test_section]}
+    rows = []
+    for seed in args.seeds:
+        for vname, kw in variants.items():
+            m = train_expression_model(train, genes=panel, epochs=args.epochs, seed=seed,
+                                       **common, **kw)
+            t = evaluate_model(m, test, baselines=("ridge",), cache_dir=args.cache_dir,
+                               device="cpu").table
+            for _, r in t.iterrows():
+                method = f"mclstexp ({vname})" if r["method"] == "mclstexp" else r["method"]
+                rows.append({"seed": seed, "method": method, "pcc_acg": r["pcc_acg"],
+                             "pcc_heg": r["pcc_heg"], "mse": r["mse"], "mae": r["mae"]})
+    df = pd.DataFrame(rows).drop_duplicates(["seed", "method"])
+    agg = df.groupby("method")[["pcc_acg", "pcc_heg", "mse", "mae"]].agg(["mean", "std"])
+    print(f"\nhold-out {args.test_section} (train {', '.join(train)}), cached mode, "
+          f"{args.epochs} epochs, seeds {args.seeds}:", file=sys.stderr)
+    print(agg.to_string(float_format=lambda v: f"{v:.4f}"), file=sys.stderr)
+    ridge = agg.loc["ridge"]
+    for method in agg.index:
+        a = agg.loc[method]
+        emit(name="holdout", test=args.test_section, method=method, seeds=len(args.seeds),
+             pcc_acg=a[("pcc_acg", "mean")], pcc_acg_sd=a[("pcc_acg", "std")],
+             pcc_heg=a[("pcc_heg", "mean")], pcc_heg_sd=a[("pcc_heg", "std")],
+             mse=a[("mse", "mean")], mae=a[("mae", "mean")],
+             ridge_pcc_acg=ridge[("pcc_acg", "mean")], ridge_pcc_heg=ridge[("pcc_heg", "mean")],
+             published_pcc_acg=PUBLISHED["pcc_acg"], published_pcc_heg=PUBLISHED["pcc_heg"],
+             ratio_acg_vs_published=a[("pcc_acg", "mean")] / PUBLISHED["pcc_acg"],
+             ratio_heg_vs_published=a[("pcc_heg", "mean")] / PUBLISHED["pcc_heg"])
+    if args.skip_cv:
+        return
+    # leave-one-section-out over the image sections, model + baselines
+    res = cross_validate(adatas, by="section", genes=panel, epochs=args.epochs, seed=0,
+                         **common, **variants[args.cv_variant])
+    print(f"\nleave-one-section-out over {', '.join(adatas)} (cached mode, "
+          f"{args.cv_variant}):", file=sys.stderr)
+    print(res.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), file=sys.stderr)
+    s = summarise(res.table)
+    for method, r in s.iterrows():
+        emit(name="her2st_loso", method=method, variant=args.cv_variant, sections=len(adatas),
+             pcc_acg=r["pcc_acg"], pcc_heg=r["pcc_heg"], mse=r["mse"], mae=r["mae"])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=None, help="her2st folder (default: $STEXP_DATA/her2st)")
+    p.add_argument("--parts", default="a,b,c", help="which parts to run: a, b, c")
+    p.add_argument("--quick", action="store_true", help="about a minute: tiny sizes")
+    p.add_argument("--backbone", default="densenet121")
+    p.add_argument("--patch-size", type=int, default=224)
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--epochs", type=int, default=40, help="cached-mode epochs")
+    p.add_argument("--ft-epochs", type=int, default=1, help="finetune epochs timed")
+    p.add_argument("--batch-size", type=int, default=128, help="cached-mode batch")
+    p.add_argument("--finetune-batches", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--finetune-spots", type=int, default=0,
+                   help="spots per section in the finetune timing (0: all)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--infer-batch", type=int, default=32)
+    p.add_argument("--pitch-um", type=float, default=200.0, help="pseudo-spot pitch for (a)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--train-sections", nargs="+", default=["B4", "C2", "C3", "C4"])
+    p.add_argument("--test-section", default="C5")
+    p.add_argument("--cv-variant", default="faithful",
+                   choices=("faithful", "normalised+learned T"))
+    p.add_argument("--skip-cv", action="store_true")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default: a temp folder)")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.backbone, args.input_size, args.epochs = "tinycnn", 48, 10
+        args.finetune_spots, args.finetune_batches = 32, [32]
+        args.seeds, args.pitch_um, args.skip_cv = [0], 400.0, True
+    import tempfile
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from napari_stexp.datasets import data_root
+
+    data = Path(args.data) if args.data else data_root() / "her2st"
+    if not data.exists():
+        print(f"her2st data not found at {data} (set STEXP_DATA)", file=sys.stderr)
+        return 1
+    tmp = tempfile.TemporaryDirectory(prefix="stexp-bench-")
+    args.cache_dir = args.cache_dir or os.path.join(tmp.name, "cache")
+    args.protocol_cache = os.path.join(tmp.name, "protocol-cache")
+    t0 = time.perf_counter()
+    adatas, panel = load_her2st(data, HER2ST_IMAGE_SECTIONS, data / "her_hvg_cut_1000.npy")
+    emit(name="setup", sections=list(adatas), genes=len(panel) if panel else None,
+         spots=int(sum(a.n_obs for a in adatas.values())), seconds=time.perf_counter() - t0,
+         torch=torch.__version__, threads=torch.get_num_threads(),
+         load_average=list(os.getloadavg()))
+    parts = set(args.parts.split(","))
+    if "a" in parts:
+        bench_slide(args, adatas, panel)
+    if "b" in parts:
+        bench_train(args, adatas, panel)
+    if "c" in parts:
+        bench_accuracy(args, adatas, panel)
+    emit(name="done", seconds=time.perf_counter() - t0, ru_maxrss_gb=ru_maxrss_gb(),
+         load_average=list(os.getloadavg()))
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

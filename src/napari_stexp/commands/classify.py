@@ -1,0 +1,299 @@
+"""``napari-stexp classify``: ST-guided tissue classification with a batch-agnostic gene encoder.
+
+::
+
+    napari-stexp classify train --data PATH [PATH ...] [--sections S ...] --out MODEL_DIR
+    napari-stexp classify evaluate --model MODEL_DIR --data PATH [--sections S ...] --out REPORT.csv
+    napari-stexp classify embed --model MODEL_DIR --data PATH [--sections S ...] --out EMB.h5ad
+    napari-stexp classify predict --model MODEL_DIR --image SLIDE --out CLASSES.h5ad
+
+REPORT.csv has one row per (method, section): ``method, section, n_spots, accuracy, macro_f1``.
+See docs/classifier.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("classify", help="tissue classes from H&E, guided by batch-agnostic "
+                                        "gene expression: train, evaluate, embed, predict")
+    ssub = p.add_subparsers(dest="classify_command", metavar="ACTION")
+    ssub.required = True
+
+    t = ssub.add_parser("train", help="train gene encoder, image encoder and classifier")
+    _data_args(t)
+    t.add_argument("--out", required=True, metavar="MODEL_DIR", help="model folder to write")
+    t.add_argument("--checkpoint-dir", default=None,
+                   help="stage checkpoints for resume (default MODEL_DIR.ckpt; removed after "
+                        "success)")
+    _train_args(t)
+    t.set_defaults(func=run_train)
+
+    e = ssub.add_parser("evaluate", help="accuracy / macro-F1 per section on labelled sections")
+    e.add_argument("--model", required=True, metavar="MODEL_DIR")
+    _data_args(e)
+    e.add_argument("--out", required=True, metavar="REPORT.csv")
+    e.add_argument("--details", default=None, metavar="JSON",
+                   help="also write per-class F1 and calibration error (ECE) as JSON")
+    _runtime_args(e)
+    e.set_defaults(func=run_evaluate)
+
+    m = ssub.add_parser("embed", help="gene latent (+ image embedding where images exist) "
+                                      "per spot, as .h5ad")
+    m.add_argument("--model", required=True, metavar="MODEL_DIR")
+    _data_args(m)
+    m.add_argument("--out", required=True, metavar="EMB.h5ad")
+    _runtime_args(m)
+    m.set_defaults(func=run_embed)
+
+    pr = ssub.add_parser("predict", help="classify patches over the tissue of an H&E slide")
+    pr.add_argument("--model", required=True, metavar="MODEL_DIR")
+    pr.add_argument("--image", required=True, metavar="SLIDE", help="H&E slide or image")
+    pr.add_argument("--out", required=True, metavar="CLASSES.h5ad")
+    pr.add_argument("--name", default=None, help="slide name in the output (default: file)")
+    pr.add_argument("--pitch-um", type=float, default=None,
+                    help="patch grid pitch in µm (default: the training spot pitch)")
+    pr.add_argument("--layout", choices=("square", "hex"), default="square")
+    pr.add_argument("--min-tissue", type=float, default=0.5,
+                    help="keep patches at least this fraction tissue")
+    pr.add_argument("--tile", type=int, default=2048, help="read tile size (px)")
+    _runtime_args(pr)
+    pr.set_defaults(func=run_predict)
+
+
+def _data_args(p) -> None:
+    p.add_argument("--data", required=True, nargs="+", metavar="PATH",
+                   help="her2st folder, Space Ranger folder or .h5ad (several allowed)")
+    p.add_argument("--sections", nargs="+", default=None, metavar="S",
+                   help="sections to use (default: all)")
+
+
+def _runtime_args(p) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--cache-dir", default=None, help="feature/patch cache folder")
+    p.add_argument("--no-cache", action="store_true", help="do not use the disk cache")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _train_args(p) -> None:
+    g = p.add_argument_group("gene encoder")
+    g.add_argument("--latent-dim", type=int, default=None, help="gene latent size (default 16)")
+    g.add_argument("--gene-epochs", type=int, default=None, help="gene VAE epochs (default 100)")
+    g.add_argument("--no-batch-conditioning", action="store_true",
+                   help="baseline: the gene decoder does not see the patient")
+    g.add_argument("--encode-batch", action="store_true",
+                   help="condition the gene encoder on the patient too (unseen patients then "
+                        "get a zero batch vector)")
+    g.add_argument("--library", choices=("observed", "learned"), default=None,
+                   help="library size: observed log-library (default) or learned (scVI)")
+    g.add_argument("--no-label-head", action="store_true",
+                   help="no scANVI-style classifier on the gene latent")
+    g.add_argument("--gene-latent", default=None,
+                   help="'vae' (default) or 'obsm:KEY' to use an existing latent, e.g. "
+                        "obsm:X_scVI")
+    g.add_argument("--genes", default=None,
+                   help="gene panel: a file (.npy/.txt/.csv) or comma-separated names "
+                        "(default: the top --n-genes variable genes shared by all sections)")
+    g.add_argument("--n-genes", type=int, default=None, help="panel size (default 1000)")
+    g.add_argument("--gene-sections", choices=("all", "image"), default=None,
+                   help="train the gene encoder on all sections (default) or image sections")
+
+    i = p.add_argument_group("image encoder and classifier")
+    i.add_argument("--backbone", default=None,
+                   help="resnet18 (default), densenet121, resnet50, tinycnn")
+    i.add_argument("--weights", default="none",
+                   help="none (random init), imagenet (torchvision; online or cached) or a file")
+    i.add_argument("--mode", choices=("cached", "finetune"), default=None,
+                   help="cached (default): frozen backbone, features cached on disk; "
+                        "finetune: train the backbone too")
+    i.add_argument("--objective", choices=("contrastive", "supervised"), default=None,
+                   help="contrastive (default) or supervised (baseline: labels only, no genes)")
+    i.add_argument("--loss", choices=("infonce", "soft"), default=None,
+                   help="infonce (default, CLIP) or soft (BLEEP-style soft targets)")
+    i.add_argument("--temperature", type=float, default=None, help="contrastive (default 0.1)")
+    i.add_argument("--class-weight", type=float, default=None,
+                   help="weight of the class-guided term (default 0.5, 0 = off)")
+    i.add_argument("--epochs", type=int, default=None, help="image-encoder epochs (default 30)")
+    i.add_argument("--batch-size", type=int, default=None, help="default 64")
+    i.add_argument("--lr", type=float, default=None, help="default 1e-3")
+    i.add_argument("--patch-size", type=int, default=None,
+                   help="patch px at training µm/px (default 224)")
+    i.add_argument("--input-size", type=int, default=None,
+                   help="network input px (default = patch size; smaller = faster)")
+    i.add_argument("--mpp", type=float, default=None,
+                   help="training µm/px (default: the median of the training images')")
+    i.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
+                   help="fixed class list (other labels are treated as unlabelled)")
+    i.add_argument("--min-class-spots", type=int, default=None,
+                   help="drop classes with fewer labelled image spots (default 3)")
+    i.add_argument("--val-fraction", type=float, default=None,
+                   help="spatially blocked validation share for calibration (default 0.2)")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    i.add_argument("--tiny", action="store_true",
+                   help="tiny smoke-test settings (tinycnn, 32 px, few epochs)")
+    i.add_argument("--cache-dir", default=None, help="feature/patch cache folder")
+    i.add_argument("--no-cache", action="store_true", help="do not use the disk cache")
+    i.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _progress(args):
+    from ..progress import terminal_progress
+
+    return None if getattr(args, "quiet", False) else terminal_progress()
+
+
+def _cache(args):
+    return False if getattr(args, "no_cache", False) else args.cache_dir
+
+
+def _read(args):
+    from ..io.st import read_st
+
+    return read_st(args.data, args.sections, images=True)
+
+
+def build_config(args):
+    """A :class:`ClassifierConfig` from the command-line flags (``--tiny`` first, flags win)."""
+    from ..models.batch_agnostic import ClassifierConfig
+
+    cfg = ClassifierConfig.tiny() if args.tiny else ClassifierConfig()
+    simple = {"backbone": "backbone", "mode": "mode", "objective": "objective", "loss": "loss",
+              "temperature": "temperature", "class_weight": "class_weight",
+              "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
+              "patch_size": "patch_size", "input_size": "input_size", "mpp": "target_mpp",
+              "classes": "classes", "min_class_spots": "min_class_spots",
+              "val_fraction": "val_fraction", "gene_latent": "gene_latent",
+              "n_genes": "n_top_genes", "gene_sections": "gene_sections"}
+    for a, c in simple.items():
+        v = getattr(args, a, None)
+        if v is not None:
+            setattr(cfg, c, v)
+    if args.input_size is None and args.patch_size is not None and not args.tiny:
+        cfg.input_size = args.patch_size
+    w = args.weights
+    cfg.weights = None if (w is None or str(w).lower() in ("none", "random", "")) else w
+    cfg.seed = args.seed
+    cfg.device = args.device
+    cfg.gene.seed = args.seed
+    cfg.gene.device = args.device
+    if args.latent_dim is not None:
+        cfg.gene.n_latent = args.latent_dim
+    if args.gene_epochs is not None:
+        cfg.gene.epochs = args.gene_epochs
+    if args.no_batch_conditioning:
+        cfg.gene.batch_conditioning = False
+    if args.encode_batch:
+        cfg.gene.encode_batch = True
+    if args.library:
+        cfg.gene.library = args.library
+    if args.no_label_head:
+        cfg.gene.classifier = False
+    cfg.validate()
+    return cfg
+
+
+# ----------------------------------------------------------------------------- actions
+
+
+def run_train(args) -> int:
+    import shutil
+
+    from ..data.genes import parse_genes
+    from ..errors import InputError
+    from ..models.batch_agnostic import train_classifier
+
+    cfg = build_config(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder")
+    adatas = _read(args)
+    genes = parse_genes(args.genes) if args.genes else None
+    ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name +
+                                                                               ".ckpt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        model = train_classifier(adatas, cfg, genes=genes, cache_dir=_cache(args),
+                                 checkpoint_dir=ckpt, progress=_progress(args))
+    model.save(out)
+    if args.checkpoint_dir is None:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    prov = model.provenance
+    summary = {"model": str(out), "classes": model.classes,
+               "image_sections": prov.get("image_sections"),
+               "gene_sections": prov.get("gene_sections"),
+               "n_labelled_image_spots": prov.get("n_labelled_image_spots"),
+               "validation": prov.get("validation", {}),
+               "seconds": round(prov.get("seconds_total", 0.0), 1)}
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def _load(args):
+    from ..models.batch_agnostic import BatchAgnosticClassifier
+
+    model = BatchAgnosticClassifier.load(args.model)
+    model.config.device = args.device
+    if model.gene_model is not None and hasattr(model.gene_model, "config"):
+        model.gene_model.config.device = args.device
+    return model
+
+
+def run_evaluate(args) -> int:
+    from ..io._atomic import atomic_path
+    from ..models.batch_agnostic import evaluate_classifier
+
+    model = _load(args)
+    adatas = _read(args)
+    report, details = evaluate_classifier(model, adatas, cache_dir=_cache(args),
+                                          progress=_progress(args))
+    if report.empty:
+        from ..errors import InputError
+
+        raise InputError(", ".join(args.data), "no labelled spot of the model's classes "
+                                               f"({', '.join(model.classes)}) in "
+                                               f"{', '.join(adatas)}: nothing to evaluate")
+    out = Path(args.out)
+    with atomic_path(out) as tmp:
+        report.to_csv(tmp, index=False)
+    if args.details:
+        from ..training.engine import write_json_atomic
+
+        write_json_atomic(details, args.details)
+    print(report.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def run_embed(args) -> int:
+    from ..models.batch_agnostic import embed_sections, write_h5ad_atomic
+
+    model = _load(args)
+    adatas = _read(args)
+    emb = embed_sections(model, adatas, cache_dir=_cache(args), progress=_progress(args))
+    write_h5ad_atomic(emb, args.out)
+    print(f"{args.out}: {emb.n_obs} spots, X_gene_latent "
+          f"{emb.obsm['X_gene_latent'].shape[1] if 'X_gene_latent' in emb.obsm else 0}-d, "
+          f"{int(emb.obs['has_image'].sum())} with an image embedding", file=sys.stdout)
+    return 0
+
+
+def run_predict(args) -> int:
+    from ..models.batch_agnostic import classify_slide, write_h5ad_atomic
+
+    model = _load(args)
+    adata = classify_slide(model, args.image, name=args.name, pitch_um=args.pitch_um,
+                           layout=args.layout, min_tissue=args.min_tissue, tile=args.tile,
+                           progress=_progress(args))
+    write_h5ad_atomic(adata, args.out)
+    counts = adata.obs["batch_agnostic_class"].value_counts().to_dict()
+    print(f"{args.out}: {adata.n_obs} patches; " +
+          ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    return 0
