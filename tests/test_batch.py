@@ -127,8 +127,10 @@ def test_expand_inputs_glob_folder_list(slides, tmp_path):
 
 
 def test_distributed_batch_equals_one_by_one(slides, cluster, tmp_path):
-    from napari_stexp.io.wsi import open_image
-    from napari_stexp.segmentation import segment
+    import pandas as pd
+    import tifffile
+
+    from napari_stexp.commands.segment import segment_to_folder
 
     dist, loc = tmp_path / "dist", tmp_path / "local"
     res = batch.run_batch("segment", [str(p) for p in slides], dist, scheduler=cluster)
@@ -141,16 +143,21 @@ def test_distributed_batch_equals_one_by_one(slides, cluster, tmp_path):
     assert ref.ok and len(ref.done) == 4
     for p in slides:
         stem = p.stem
-        direct = segment(open_image(p), "classical", device="cpu")
-        assert direct.n_objects > 0
+        # one by one: what `napari-stexp segment IMAGE --out DIR` writes
+        one = segment_to_folder(p, tmp_path / "one" / stem, method="classical", device="cpu")
+        one_labels = tifffile.imread(tmp_path / "one" / stem / "labels.tif")
+        one_table = pd.read_csv(tmp_path / "one" / stem / "objects.csv")
+        assert len(one) > 0 and one_labels.max() == len(one_table)
         for out in (dist, loc):
-            np.testing.assert_array_equal(_labels(out, stem), direct.labels)
+            np.testing.assert_array_equal(_labels(out, stem), one_labels)
             cells = _cells(out, stem)
             np.testing.assert_allclose(cells.obs[["y", "x", "area"]].to_numpy(float),
-                                       direct.table[["y", "x", "area"]].to_numpy(float))
+                                       one_table[["y", "x", "area"]].to_numpy(float))
             np.testing.assert_allclose(cells.obsm["spatial"],
-                                       direct.table[["x", "y"]].to_numpy(float))
-            assert cells.uns["napari_stexp"]["mpp"] == pytest.approx(0.5)
+                                       one_table[["x", "y"]].to_numpy(float))
+            link = cells.uns["spatial"][stem]["metadata"]
+            assert link["mpp_fullres"] == pytest.approx(0.5)
+            assert Path(link["source_image_path"]) == p.resolve()
         assert _no_temporaries(dist) and _no_temporaries(loc)
     summary = json.loads((dist / "batch.segment.json").read_text())
     assert len(summary["done"]) == 4 and summary["failed"] == {}

@@ -43,6 +43,7 @@ def test_import_is_light():
     """Importing the plugin, its reader and writers pulls in neither torch nor a Qt binding."""
     code = ("import sys, napari_stexp, napari_stexp._reader, napari_stexp._writer, "
             "napari_stexp._sample_data, napari_stexp.cli, napari_stexp.io.open; "
+            "napari_stexp.cli.build_parser(); "
             "bad=[m for m in ('torch','torchvision','PyQt6','PyQt5','PySide6') if m in sys.modules];"
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -52,7 +53,7 @@ def test_import_is_light():
 def test_cli_help_lists_subcommands():
     res = subprocess.run([str(BIN / "napari-stexp"), "--help"], capture_output=True, text=True)
     assert res.returncode == 0
-    for sub in ("demo", "info"):
+    for sub in ("demo", "info", "expression", "classify", "segment", "bvae", "batch"):
         assert sub in res.stdout
 
 

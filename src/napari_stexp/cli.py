@@ -16,6 +16,11 @@ from .errors import CancelledError, StexpError
 COMMAND_MODULES = [
     "napari_stexp.commands.demo",
     "napari_stexp.commands.info",
+    "napari_stexp.commands.expression",
+    "napari_stexp.commands.classify",
+    "napari_stexp.commands.segment",
+    "napari_stexp.commands.bvae",
+    "napari_stexp.commands.batch",
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEMO_WIDGETS = ["Open data"]  # display names from napari.yaml, first docked first
+DEMO_WIDGETS = ["Open data", "Expression (mclSTExp)", "Latent explorer"]  # display names from napari.yaml, first docked first
 
 
 def register(sub) -> None:

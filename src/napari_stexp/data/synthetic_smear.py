@@ -236,8 +236,8 @@ def synthetic_smear_dask(shape: tuple[int, int] = (8192, 8192), block: int = 102
         for j, x in enumerate(range(0, W, block)):
             h, w = min(block, H - y), min(block, W - x)
             row.append(da.from_delayed(dask.delayed(_block)(i, j, h, w), (h, w, 3), np.uint8))
-        rows.append(row)
-    return da.block(rows)
+        rows.append(da.concatenate(row, axis=1))
+    return da.concatenate(rows, axis=0)
 
 
 def sample_layers() -> list[tuple]:
