@@ -278,6 +278,9 @@ def test_cli_batch(slides, cluster, tmp_path, capfd):
     rc = _cli(["batch", "segment", "--inputs", str(slides[0]), "--out", str(out), "--local",
                "--dry-run"])
     assert rc == 0 and "0 to do, 1 already complete" in capfd.readouterr().out
+    rc = _cli(["batch", "segment", "--inputs", str(slides[0]), "--out", str(out), "--local",
+               "--dry-run", "--param", "stain=dark"])  # other settings: it would be redone
+    assert rc == 0 and "1 to do, 0 already complete" in capfd.readouterr().out
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"garbage")
     rc = _cli(["batch", "segment", "--inputs", str(bad), "--out", str(out), "--local"])

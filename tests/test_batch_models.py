@@ -139,16 +139,21 @@ def test_predict_batch_equals_one_by_one(he_slides, cluster, tmp_path):
 
 
 def test_classify_batch_equals_one_by_one(he_slides, classifier, cluster, tmp_path):
-    from napari_stexp.models.batch_agnostic import BatchAgnosticClassifier, classify_slide
+    from napari_stexp.commands import classify as cmd
 
     _, paths = he_slides
     res = batch.run_batch("classify", paths, tmp_path / "dist", model_dir=str(classifier),
                           scheduler=cluster)
     assert res.ok, res.failed
     _one_model_load_per_worker(res)
-    model = BatchAgnosticClassifier.load(classifier, device="cpu")
     for p in paths:
-        ref = classify_slide(model, p, device="cpu")
+        one = tmp_path / f"{p.stem}.one.h5ad"  # `napari-stexp classify predict`
+        parser = argparse.ArgumentParser()
+        cmd.register(parser.add_subparsers())
+        args = parser.parse_args(["classify", "predict", "--model", str(classifier), "--image",
+                                  str(p), "--out", str(one), "--device", "cpu", "--quiet"])
+        assert args.func(args) == 0
+        ref = _read(one)
         a = _read(tmp_path / "dist" / f"{p.stem}.classes.h5ad")
         assert list(a.obs_names) == list(ref.obs_names) and a.n_obs > 4
         assert list(a.obs["batch_agnostic_class"]) == list(ref.obs["batch_agnostic_class"])
@@ -187,16 +192,18 @@ def test_embed_batch_equals_one_by_one(smears, cluster, tmp_path):
         assert Path(a.uns["napari_stexp"]["cells"]).name == p.name
 
 
-def test_navigator_opens_a_batch_output_folder(smears, he_slides, cluster, tmp_path):
-    """segment + embed (smears) and predict (H&E) into one folder: the slide navigator's
-    collection lists one slide per input, with its image, cells and results together."""
+def test_navigator_opens_a_batch_output_folder(smears, he_slides, classifier, cluster,
+                                               tmp_path):
+    """segment + embed (smears), predict + classify (H&E) into one folder: the slide
+    navigator's collection lists one slide per input, with its image, cells and results."""
     from napari_stexp.io.collection import SlideCollection
 
     out = tmp_path / "out"
     bvae_dir, smear_paths = smears
     mcl_dir, he_paths = he_slides
     for kind, paths, model in (("segment", smear_paths, None), ("embed", smear_paths, bvae_dir),
-                               ("predict", he_paths[:1], mcl_dir)):
+                               ("predict", he_paths[:1], mcl_dir),
+                               ("classify", he_paths[:1], classifier)):
         res = batch.run_batch(kind, paths, out, model_dir=model and str(model),
                               scheduler=cluster)
         assert res.ok, res.failed
@@ -205,7 +212,7 @@ def test_navigator_opens_a_batch_output_folder(smears, he_slides, cluster, tmp_p
     table = coll.table().set_index("name")
     for p in smear_paths:
         assert table.loc[p.stem, ["image", "cells", "embeddings"]].all()
-    assert table.loc[he_paths[0].stem, ["image", "predictions"]].all()
+    assert table.loc[he_paths[0].stem, ["image", "predictions", "classes"]].all()
     smear = coll[smear_paths[0].stem]
     assert Path(smear.cells).name == f"{smear_paths[0].stem}.labels.ome.zarr"
     assert [Path(h).name for h in smear.h5ads] == [f"{smear_paths[0].stem}.cells.h5ad",
@@ -214,3 +221,5 @@ def test_navigator_opens_a_batch_output_folder(smears, he_slides, cluster, tmp_p
     assert Path(he.image.path).resolve() == he_paths[0].resolve()
     assert he.adata.n_obs == _read(out / f"{he_paths[0].stem}.h5ad").n_obs
     assert "predicted" in he.adata.layers
+    # the classifier's table (same pseudo-spot grid) is merged into the slide by spot id
+    assert he.adata.obs["batch_agnostic_class"].notna().all()

@@ -93,9 +93,9 @@ def test_full_loss_ignores_target_background_through_the_model():
 
 
 def test_kl_term_scales_with_beta():
-    model = ImageBetaVAE(latent_dim=6, base_channels=4, image_size=16).eval()
-    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-    mask = torch.ones(3, 1, 16, 16)
+    model = ImageBetaVAE(latent_dim=6, base_channels=4, image_size=16).double().eval()
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2)).double()
+    mask = torch.ones(3, 1, 16, 16, dtype=torch.float64)
     with torch.no_grad():
         out = model(x, sample=False)
         t1 = bvae_loss(out, x, mask, beta=1.0)

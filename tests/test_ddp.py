@@ -168,6 +168,7 @@ def test_all_gather_gives_global_similarity_and_gradients(torchrun_check):
         p = res["probe"]
         assert np.allclose(p["gathered"], A.detach().numpy(), atol=1e-6)  # rank order
         assert p["logits_shape"] == [2 * n, 2 * n]
+        assert p["ids"] == list(range(n)) + list(range(100, 100 + n))  # no-grad gather
         assert p["loss"] == pytest.approx(float(ref.detach()), rel=1e-5)
         # gradients flow back through the gather to the owner of each row
         sl = slice(r * n, (r + 1) * n)

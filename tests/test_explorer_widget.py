@@ -215,6 +215,14 @@ def test_lasso_marks_exactly_the_rows_inside_in_every_linked_layer(explorer):
     assert w.select_rectangle((4.5, 4.5), (6.5, 6.5), mode="add") == 3
     assert b.features["selection"].tolist() == ["far", "far", "far", g]
     assert list(b.features["selection"].cat.categories) == [UNSELECTED, g, "far"]
+    # another column name (shared through the session): a fresh, empty selection
+    w.column_edit.setText("cohort")
+    w._on_column_edited()
+    assert w.session.selection_column == "cohort" and not w.codes.any()
+    w.group_combo.setCurrentText(g)
+    assert w.select_polygon(LASSO) == 8
+    assert a.features["cohort"].tolist() == [g, g, UNSELECTED, g, g, UNSELECTED]
+    assert b.features["selection"].tolist() == ["far", "far", "far", g]  # the old column stays
 
 
 @pytest.mark.gui

@@ -407,3 +407,23 @@ def test_slide_prediction_covers_the_tissue_with_pseudo_spots(pair, trained):
     p = extract_patches(pyr, xy[:, ::-1], prov["read_px"], trained.config.input_size)
     direct = trained.predict_patches(p, device="cpu")["predicted"]
     np.testing.assert_allclose(direct, ad.layers["predicted"], rtol=1e-4, atol=1e-5)
+
+
+def test_training_resumes_from_checkpoints_and_cancels(tmp_path, pair):
+    from napari_stexp.errors import CancelledError
+    from napari_stexp.models.mclstexp import train_expression_model
+
+    adatas, images = pair
+    train = {"TRAIN": adatas["TRAIN"]}
+    kw = dict(images=images, mode="cached", cache_dir=False, **TINY)
+    ck = tmp_path / "ck"
+    a = train_expression_model(train, epochs=2, checkpoint_dir=ck, **kw)
+    assert (ck / "last.pt").is_file()
+    b = train_expression_model(train, epochs=4, checkpoint_dir=ck, **kw)
+    assert len(b.history) == 4
+    assert [h["loss"] for h in b.history[:2]] == [h["loss"] for h in a.history]
+    # another run (other panel) does not resume from the old checkpoint
+    c = train_expression_model(train, epochs=1, checkpoint_dir=ck, top_genes=10, **kw)
+    assert len(c.history) == 1 and len(c.genes) == 10
+    with pytest.raises(CancelledError):
+        train_expression_model(train, epochs=3, cancel=lambda: True, **kw)

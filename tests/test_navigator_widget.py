@@ -72,35 +72,37 @@ def test_next_previous_show_exactly_one_section(qtbot, widget):
     from napari_stexp.session import get_session
 
     viewer, w = widget
-    w.go(1)
-    _wait_current(qtbot, w, "B1")
-    # another widget's result for B1: must be hidden (kept), not removed
-    spots = w.nav.spots_layer()
-    other = viewer.add_points(spots.data, name="B1 ERBB2 (predicted)",
-                              metadata={"section": "B1", "kind": "predicted", "gene": "ERBB2"})
+    w.go(0)
+    _wait_current(qtbot, w, "A1")
+    assert {ly.name for ly in viewer.layers} == {"A1 H&E", "A1 spots"}
+    pyr = weakref.ref(w.nav._data.image)
     w.next_btn.click()
+    _wait_current(qtbot, w, "B1")  # B1 has no H&E
+    assert [ly.name for ly in viewer.layers] == ["B1 spots"]
+    gc.collect()
+    assert pyr() is None  # A1's pyramid released, not just hidden
+    assert get_session(viewer).current_slide == "B1"
+    assert w.table.selectedItems()[0].text() == "B1"
+    # another widget's result for B1: must be hidden (kept), not removed
+    other = viewer.add_points(w.nav.spots_layer().data, name="B1 ERBB2 (predicted)",
+                              metadata={"section": "B1", "kind": "predicted", "gene": "ERBB2"})
+    viewer.keymap[KeyBinding.from_str("PageDown")](viewer)  # next: B4
     _wait_current(qtbot, w, "B4")
     assert {ly.name for ly in viewer.layers if ly.visible} == {"B4 H&E", "B4 spots"}
     assert _sections_shown(viewer) == {"B4"}
     assert other in viewer.layers and not other.visible
+    assert [ly.metadata["section"] for ly in viewer.layers if ly is not other] == ["B4", "B4"]
     assert w.nav.missing == ["ERBB2 (predicted)"]  # B4 has no prediction: said, not invented
     assert "ERBB2 (predicted)" in w.status.text()
-    assert [ly.metadata["section"] for ly in viewer.layers if ly is not other] == ["B4", "B4"]
-    assert get_session(viewer).current_slide == "B4"
-    assert w.table.selectedItems()[0].text() == "B4"
-    pyr = weakref.ref(w.nav._data.image)
-    viewer.keymap[KeyBinding.from_str("PageDown")](viewer)  # next: C1 (no image)
-    _wait_current(qtbot, w, "C1")
-    assert [ly.name for ly in viewer.layers if ly.visible] == ["C1 spots"]
-    gc.collect()
-    assert pyr() is None  # B4's pyramid released, not just hidden
-    assert not any(ly.metadata.get("kind") == "image" for ly in viewer.layers)
-    viewer.keymap[KeyBinding.from_str("PageUp")](viewer)
-    _wait_current(qtbot, w, "B4")
     viewer.keymap[KeyBinding.from_str("PageUp")](viewer)
     _wait_current(qtbot, w, "B1")
     assert _sections_shown(viewer) == {"B1"}
     assert other.visible  # B1's own overlay is back
+    assert not any(ly.metadata.get("kind") == "image" for ly in viewer.layers)
+    w.prev_btn.click()
+    w.prev_btn.click()  # two quick presses: A1, then wraps to F1; only the last is shown
+    _wait_current(qtbot, w, "F1")
+    assert _sections_shown(viewer) == {"F1"}
 
 
 def test_gene_overlay_keeps_name_and_limits(qtbot, widget, her2st_coll):

@@ -54,6 +54,19 @@ def test_segment_widget_adds_cells_layer(make_napari_viewer, qtbot, smear):
     assert [ly.name for ly in viewer.layers].count("smear cells") == 1
 
 
+def test_segment_widget_multiscale_layer(make_napari_viewer, qtbot, smear):
+    from napari_stexp.widgets.segment import SegmentWidget
+
+    image, labels, table = smear
+    viewer = make_napari_viewer()
+    viewer.add_image([image, image[::2, ::2]], name="pyr", rgb=True, multiscale=True)
+    w = SegmentWidget(viewer)
+    _run(qtbot, w)
+    cells = viewer.layers["pyr cells"]
+    assert cells.data.shape == labels.shape  # level 0, full resolution
+    assert len(cells.features) == len(table)
+
+
 def test_segment_widget_errors_are_notifications(make_napari_viewer, qtbot, monkeypatch):
     from napari_stexp.widgets import segment as seg_widget
 

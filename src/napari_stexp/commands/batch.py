@@ -45,8 +45,12 @@ def register(sub) -> None:
                    help="segmentation method for segment/embed (classical | maskrcnn | "
                         "cellpose; default classical)")
     p.add_argument("--device", default="cpu", help="device on the workers (cpu | cuda)")
+    p.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                   help="segmentation backend parameter for segment/embed (as 'napari-stexp "
+                        "segment --param'), repeatable")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra task option (value parsed as JSON when possible), repeatable")
+                   help="task option, e.g. min_tissue=0.3, pitch_um=100, tile_size=2048 "
+                        "(value parsed as JSON when possible), repeatable")
     p.add_argument("--dry-run", action="store_true",
                    help="only list what would be processed and what is already complete")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -61,15 +65,16 @@ def register(sub) -> None:
     d.set_defaults(func=run_ddp)
 
 
-def parse_settings(items: list[str]) -> dict:
+def parse_settings(items: list[str], option: str = "--set") -> dict:
     """``['top_k=50', 'tile_size=1024', 'name=x']`` -> options (JSON values when they parse)."""
     from ..errors import InputError
 
     out: dict = {}
     for item in items:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
-            raise InputError("--set", f"expected KEY=VALUE, got {item!r}")
+            raise InputError(option, f"expected KEY=VALUE, got {item!r}")
         try:
             out[key] = json.loads(value)
         except ValueError:
@@ -79,6 +84,9 @@ def parse_settings(items: list[str]) -> dict:
 
 def options_from_args(args) -> dict:
     options = parse_settings(args.settings)
+    params = parse_settings(args.params, "--param")
+    if params:
+        options["params"] = {**(options.get("params") or {}), **params}
     if args.method:
         options["method"] = args.method
     if args.device and args.device != "cpu":

@@ -527,6 +527,44 @@ class BVAEModel:
         self.gene_label_key = key
         return self.alignment
 
+    def fit_genes(self, genes, class_map=None, cells=None, *,
+                  checkpoint_dir: str | os.PathLike | None = None, resume: bool = True,
+                  progress: ProgressFn | None = None, cancel: CancelFlag | None = None,
+                  ) -> BVAEModel:
+        """Train the gene VAE on ``genes`` (AnnData / .h5ad, log data) and, with ``class_map``
+        and the labelled image ``cells``, align the latents: adds the expression side to an
+        image-only model. The class map is checked before training."""
+        from ..analysis.alignment import check_class_map, fit_alignment, read_class_map
+
+        adata, src = read_genes(genes)
+        X, names = expression_matrix(adata, src)
+        cmap = g_labels = key = ds = None
+        if class_map is not None:
+            if cells is None:
+                raise InputError("class map", "aligning needs the labelled image cells")
+            ds = self._cells(cells)
+            g_labels, key = gene_labels(adata, self.config.gene_label_key, src)
+            cmap = read_class_map(class_map)
+            check_class_map(cmap, ds.classes, sorted(set(g_labels)))
+        else:
+            try:
+                g_labels, key = gene_labels(adata, self.config.gene_label_key, src)
+            except InputError:
+                key = None
+        gene_vae, hist = train_gene_vae(X, self.config, checkpoint_dir=checkpoint_dir,
+                                        resume=resume, progress=progress, cancel=cancel)
+        self.gene_vae, self.genes, self.gene_label_key = gene_vae, list(names), key
+        self.history["gene"] = hist
+        self.alignment = self.class_map = None
+        if cmap is not None:
+            self.alignment = fit_alignment(self.embed(ds), ds.labels, self._gene_means(X),
+                                           g_labels, cmap, ridge=self.config.align_ridge,
+                                           shrinkage=self.config.align_shrinkage)
+            self.class_map = [tuple(r) for r in cmap[["image_class", "gene_class"]].to_numpy()]
+        self.provenance.update(genes=str(genes) if isinstance(genes, str | os.PathLike)
+                               else "AnnData", n_expression_cells=int(len(X)))
+        return self
+
     @torch.no_grad()
     def _gene_means(self, X: np.ndarray) -> np.ndarray:
         self.gene_vae.eval()
@@ -810,7 +848,7 @@ def train_bvae(cells, genes=None, class_map=None, config: BVAEConfig | None = No
     the engine checkpoints to ``out_dir/checkpoints`` (resumable) and the model is saved there.
     """
     from .. import __version__
-    from ..analysis.alignment import check_class_map, fit_alignment, read_class_map
+    from ..analysis.alignment import check_class_map, read_class_map
     from ..data.cells import CellCropDataset, load_cells
 
     config = config or BVAEConfig()
@@ -823,23 +861,16 @@ def train_bvae(cells, genes=None, class_map=None, config: BVAEConfig | None = No
         ds = load_cells(cells, size=config.image_size, cancel=cancel)
     if len(ds) < 2:
         raise InputError(source, "need at least 2 cells to train")
-    cmap = None
-    adata = X = g_labels = names = None
-    key = None
+    cmap = adata = X = None
     if class_map is not None and genes is None:
         raise InputError("class map", "a class map needs expression data (--genes)")
-    if genes is not None:
+    if genes is not None:  # check expression and class map before any training
         adata, gsrc = read_genes(genes)
-        X, names = expression_matrix(adata, gsrc)
+        X, _ = expression_matrix(adata, gsrc)
         if class_map is not None:
-            g_labels, key = gene_labels(adata, config.gene_label_key, gsrc)
+            g_labels, _ = gene_labels(adata, config.gene_label_key, gsrc)
             cmap = read_class_map(class_map)
             check_class_map(cmap, ds.classes, sorted(set(g_labels)))
-        else:
-            try:
-                g_labels, key = gene_labels(adata, config.gene_label_key, gsrc)
-            except InputError:
-                g_labels, key = None, None
 
     out = Path(out_dir) if out_dir else None
     ckpt_root = out / "checkpoints" if out else None
@@ -855,27 +886,20 @@ def train_bvae(cells, genes=None, class_map=None, config: BVAEConfig | None = No
     stats = latent_statistics(image_vae, ds)
     model = BVAEModel(config=config, image_vae=image_vae, classes=ds.classes,
                       latent_stats=stats, history={"image": img_hist})
+    model.provenance = {}
     if X is not None:
-        gene_vae, gene_hist = train_gene_vae(
-            X, config, checkpoint_dir=None if ckpt_root is None else ckpt_root / "gene",
-            resume=resume, progress=_stage_progress(progress, img_total, total, "gene VAE"),
-            cancel=cancel)
-        model.gene_vae, model.genes, model.gene_label_key = gene_vae, list(names), key
-        model.history["gene"] = gene_hist
-        if cmap is not None:
-            z_gene = model._gene_means(X)
-            model.alignment = fit_alignment(model.embed(ds), ds.labels, z_gene, g_labels, cmap,
-                                            ridge=config.align_ridge,
-                                            shrinkage=config.align_shrinkage)
-            model.class_map = [tuple(r) for r in cmap[["image_class", "gene_class"]].to_numpy()]
-    model.provenance = {
+        model.fit_genes(adata, class_map=cmap, cells=ds if cmap is not None else None,
+                        checkpoint_dir=None if ckpt_root is None else ckpt_root / "gene",
+                        resume=resume, cancel=cancel,
+                        progress=_stage_progress(progress, img_total, total, "gene VAE"))
+    model.provenance.update({
         "model": "bvae", "napari_stexp_version": __version__, "seed": config.seed,
         "cells": source, "n_cells": len(ds), "skipped_cells": len(ds.skipped),
         "genes": None if genes is None else (str(genes) if isinstance(genes, str | os.PathLike)
                                              else "AnnData"),
         "n_expression_cells": None if X is None else int(len(X)),
         "torch_version": torch.__version__, "device": str(model.device),
-    }
+    })
     report(progress, total, total, "done")
     if out is not None:
         model.save(out)

@@ -734,7 +734,14 @@ def train_expression_model(
     n = len(expression)
     bs = int(cfg.batch_size)
 
+    epoch_cpu: dict[int, float] = {}
+
+    def on_epoch_end(epoch: int, record: dict) -> dict:
+        """CPU seconds of the epoch (all threads): a load-independent cost figure."""
+        return {"cpu_seconds": time.process_time() - epoch_cpu.get(epoch, time.process_time())}
+
     def batches(epoch: int):
+        epoch_cpu[epoch] = time.process_time()
         rng = np.random.default_rng([cfg.seed, epoch])
         order = rng.permutation(n)
         if n % bs == 1 and n > 1:  # a batch of one spot has a trivial loss: drop it
@@ -793,7 +800,8 @@ def train_expression_model(
         net.to(device)
         history = fit(net, batches, step, tc, optimizer=make_optimizer(net, cfg, device),
                       checkpoint_dir=checkpoint_dir, resume=resume, extra_state={"run": sig},
-                      progress=progress, cancel=cancel, batches_per_epoch=n_batches)
+                      progress=progress, cancel=cancel, batches_per_epoch=n_batches,
+                      on_epoch_end=on_epoch_end)
     fit_seconds = time.perf_counter() - t_fit
     check_cancel(cancel, "training")
 

@@ -42,6 +42,8 @@ def _as_image(image: Any) -> Any:
         from ..io.smears import read_smear
 
         return read_smear(Path(image))
+    if type(image).__name__ == "MultiScaleData":  # napari multiscale layer data: level 0
+        return image[0]
     if hasattr(image, "shape") and hasattr(image, "dtype"):
         return image
     from ..io.image import ImagePyramid

@@ -57,11 +57,16 @@ def _disk(r: float):
 
 # Morphology with a disk of radius r through Euclidean distance transforms: O(pixels), whatever
 # the radius (scipy's binary morphology costs O(pixels x disk area)).
+_SMALL_RADIUS = 3.0  # below this a structuring element is cheaper than a distance transform
+
+
 def _dilate(m: np.ndarray, r: float) -> np.ndarray:
     from scipy import ndimage as ndi
 
     if not m.any():
         return m.copy()
+    if r <= _SMALL_RADIUS:
+        return ndi.binary_dilation(m, structure=_disk(r))
     return ndi.distance_transform_edt(~m) <= r
 
 
@@ -69,6 +74,8 @@ def _erode(m: np.ndarray, r: float) -> np.ndarray:
     from scipy import ndimage as ndi
 
     # pad with "inside" so objects touching the border are not eaten from outside the image
+    if r <= _SMALL_RADIUS:
+        return ndi.binary_erosion(m, structure=_disk(r), border_value=1)
     k = int(np.ceil(r)) + 1
     return (ndi.distance_transform_edt(np.pad(m, k, constant_values=True)) > r)[k:-k, k:-k]
 
@@ -324,9 +331,9 @@ def _cells_window(ch, nuc, grey, p, min_area):
     merged = ndi.binary_fill_holes(merged)
     markers, n = ndi.label(merged)
     if n:
-        nuc_area = ndi.sum(nuc, markers, index=np.arange(1, n + 1))
-        keep = np.zeros(n + 1, bool)
-        keep[1:] = nuc_area >= min_area  # drop platelets and specks
+        nuc_area = np.bincount(markers[nuc], minlength=n + 1)
+        keep = nuc_area >= min_area  # drop platelets and specks
+        keep[0] = False
         markers = np.where(keep[markers], markers, 0)
     seeds = markers > 0
     if not seeds.any():

@@ -33,7 +33,7 @@ from .base import Backend, SegmentationResult, empty_table
 #: Images up to this many pixels are used whole to compute the global settings.
 SAMPLE_PIXELS = 2048 * 2048
 #: Larger images get their global settings from a mosaic of this many evenly spread tiles.
-SAMPLE_TILES = 9
+SAMPLE_TILES = 4
 SAMPLE_TILE = 1024
 
 

@@ -350,6 +350,22 @@ def all_gather_with_grad(tensor: Any) -> Any:
     return torch.cat(parts, dim=0)
 
 
+def all_gather_tensor(tensor: Any) -> Any:
+    """Concatenate ``tensor`` (first axis) over all ranks without autograd (inputs, labels).
+
+    E.g. a set encoder that attends over the whole batch (mclSTExp's spot Transformer) runs on
+    the gathered global inputs on every rank, so its context is the global batch too.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.detach().contiguous())
+    return torch.cat(parts, dim=0)
+
+
 def global_logits(a: Any, b: Any, temperature: float = 1.0, *, gather: bool = True) -> Any:
     """``a_all @ b_all.T / temperature``: the global (N, N) similarity matrix (N = global
     batch) when ``gather`` (rows and columns in rank order)."""
@@ -400,7 +416,8 @@ def gather_probe(ctx: DistContext, n_local: int = 4, dim: int = 3, seed: int = 0
     logits = global_logits(a, b, temperature)
     loss = symmetric_contrastive_loss(a, b, temperature)
     loss.backward()
-    return {"a": a.detach().tolist(), "b": b.detach().tolist(),
+    ids = all_gather_tensor(torch.arange(n_local) + 100 * ctx.rank)
+    return {"a": a.detach().tolist(), "b": b.detach().tolist(), "ids": ids.tolist(),
             "gathered": gathered.detach().tolist(), "logits_shape": list(logits.shape),
             "loss": float(loss), "grad_a": a.grad.tolist(), "grad_b": b.grad.tolist()}
 

@@ -143,6 +143,7 @@ class ExplorerWidget(QWidget):
         self.refresh_sources()
         self.session.events.embeddings.connect(self._refresh_soon)
         self.session.events.adatas.connect(self._refresh_soon)
+        self.session.events.selection_column.connect(self._on_session_column)
         self.viewer.layers.events.inserted.connect(self._refresh_soon)
         self.viewer.layers.events.removed.connect(self._refresh_soon)
 
@@ -413,7 +414,7 @@ class ExplorerWidget(QWidget):
             except (InputError, StexpError) as exc:
                 notify_error(exc)
                 return None
-            self._apply_projection(emb, proj)
+            self._apply_safely(emb, proj)
             return None
         self._cancel.clear()
         self.compute_btn.setEnabled(False)
@@ -425,7 +426,7 @@ class ExplorerWidget(QWidget):
             return project(emb.data, method, progress=self._bridge.progress.emit,
                            cancel=self._cancel, **kwargs)
 
-        self._worker = start_worker(work, returned=lambda p: self._apply_projection(emb, p),
+        self._worker = start_worker(work, returned=lambda p: self._apply_safely(emb, p),
                                     errored=self._on_worker_error, finished=self._on_finished)
         return self._worker
 
@@ -449,12 +450,24 @@ class ExplorerWidget(QWidget):
         except RuntimeError:  # widget deleted meanwhile
             pass
 
+    def _apply_safely(self, emb: Embedding, proj: Projection) -> None:
+        try:
+            self._apply_projection(emb, proj)
+        except (InputError, StexpError) as exc:  # a layer changed while the worker ran
+            notify_error(exc)
+        except RuntimeError:  # the widget was closed meanwhile
+            pass
+
     def _apply_projection(self, emb: Embedding, proj: Projection) -> None:
         """Show ``proj`` of ``emb`` (main thread): points, groups from the layers, links."""
         if len(proj) != emb.n:
             notify_error(f"{emb.label}: projection has {len(proj)} rows for {emb.n} items")
             return
         named = {layer.name: layer for layer in self.viewer.layers}
+        for k, name in enumerate(emb.links.layer_names):  # did a layer shrink meanwhile?
+            rows = emb.links.rows[emb.links.layer_codes == k]
+            if name in named and rows.size and rows.max() >= n_items(named[name]):
+                raise InputError(name, "changed while the projection ran; press Show again")
         self._disconnect_layers()
         self.embedding, self.projection = emb, proj
         self._layer_sizes = {n: n_items(named[n]) for n in emb.links.layer_names if n in named}
@@ -471,9 +484,13 @@ class ExplorerWidget(QWidget):
         self.colour_combo.addItems(options)
         self.colour_combo.blockSignals(False)
         key = self.colour_key if self.colour_key in options else self._default_colour(options)
-        self.colour_key = key
-        self._values = None
-        mapping = self._make_mapping()
+        self.colour_key, self._values, self.clim = key, None, None
+        try:
+            mapping = self._make_mapping()
+        except (InputError, StexpError) as exc:
+            notify_error(exc)
+            self.colour_key, self._values = GROUPS_KEY, None
+            mapping = self._make_mapping()
         self.scatter.set_points(proj.coords, mapping.colors)
         self._show_mapping(mapping)
         self._update_group_overlay()
@@ -612,16 +629,24 @@ class ExplorerWidget(QWidget):
     def current_group(self) -> str | None:
         return self.group_combo.currentText() or None
 
+    def _on_session_column(self, *args) -> None:
+        """Another widget renamed the selection column: follow it."""
+        try:
+            if self.column_edit.text() != self.column:
+                self.column_edit.setText(self.column)
+            if self.embedding is not None:
+                self._disconnect_layers()
+                self._read_groups_from_layers()
+                self._connect_layers()
+                self._after_codes_changed(highlight=True)
+        except RuntimeError:
+            pass
+
     def _on_column_edited(self) -> None:
         name = self.column_edit.text().strip()
         if not name or name == self.column:
             return
-        self.session.selection_column = name
-        if self.embedding is not None:
-            self._disconnect_layers()
-            self._read_groups_from_layers()
-            self._connect_layers()
-            self._after_codes_changed(highlight=True)
+        self.session.selection_column = name  # -> _on_session_column re-reads the groups
 
     def add_group(self, name: str | None = None) -> str:
         """Add a named group (default "group k") and make it current."""
@@ -997,11 +1022,15 @@ class ExplorerWidget(QWidget):
         super().closeEvent(event)
 
     def cleanup(self) -> None:
-        """Disconnect from layers and the session and release the GL canvas."""
+        """Disconnect from layers and the session and release the GL canvas (idempotent)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self._cancel.set()
         self._disconnect_layers()
         for emitter, cb in ((self.session.events.embeddings, self._refresh_soon),
                             (self.session.events.adatas, self._refresh_soon),
+                            (self.session.events.selection_column, self._on_session_column),
                             (self.viewer.layers.events.inserted, self._refresh_soon),
                             (self.viewer.layers.events.removed, self._refresh_soon)):
             try:

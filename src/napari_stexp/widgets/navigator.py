@@ -788,7 +788,8 @@ class NavigatorWidget(QWidget):
         self.thumbnails = thumbnails
         self._worker = None
         self._thumb_worker = None
-        self._pending: Any = None
+        self._pending: Any = None  # slide index to read once the running read is done
+        self._target: int | None = None  # the slide asked for last
 
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("folder(s) or files, separated by ';' (her2st, "
@@ -974,12 +975,19 @@ class NavigatorWidget(QWidget):
 
     # ------------------------------------------------------------------ navigation
     def next(self):
-        return self.go(self.nav.step_index(+1) if self._pending is None else
-                       (self._pending + 1) % len(self.nav.collection))
+        return self.go(self._step(+1))
 
     def previous(self):
-        return self.go(self.nav.step_index(-1) if self._pending is None else
-                       (self._pending - 1) % len(self.nav.collection))
+        return self.go(self._step(-1))
+
+    def _step(self, step: int) -> int | None:
+        """From the slide last asked for (still being read) or else the current one, so
+        quick repeated presses move several slides."""
+        if self.nav.collection is None or not len(self.nav.collection):
+            return None
+        if self._target is not None and self._worker is not None:
+            return (self._target + step) % len(self.nav.collection)
+        return self.nav.step_index(step)
 
     def go(self, index: int | None):
         """Read slide ``index`` in a worker, then show it (a newer request supersedes)."""
@@ -990,7 +998,7 @@ class NavigatorWidget(QWidget):
             self.grid_btn.blockSignals(True)
             self.grid_btn.setChecked(False)
             self.grid_btn.blockSignals(False)
-        self._pending = int(index)
+        self._pending = self._target = int(index)
         if self._worker is not None:
             return self._worker  # picked up when the running read finishes
         return self._start_read()

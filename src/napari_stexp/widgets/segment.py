@@ -59,8 +59,11 @@ TOOLTIPS = {
 
 
 def layer_image(data: Any) -> Any:
-    """The array to segment from an Image layer's data (level 0 of a multiscale list)."""
-    if isinstance(data, list | tuple):
+    """The array to segment from an Image layer's data (level 0 of a multiscale list or of
+    napari's ``MultiScaleData``)."""
+    from collections.abc import Sequence
+
+    if isinstance(data, Sequence) and not isinstance(data, str):
         return data[0]
     return data
 
