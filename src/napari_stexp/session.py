@@ -51,7 +51,12 @@ _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def get_session(viewer: Any) -> Session:
-    """The session of ``viewer`` (created on first use; dies with the viewer)."""
+    """The session of ``viewer`` (created on first use; dies with the viewer).
+
+    napari hands plugin widgets a proxy of the viewer; we key on the real viewer so every widget
+    (proxied or not) shares one session and the session lives as long as the viewer.
+    """
+    viewer = getattr(viewer, "__wrapped__", viewer)
     try:
         return _SESSIONS[viewer]
     except KeyError:

@@ -41,7 +41,7 @@ import pandas as pd
 from ..errors import InputError
 from ._atomic import atomic_path
 from .image import ImagePyramid
-from .layers import LayerDataTuple, image_layer, spots_layer
+from .layers import CATEGORY_COLORS, LayerDataTuple, image_layer, spots_layer
 
 #: What a slide can have (the navigator shows these).
 FLAGS = ("image", "expression", "labels", "predictions", "classes", "cells", "embeddings")
@@ -50,8 +50,6 @@ FLAG_SHORT = {"image": "img", "expression": "expr", "labels": "lbl", "prediction
               "classes": "cls", "cells": "cells", "embeddings": "emb"}
 
 #: Distinct colours for categories (labels, classes): napari's default cycle has two.
-CATEGORY_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
-                   "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 _H5AD = ".h5ad"
 _ROLE_PATTERNS = {
     "cells": re.compile(r"[._-](cells?|labels?|masks?|seg|segmentation)$", re.I),

@@ -16,6 +16,10 @@ from .spatial import counts_matrix, mpp_fullres, spot_diameter_fullres, spots_rc
 
 LayerDataTuple = tuple[Any, dict, str]
 
+# Categorical colours (tab10): napari's default cycle has too few distinct colours for classes.
+CATEGORY_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+                   "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
 
 def image_layer(pyr: ImagePyramid, name: str | None = None, *, mpp: float | None = None,
                 **kwargs) -> LayerDataTuple:
@@ -68,8 +72,11 @@ def spots_layer(adata, name: str | None = None, *, section: str | None = None,
              "metadata": {"kind": "spots", "section": sec, "mpp": mpp}}
     if color_by in features:
         attrs["face_color"] = color_by
-        if not isinstance(features[color_by].dtype, pd.CategoricalDtype) and \
-                features[color_by].dtype != object:
+        attrs["metadata"]["color_by"] = color_by
+        if isinstance(features[color_by].dtype, pd.CategoricalDtype) or \
+                features[color_by].dtype == object:
+            attrs["face_color_cycle"] = CATEGORY_COLORS
+        else:
             attrs["face_colormap"] = "viridis"
     attrs.update(kwargs)
     return coords, attrs, "points"

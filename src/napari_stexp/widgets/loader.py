@@ -15,8 +15,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..session import get_session
 from ..io.open import format_summary
+from ..session import get_session
 from ._common import add_layer_tuples, notify_error, start_worker
 
 
