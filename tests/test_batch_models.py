@@ -29,7 +29,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def he_slides(tmp_path_factory):
-    """A tiny trained mclSTExp model and three small H&E slides (the training slide, flipped)."""
+    """A tiny trained mclSTExp model and three small H&E slides."""
     import torch
 
     from napari_stexp.data.synthetic_slide import make_synthetic_slide
@@ -45,7 +45,8 @@ def he_slides(tmp_path_factory):
                                    cache_dir=False, top_genes=12)
     model.save(d / "model")
     paths = []
-    for i, img in enumerate([s.image, s.image[::-1], s.image[:, ::-1]]):
+    # three different small slides cut from the training image (small: quick tissue masks)
+    for i, img in enumerate([s.image[:360, :360], s.image[140:, 140:], s.image[:360, 140:]]):
         paths.append(write_pyramidal_tiff(d / f"he{i}.tif", np.ascontiguousarray(img),
                                           mpp=s.mpp, compression="zlib", tile=256))
     return d / "model", paths
@@ -124,7 +125,7 @@ def test_predict_batch_equals_one_by_one(he_slides, cluster, tmp_path):
                                   "--quiet"])
         assert args.func(args) == 0
         ref = _read(one)
-        assert ref.n_obs > 4
+        assert ref.n_obs >= 3
         a = _read(tmp_path / "dist" / f"{p.stem}.h5ad")
         assert list(a.obs_names) == list(ref.obs_names)
         assert list(a.var_names) == list(ref.var_names)
@@ -132,10 +133,9 @@ def test_predict_batch_equals_one_by_one(he_slides, cluster, tmp_path):
         np.testing.assert_allclose(a.obsm["X_mclstexp"], ref.obsm["X_mclstexp"],
                                    rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(a.obsm["spatial"], ref.obsm["spatial"])
-    # flipping the slide moves the spots: the outputs really are per slide
+    # different slides, different outputs
     a0, a1 = (_read(tmp_path / "dist" / f"{p.stem}.h5ad") for p in paths[:2])
-    assert not np.allclose(np.sort(a0.obsm["spatial"][:, 1]), np.sort(a1.obsm["spatial"][:, 1])
-                           ) or not np.allclose(a0.X.mean(0), a1.X.mean(0))
+    assert a0.n_obs != a1.n_obs or not np.allclose(a0.X, a1.X)
 
 
 def test_classify_batch_equals_one_by_one(he_slides, classifier, cluster, tmp_path):
@@ -155,7 +155,7 @@ def test_classify_batch_equals_one_by_one(he_slides, classifier, cluster, tmp_pa
         assert args.func(args) == 0
         ref = _read(one)
         a = _read(tmp_path / "dist" / f"{p.stem}.classes.h5ad")
-        assert list(a.obs_names) == list(ref.obs_names) and a.n_obs > 4
+        assert list(a.obs_names) == list(ref.obs_names) and a.n_obs >= 3
         assert list(a.obs["batch_agnostic_class"]) == list(ref.obs["batch_agnostic_class"])
         np.testing.assert_allclose(a.obsm["batch_agnostic_proba"],
                                    ref.obsm["batch_agnostic_proba"], rtol=1e-4, atol=1e-5)

@@ -175,3 +175,21 @@ def test_all_gather_gives_global_similarity_and_gradients(torchrun_check):
         assert np.abs(p["grad_a"]).sum() > 0
         assert np.allclose(p["grad_a"], 2 * A.grad[sl].numpy(), atol=1e-5)
         assert np.allclose(p["grad_b"], 2 * B.grad[sl].numpy(), atol=1e-5)
+
+
+def test_ddp_subcommand_single_process(monkeypatch, capsys):
+    """``napari-stexp ddp check`` outside torchrun: one process, same code path."""
+    import argparse
+
+    from napari_stexp.commands import batch as cmd
+
+    for k in D.ENV_VARS:
+        monkeypatch.delenv(k, raising=False)
+    parser = argparse.ArgumentParser()
+    cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["ddp", "--device", "cpu", "check", "--epochs", "2", "--items",
+                              "32", "--global-batch", "8"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["world_size"] == 1 and out["global_batch"] == 8
+    assert out["similarity_shape"] == [8, 8] and len(out["losses"]) == 2

@@ -453,3 +453,32 @@ def test_auto_renderer_picks_gl_on_hardware_and_raster_on_software(qtbot, monkey
         assert sc.renderer == expected and sc.gl_renderer_name == name
         assert frame[..., :3].max() == 255  # white points drawn either way
         sc.close()
+
+
+@pytest.mark.gui
+def test_works_through_the_viewer_proxy_napari_gives_plugins(make_napari_viewer):
+    """npe2 hands widgets a PublicOnlyProxy viewer: every attribute is a fresh proxy object."""
+    from napari.utils._proxies import PublicOnlyProxy
+
+    from napari_stexp.widgets.explorer import ExplorerWidget
+
+    viewer = make_napari_viewer()
+    for layer in _layers():
+        viewer.add_layer(layer)
+    w = ExplorerWidget(PublicOnlyProxy(viewer))
+    viewer.window.add_dock_widget(w)
+    _show_dims(w)
+    a, b = viewer.layers["slide A"], viewer.layers["slide B"]
+    before = a.border_color.copy()
+    b.visible = False
+    assert w.select_polygon(LASSO) == 8
+    red = group_colors(1)[1]
+    np.testing.assert_allclose(a.border_color[0], red)
+    assert LL.is_highlight_pending(b)  # hidden: highlighted when shown
+    b.visible = True
+    np.testing.assert_allclose(b.border_color[3], red)
+    w.clear_group("group 1")  # nothing selected any more: the layer's own look comes back
+    np.testing.assert_allclose(a.border_color, before)
+    viewer.layers["slide A"].selected_data = {2}
+    assert w.slide_indices.tolist() == [2]
+    w.cleanup()

@@ -231,3 +231,22 @@ def test_her2st_six_patients_gene_latent(her2st_dir):
     assert r_pca["knn_batch_accuracy"] > 0.95  # patients separate strongly in PCA
     assert r_vae["knn_batch_accuracy"] < r_pca["knn_batch_accuracy"] - 0.05, (r_vae, r_pca)
     assert r_vae["mixing_entropy"] > r_pca["mixing_entropy"], (r_vae, r_pca)
+
+
+def test_checkpoint_resume_and_cancel(tmp_path, planted):
+    from napari_stexp.errors import CancelledError
+
+    cfg = GeneVAEConfig(**{**FAST, "epochs": 2})
+    a = fit_gene_vae(planted, genes=GENES, config=cfg, checkpoint_dir=tmp_path)
+    assert (tmp_path / "last.pt").is_file()
+    calls = []
+    b = fit_gene_vae(planted, genes=GENES, config=cfg, checkpoint_dir=tmp_path,
+                     progress=lambda d, t, m: calls.append(d))
+    assert calls == []  # resumed after the last epoch: nothing left to train
+    np.testing.assert_allclose(a.embed(planted), b.embed(planted), atol=1e-5)
+    c = fit_gene_vae(planted, genes=GENES, config=GeneVAEConfig(**{**FAST, "epochs": 2,
+                                                                     "n_latent": 6}),
+                     checkpoint_dir=tmp_path)  # another run: the stale checkpoint is discarded
+    assert c.embed(planted).shape == (300, 6)
+    with pytest.raises(CancelledError):
+        fit_gene_vae(planted, genes=GENES, config=cfg, cancel=lambda: True)

@@ -101,6 +101,16 @@ def test_segment_widget_cancel(make_napari_viewer, qtbot, smear):
     assert w.status.text() == "cancelled"
 
 
+def test_widget_docks_from_the_manifest(make_napari_viewer):
+    from napari_stexp.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="img", rgb=True)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-stexp", "Segment cells")
+    assert isinstance(widget, SegmentWidget)
+    assert widget.image_combo.currentText() == "img"
+
+
 def test_cells_layer_tuple_gui_free(smear):
     from napari_stexp.segmentation import segment
     from napari_stexp.widgets.segment import cells_layer_tuple

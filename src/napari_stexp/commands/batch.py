@@ -60,8 +60,13 @@ def register(sub) -> None:
                        description="Use as: torchrun --nproc_per_node=N --no-python "
                                    "napari-stexp ddp [--backend gloo|nccl] COMMAND ... ; "
                                    "'check' runs a tiny self test.")
-    d.add_argument("rest", nargs=argparse.REMAINDER,
-                   help="[--backend B] [--device D] [--out-option OPT] COMMAND ARGS...")
+    d.add_argument("--backend", choices=["gloo", "nccl"], default=None,
+                   help="default: nccl on CUDA, gloo on the CPU")
+    d.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    d.add_argument("--out-option", default="--out",
+                   help="the command's output-folder option (only rank 0 writes there)")
+    d.add_argument("rest", nargs=argparse.REMAINDER, metavar="COMMAND ...",
+                   help="'check' or a napari-stexp training command with its arguments")
     d.set_defaults(func=run_ddp)
 
 
@@ -122,4 +127,7 @@ def run(args) -> int:
 def run_ddp(args) -> int:
     from ..training.distributed import main
 
-    return main(list(args.rest))
+    argv = ["--device", args.device, f"--out-option={args.out_option}"]
+    if args.backend:
+        argv += ["--backend", args.backend]
+    return main(argv + list(args.rest))

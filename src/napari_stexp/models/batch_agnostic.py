@@ -1016,7 +1016,13 @@ def evaluate_classifier(model: BatchAgnosticClassifier, adatas: Mapping[str, Any
                                       cancel=cancel)
             probas[PREFIX] = model.proba_from_embeddings(
                 model.embed_patches(p, device=device, cancel=cancel))
-        gp = model.gene_proba({name: adata}) if model.gene_model is not None else None
+        gp = None
+        if model.gene_model is not None:
+            try:
+                gp = model.gene_proba({name: adata})
+            except InputError as exc:  # e.g. the section lacks the panel genes
+                warnings.warn(f"section {name}: gene_latent not evaluated ({exc})",
+                              ClassifierWarning, stacklevel=2)
         if gp is not None:
             probas["gene_latent"] = gp
         for method, proba in probas.items():
@@ -1045,8 +1051,11 @@ def embed_sections(model: BatchAgnosticClassifier, adatas: Mapping[str, Any], *,
     parts = []
     for name, adata in adatas.items():
         check_cancel(cancel, "embedding")
-        a = ad.AnnData(X=counts_matrix(adata).copy(), obs=pd.DataFrame(index=adata.obs_names))
+        ids = adata.obs_names.astype(str)
+        index = ids if len(adatas) == 1 else pd.Index([f"{name}_{i}" for i in ids])
+        a = ad.AnnData(X=counts_matrix(adata).copy(), obs=pd.DataFrame(index=index))
         a.var_names = adata.var_names
+        a.obs["spot_id"] = np.asarray(ids)
         a.obs["section"] = name
         a.obs["patient"] = (adata.obs["patient"].astype(str).to_numpy() if "patient" in adata.obs
                             else name)
@@ -1121,7 +1130,7 @@ def _clean(d: dict) -> dict:
 def classify_slide(model: BatchAgnosticClassifier, image: Any, *, name: str | None = None,
                    pitch_um: float | None = None, layout: str = "square",
                    min_tissue: float = 0.5, batch_size: int = 64, tile: int = 2048,
-                   device: Any = None, mask_max_size: int = 1024,
+                   device: Any = None, mask_max_size: int | None = None,
                    progress: ProgressFn | None = None, cancel: CancelFlag | None = None):
     """Classify patches on a grid over the tissue of an H&E slide (streamed, tile by tile).
 
@@ -1130,6 +1139,7 @@ def classify_slide(model: BatchAgnosticClassifier, image: Any, *, name: str | No
     (calibrated, rows sum to 1; class names in ``uns['batch_agnostic_classes']``),
     ``obsm['X_image']`` (image embeddings), ``obsm['spatial']`` (patch centres, slide px (x, y)),
     ``uns['spatial']`` and provenance in ``uns['napari_stexp']``. Memory: one tile + one batch.
+    ``mask_max_size`` (long side of the tissue mask, px) defaults to ~8 mask px per spot.
     """
     import anndata as ad
 
@@ -1152,6 +1162,10 @@ def classify_slide(model: BatchAgnosticClassifier, image: Any, *, name: str | No
         raise InputError(src, f"slide is {pyr.height}×{pyr.width} px, smaller than one patch "
                               f"({int(round(geo['read_px']))} px at its µm/px)")
     report(progress, 0, 1, "tissue mask")
+    if mask_max_size is None:  # a spot ~8 mask px across: fine enough, and the grid's disk
+        # filter (cost ~ mask px x disk px) stays cheap
+        ds_want = max(geo["spot_diameter_px"] / 8.0, 1.0)
+        mask_max_size = int(np.clip(max(pyr.height, pyr.width) / ds_want, 256, 1024))
     mask, ds = tissue_mask(pyr, max_size=mask_max_size)
     centres, grid, frac = pseudo_spot_grid(mask, ds, (pyr.height, pyr.width), geo["pitch_px"],
                                            geo["spot_diameter_px"], min_tissue=min_tissue,

@@ -481,13 +481,14 @@ class BVAEModel:
 
     @torch.no_grad()
     def decode_genes(self, z_gene: np.ndarray) -> np.ndarray:
-        """Gene-latent vectors -> expected log-normalised expression (N, G)."""
+        """Gene-latent vectors -> expected log-normalised expression (N, G), clipped at 0
+        (log1p expression is never negative; the Gaussian decoder's mean can dip below)."""
         if self.gene_vae is None:
             raise InputError("model", "this model has no gene VAE (train with --genes)")
         self.gene_vae.eval()
         dev = next(self.gene_vae.parameters()).device
         z = torch.from_numpy(np.atleast_2d(np.asarray(z_gene, np.float32))).to(dev)
-        return self.gene_vae.decode(z).cpu().numpy().astype(np.float32)
+        return self.gene_vae.decode(z).clamp_min(0.0).cpu().numpy().astype(np.float32)
 
     def expression_from_latent(self, z_image: np.ndarray):
         """Image-latent vectors -> expected expression (DataFrame rows × genes) through the

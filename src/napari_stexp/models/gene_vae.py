@@ -582,12 +582,15 @@ def fit_gene_vae(adatas: Any, genes: Sequence[str] | None = None,
         x, b, y = (t.to(device) for t in batch)
         return model.loss(x, b, y)
 
+    sig = _run_signature(cfg, genes, inputs)
+    if checkpoint_dir is not None:  # a checkpoint of another run (data, panel, config) is stale
+        _discard_stale(Path(checkpoint_dir) / "last.pt", sig)
     t0 = time.time()
     hist = fit(module, batches, step,
                TrainConfig(epochs=int(cfg.epochs), lr=cfg.lr, weight_decay=cfg.weight_decay,
                            seed=cfg.seed, device=cfg.device, amp=False, grad_clip=None),
-               checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel,
-               batches_per_epoch=n_batches)
+               checkpoint_dir=checkpoint_dir, extra_state={"run": sig}, progress=progress,
+               cancel=cancel, batches_per_epoch=n_batches)
     module.eval()
     check_cancel(cancel, "gene encoder training")
     prov = {"n_spots": n, "n_labelled": n_lab, "sections": list(secs),
@@ -595,6 +598,32 @@ def fit_gene_vae(adatas: Any, genes: Sequence[str] | None = None,
     return FittedGeneVAE(module=module.cpu(), config=cfg, genes=list(genes),
                          batches=list(inputs.batches), classes=list(use_classes),
                          history=hist.epochs, provenance=prov)
+
+
+def _run_signature(cfg: GeneVAEConfig, genes: Sequence[str], inputs: GeneInputs) -> str:
+    import hashlib
+
+    d = asdict(cfg)
+    d.pop("device", None)
+    h = hashlib.sha256(json.dumps({"cfg": d, "genes": list(genes), "batches": inputs.batches,
+                                   "classes": inputs.classes}, sort_keys=True).encode())
+    h.update(np.ascontiguousarray(inputs.counts.sum(axis=1)).tobytes())
+    h.update(inputs.batch.tobytes())
+    h.update(inputs.labels.tobytes())
+    return h.hexdigest()[:24]
+
+
+def _discard_stale(last: Path, sig: str) -> None:
+    if not last.exists():
+        return
+    import torch
+
+    try:
+        old = torch.load(last, map_location="cpu", weights_only=False).get("run")
+    except Exception:  # noqa: BLE001 - unreadable: start over
+        old = None
+    if old != sig:
+        last.unlink()
 
 
 # ----------------------------------------------------------------------------- existing latent

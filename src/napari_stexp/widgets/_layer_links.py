@@ -55,6 +55,12 @@ class LayerLink:
     write_column: Callable[[Any, str, Any], None]  # (layer, column, values) into features
 
 
+def real_layer(layer):
+    """The layer behind napari's ``PublicOnlyProxy`` (plugin widgets get proxied viewers, and
+    every attribute access makes a new proxy: identity-keyed state must use the real object)."""
+    return getattr(layer, "__wrapped__", layer)
+
+
 def _points_n(layer) -> int:
     return int(len(layer.data))
 
@@ -223,6 +229,7 @@ def _write_setter(layer, column: str, values) -> None:
 
 def write_column(layer, column: str, values) -> None:
     """Write ``values`` (one per features row) as ``column`` of ``layer.features``."""
+    layer = real_layer(layer)
     link = link_for(layer)
     if link is None:
         raise InputError(getattr(layer, "name", "layer"), "is not a Points, Labels or Shapes layer")
@@ -277,6 +284,7 @@ def apply_highlight(layer, codes: np.ndarray | None, colors: np.ndarray) -> bool
 
     Returns True when the layer was updated now, False when the update is pending.
     """
+    layer = real_layer(layer)
     link = link_for(layer)
     if link is None:
         return False
@@ -303,7 +311,7 @@ def _apply_pending(event) -> None:
 
 
 def is_highlight_pending(layer) -> bool:
-    return layer in _PENDING
+    return real_layer(layer) in _PENDING
 
 
 # -- embedding sources ------------------------------------------------------------------------

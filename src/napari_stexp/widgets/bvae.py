@@ -217,6 +217,20 @@ class BVAEWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._refresh_sources)
         self._refresh_sources()
 
+    def _disconnect(self):
+        """Stop listening to the viewer (the widget was closed or deleted)."""
+        for emitter, slot in ((self.viewer.dims.events.current_step, self._on_step),
+                              (self.viewer.layers.events.inserted, self._refresh_sources),
+                              (self.viewer.layers.events.removed, self._refresh_sources)):
+            try:
+                emitter.disconnect(slot)
+            except (RuntimeError, TypeError, ValueError):
+                pass
+
+    def closeEvent(self, event):  # noqa: N802 (Qt name)
+        self._disconnect()
+        super().closeEvent(event)
+
     # ---------------------------------------------------------------- layout
     def _build(self):
         lay = QVBoxLayout(self)
@@ -318,6 +332,12 @@ class BVAEWidget(QWidget):
         self.traj_btn.clicked.connect(lambda: self.run_trajectory())
 
     def _refresh_sources(self, *_):
+        try:
+            self._fill_sources()
+        except RuntimeError:  # the Qt side is gone: stop listening
+            self._disconnect()
+
+    def _fill_sources(self):
         keep = self.source_combo.currentText()
         keep_img = self.image_combo.currentText()
         self.source_combo.clear()
@@ -504,6 +524,12 @@ class BVAEWidget(QWidget):
         return int(step[0]), int(step[1])
 
     def _on_step(self, *_):
+        try:
+            self._show_step()
+        except RuntimeError:  # the Qt side is gone: stop listening
+            self._disconnect()
+
+    def _show_step(self):
         trav = self.traversal
         if trav is None or TRAVERSAL_LAYER not in self.viewer.layers:
             return

@@ -134,6 +134,7 @@ class ExplorerWidget(QWidget):
         self._layer_sizes: dict[str, int] = {}
         self._connections: list[tuple[object, object]] = []
         self._picked: set[str] = set()  # Labels layers where the user picked a label
+        self._label_seen: dict[str, int] = {}  # selected_label when linked / last picked
         self._writing = False
         self._worker = None
         self._cancel = threading.Event()
@@ -825,15 +826,19 @@ class ExplorerWidget(QWidget):
             return
         named = {layer.name: layer for layer in self.viewer.layers}
         colors = group_colors(len(self.groups))
-        for name in self.embedding.links.layer_names:
-            layer = named.get(name)
-            if layer is None or self.column not in layer.features:
-                continue
-            try:
-                apply_highlight(layer, codes_from_column(layer.features[self.column],
-                                                         self.groups), colors)
-            except InputError as exc:
-                notify_error(exc)
+        self._writing = True
+        try:
+            for name in self.embedding.links.layer_names:
+                layer = named.get(name)
+                if layer is None or self.column not in layer.features:
+                    continue
+                try:
+                    apply_highlight(layer, codes_from_column(layer.features[self.column],
+                                                             self.groups), colors)
+                except InputError as exc:
+                    notify_error(exc)
+        finally:
+            self._writing = False
 
     def _update_group_overlay(self) -> None:
         sel = np.flatnonzero(self.codes > 0)
@@ -863,6 +868,8 @@ class ExplorerWidget(QWidget):
             # A Labels layer always has a selected_label (the paint label): it only counts as
             # a selection once the user picks one after the scatter was linked.
             cb = self._on_label_picked if link.kind == "labels" else self._on_slide_selection
+            if link.kind == "labels":
+                self._label_seen[name] = int(layer.selected_label)
             for emitter in link.selection_emitters(layer):
                 emitter.connect(cb)
                 self._connections.append((emitter, cb))
@@ -880,8 +887,13 @@ class ExplorerWidget(QWidget):
 
     def _on_label_picked(self, event=None) -> None:
         layer = getattr(event, "source", None)
-        if layer is not None:
-            self._picked.add(layer.name)
+        if self._writing or layer is None:
+            return  # our own colormap change can re-emit selected_label: not a pick
+        value = int(layer.selected_label)
+        if self._label_seen.get(layer.name) == value and layer.name not in self._picked:
+            return
+        self._label_seen[layer.name] = value
+        self._picked.add(layer.name)
         self._on_slide_selection()
 
     def _on_slide_selection(self, *args) -> None:

@@ -10,7 +10,7 @@ in its physical frame. The GUI-free functions :func:`segment_layer_data` and
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import QObject, Signal
@@ -32,6 +32,9 @@ from qtpy.QtWidgets import (
 
 from ..errors import CancelledError
 from ._common import notify_error, notify_info, start_worker
+
+if TYPE_CHECKING:
+    import napari.viewer
 
 CELLS_SUFFIX = " cells"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -141,7 +144,7 @@ class _Emitter(QObject):
 class SegmentWidget(QWidget):
     """Dock widget: segment cells in an image layer (see module doc)."""
 
-    def __init__(self, viewer, parent=None):
+    def __init__(self, viewer: napari.viewer.Viewer, parent=None):
         super().__init__(parent)
         from superqt import QCollapsible
 
