@@ -16,7 +16,7 @@ like-for-like comparison. Prints one JSON line per figure (with the machine's 1-
 average: on a shared machine other processes take cores away and flatten the 2-worker ratio).
 
     python benchmarks/batch.py            # 16 slides per kind
-    python benchmarks/batch.py --quick    # 6 slides, predict only
+    python benchmarks/batch.py --quick    # 4 small slides, predict only
 """
 
 from __future__ import annotations
@@ -78,8 +78,6 @@ def _timed(fn) -> tuple[float, object]:
 
 def bench_kind(kind: str, model_dir: str | None, paths: list[Path], work: Path,
                warmup: list[Path], threads: int) -> list[dict]:
-    from distributed import LocalCluster
-
     from napari_stexp import batch
 
     n = len(paths)
@@ -91,8 +89,7 @@ def bench_kind(kind: str, model_dir: str | None, paths: list[Path], work: Path,
             kind, paths, work / f"cold{w}", model_dir=model_dir, n_workers=w))
         assert res.ok, res.failed
         # warm: a running cluster whose workers already imported and loaded the model
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=":0", silence_logs=50) as cluster:
+        with batch.local_cluster(workers, silence_logs=50) as cluster:
             addr = cluster.scheduler_address
             batch.run_batch(kind, warmup, work / f"warm{workers}-warmup",
                             model_dir=model_dir, scheduler=addr)
@@ -123,18 +120,18 @@ def bench_kind(kind: str, model_dir: str | None, paths: list[Path], work: Path,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="6 slides, predict only")
+    ap.add_argument("--quick", action="store_true", help="4 small slides, predict only")
     ap.add_argument("--slides", type=int, default=None, help="slides per kind (16)")
     ap.add_argument("--kinds", default=None, help="comma-separated: predict,segment")
     ap.add_argument("--spots", type=int, default=None,
-                    help="H&E slide size in spot rows/cols (8; quick 5)")
+                    help="H&E slide size in spot rows/cols (8; quick 4)")
     ap.add_argument("--threads", type=int, default=1, help="BLAS/torch threads per process")
     ap.add_argument("--keep", default=None, help="keep the work folder here")
     args = ap.parse_args(argv)
     _set_threads(args.threads)
-    n = args.slides or (6 if args.quick else 16)
+    n = args.slides or (4 if args.quick else 16)
     kinds = (args.kinds or ("predict" if args.quick else "predict,segment")).split(",")
-    spots = args.spots or (5 if args.quick else 8)
+    spots = args.spots or (4 if args.quick else 8)
 
     import torch
 

@@ -26,7 +26,6 @@ import json
 import shlex
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -46,34 +45,57 @@ def _json_default(o):
     return str(o)
 
 
-class PeakRSS:
-    """Peak resident memory growth (MB) of this process while the block runs (sampled)."""
+def _rss_mb() -> float:
+    import psutil
 
-    def __init__(self, interval: float = 0.02):
-        import psutil
+    return psutil.Process().memory_info().rss / 2**20
 
-        self.proc = psutil.Process()
-        self.interval = interval
 
-    def __enter__(self):
-        self.base = self.proc.memory_info().rss
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
+def _child(job: dict, queue) -> None:
+    """One measurement in a fresh process: peak RSS growth is then attributable to the job
+    (a long-lived process keeps freed pages and would hide the second run's memory)."""
+    import resource
 
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(self.interval)
+    try:
+        from napari_stexp.segmentation import get_backend, prepare, segment
 
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-        self.mb = (self.peak - self.base) / 2**20
-        return False
+        image = None
+        if job["source"].endswith(".npy"):
+            image = np.load(job["source"])
+        base = _rss_mb()  # after imports (and the in-memory image, when there is one)
+        t0 = time.perf_counter()
+        if job["source"].endswith(".zarr"):
+            import dask.array as da
+
+            image = da.from_zarr(job["source"])
+            if job["mode"] == "untiled":
+                image = np.asarray(image)
+        if job["mode"] == "untiled":
+            params = prepare(image, "classical")
+            n = get_backend("classical").run(image, params, None, None).n_objects
+        else:
+            res = segment(image, "classical", tile_size=job["tile"],
+                          labels_out=job.get("labels_out"))
+            n = len(res.table)
+        secs = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB -> MB (Linux)
+        queue.put({"seconds": secs, "cells": n, "peak_mb": max(peak - base, 0.0)})
+    except BaseException as exc:  # report, never hang the parent
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def measure(job: dict) -> dict:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(job, q))
+    p.start()
+    out = q.get()
+    p.join()
+    if "error" in out:
+        raise RuntimeError(f"measurement {job['mode']} failed: {out['error']}")
+    return out
 
 
 # --------------------------------------------------------------------------- BCCD detection
@@ -204,76 +226,64 @@ def bench_maskrcnn(args, images, gts, ids) -> None:
 
 def bench_tiled_vs_untiled(args) -> dict:
     from napari_stexp.data.synthetic_smear import synthetic_smear_dask
-    from napari_stexp.segmentation import get_backend, prepare, segment
 
     n = 2048 if args.quick else args.mid_size
-    image = np.asarray(synthetic_smear_dask((n, n), block=1024, seed=1).compute())
-    backend = get_backend("classical")
-    with PeakRSS() as mem_u:  # untiled: global settings + one pass over the whole image
-        t0 = time.perf_counter()
-        params = prepare(image, "classical")
-        full = backend.run(image, params, None, None)
-        t_u = time.perf_counter() - t0
-    with PeakRSS() as mem_t:  # tiled: same global settings (same sample), tile by tile
-        t0 = time.perf_counter()
-        tiled = segment(image, "classical", tile_size=args.tile)
-        t_t = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        src = str(Path(tmp) / "smear.npy")
+        np.save(src, np.asarray(synthetic_smear_dask((n, n), block=1024, seed=1).compute()))
+        # untiled: global settings + one pass over the whole in-memory image
+        u = measure({"source": src, "mode": "untiled"})
+        # tiled: same global settings (same sample), tile by tile, labels in memory
+        t = measure({"source": src, "mode": "tiled", "tile": args.tile})
     mpx = n * n / 1e6
     rec = {"name": "segment_tiled_vs_untiled", "image": f"{n}x{n}", "tile": args.tile,
-           "cells_tiled": tiled.n_objects, "cells_untiled": full.n_objects,
-           "ours_cells_per_s": tiled.n_objects / t_t, "untiled_cells_per_s": full.n_objects / t_u,
-           "ratio": (tiled.n_objects / t_t) / (full.n_objects / t_u) if full.n_objects else None,
-           "ours_peak_mb": mem_t.mb, "untiled_peak_mb": mem_u.mb,
-           "memory_ratio": mem_t.mb / mem_u.mb if mem_u.mb > 0 else None,
-           "untiled_mb_per_mpx": mem_u.mb / mpx}
+           "cells_tiled": t["cells"], "cells_untiled": u["cells"],
+           "ours_cells_per_s": t["cells"] / t["seconds"],
+           "untiled_cells_per_s": u["cells"] / u["seconds"],
+           "ratio": (t["cells"] / t["seconds"]) / (u["cells"] / u["seconds"])
+           if u["cells"] else None,
+           "ours_peak_mb": t["peak_mb"], "untiled_peak_mb": u["peak_mb"],
+           "memory_ratio": t["peak_mb"] / u["peak_mb"] if u["peak_mb"] > 0 else None,
+           "untiled_mb_per_mpx": u["peak_mb"] / mpx,
+           "note": "peak RSS growth of a fresh process over the in-memory image"}
     emit(rec)
     return rec
 
 
 def bench_large(args, untiled_mb_per_mpx: float | None) -> None:
-    import dask.array as da
-
     from napari_stexp.data.synthetic_smear import synthetic_smear_dask
-    from napari_stexp.segmentation import get_backend, prepare, segment
 
     n = 3072 if args.quick else args.large_size
+    mpx = n * n / 1e6
     with tempfile.TemporaryDirectory() as tmp:
+        src = str(Path(tmp) / "smear.zarr")
         t0 = time.perf_counter()
-        src = synthetic_smear_dask((n, n), block=1024, seed=7)
-        src.to_zarr(str(Path(tmp) / "smear.zarr"))
+        synthetic_smear_dask((n, n), block=1024, seed=7).to_zarr(src)
         t_gen = time.perf_counter() - t0
-        image = da.from_zarr(str(Path(tmp) / "smear.zarr"))
-        with PeakRSS() as mem:
-            t0 = time.perf_counter()
-            res = segment(image, "classical", tile_size=args.tile,
-                          labels_out=Path(tmp) / "labels.zarr")
-            secs = time.perf_counter() - t0
-        n_cells = len(res.table)
-        mpx = n * n / 1e6
+        t = measure({"source": src, "mode": "tiled", "tile": args.tile,
+                     "labels_out": str(Path(tmp) / "labels.zarr")})
         rec = {"name": "segment_large_smear", "image": f"{n}x{n}", "tile": args.tile,
-               "tiles": res.metadata.get("n_tiles"), "cells": n_cells,
-               "ours_cells_per_s": n_cells / secs, "ours_mpx_per_s": mpx / secs,
-               "ours_peak_mb": mem.mb, "image_mb": n * n * 3 / 2**20,
-               "labels_mb": n * n * 4 / 2**20, "generate_seconds": t_gen}
-        projected = untiled_mb_per_mpx * mpx if untiled_mb_per_mpx else None
+               "cells": t["cells"], "ours_cells_per_s": t["cells"] / t["seconds"],
+               "ours_mpx_per_s": mpx / t["seconds"], "ours_peak_mb": t["peak_mb"],
+               "image_mb": n * n * 3 / 2**20, "labels_mb": n * n * 4 / 2**20,
+               "generate_seconds": t_gen,
+               "note": "image read from zarr on disk, labels written to zarr; peak RSS growth "
+                       "of a fresh process (image and labels included)"}
+        projected = untiled_mb_per_mpx * mpx + n * n * 3 / 2**20 if untiled_mb_per_mpx \
+            else None
         rec["untiled_projected_peak_mb"] = projected
         if projected is not None and projected <= args.max_untiled_mb:
-            arr = np.asarray(image)
-            with PeakRSS() as mem_u:
-                t0 = time.perf_counter()
-                params = prepare(arr, "classical")
-                full = get_backend("classical").run(arr, params, None, None)
-                t_u = time.perf_counter() - t0
-            rec.update({"untiled_cells": full.n_objects,
-                        "untiled_cells_per_s": full.n_objects / t_u,
-                        "untiled_peak_mb": mem_u.mb + arr.nbytes / 2**20,
-                        "ratio": (n_cells / secs) / (full.n_objects / t_u),
-                        "memory_ratio": mem.mb / (mem_u.mb + arr.nbytes / 2**20)})
+            u = measure({"source": src, "mode": "untiled"})
+            rec.update({"untiled_cells": u["cells"],
+                        "untiled_cells_per_s": u["cells"] / u["seconds"],
+                        "untiled_peak_mb": u["peak_mb"],
+                        "ratio": (t["cells"] / t["seconds"]) / (u["cells"] / u["seconds"]),
+                        "memory_ratio": t["peak_mb"] / u["peak_mb"] if u["peak_mb"] else None})
         else:
             rec["untiled"] = (f"skipped: projected {projected:.0f} MB > --max-untiled-mb "
-                              f"{args.max_untiled_mb}" if projected else "skipped")
+                              f"{args.max_untiled_mb:.0f}" if projected else "skipped")
             if projected:
-                rec["memory_ratio"] = mem.mb / projected
+                rec["memory_ratio_vs_projected"] = t["peak_mb"] / projected
         emit(rec)
 
 

@@ -46,10 +46,7 @@ def slides(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster():
     """One 2-process LocalCluster for the module: its address is passed as ``scheduler``."""
-    from distributed import LocalCluster
-
-    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                     dashboard_address=":0", silence_logs=50)
+    c = batch.local_cluster(2, silence_logs=50)
     yield c.scheduler_address
     c.close()
 
@@ -104,6 +101,18 @@ def run_slow_while_flag(model, input_path, out_dir, stem, options):
 
 
 LOAD = "napari_stexp.batch_tasks:load_segment"
+LOADS: list = []
+
+
+def load_counted(model_dir, options):
+    LOADS.append(options["n"])
+    return {"n": options["n"]}
+
+
+def run_write(loaded, input_path, out_dir, stem, options):
+    target = Path(out_dir) / f"{stem}.n{loaded['n']}.txt"
+    target.write_text(str(loaded["n"]))
+    return [target]
 
 
 # --------------------------------------------------------------------------- unit
@@ -121,6 +130,22 @@ def test_expand_inputs_glob_folder_list(slides, tmp_path):
     with pytest.raises(InputError, match="matched no inputs"):
         batch.expand_inputs(str(tmp_path / "*.svs"))
     assert batch.slide_stem(Path("a/b.ome.tif")) == "b"
+
+
+def test_model_loaded_once_per_process_and_cache_bounded(slides, tmp_path):
+    batch.clear_model_cache()
+    LOADS.clear()
+    task = (f"{THIS}:load_counted", f"{THIS}:run_write")
+    res = batch.run_batch("custom", slides, tmp_path / "a", local=True, options={"n": 1},
+                          task=task)
+    assert res.ok and LOADS == [1]  # 4 slides, one load
+    assert [r["model_cached"] for r in res.records] == [False, True, True, True]
+    for n in (2, 3, 1):  # a third model evicts the least recently used one
+        batch.run_batch("custom", slides[:1], tmp_path / f"b{n}", local=True,
+                        options={"n": n}, task=task)
+    assert LOADS == [1, 2, 3, 1]
+    assert len(batch._MODEL_CACHE) == batch.MODEL_CACHE_SIZE
+    batch.clear_model_cache()
 
 
 # --------------------------------------------------------------------------- equality

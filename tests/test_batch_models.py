@@ -19,10 +19,7 @@ pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def cluster():
-    from distributed import LocalCluster
-
-    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                     dashboard_address=":0", silence_logs=50)
+    c = batch.local_cluster(2, silence_logs=50)
     yield c.scheduler_address
     c.close()
 

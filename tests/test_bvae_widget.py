@@ -83,7 +83,9 @@ def test_traversal_browser_follows_the_sliders(make_napari_viewer, aligned_model
 
 
 @pytest.mark.gui
-def test_trajectory_panel_and_labels_embedding(make_napari_viewer, aligned_model, cells):
+def test_trajectory_panel_and_labels_embedding(make_napari_viewer, qtbot, aligned_model,
+                                               cells):
+    from napari_stexp.session import get_session
     from napari_stexp.widgets.bvae import TRAJECTORY_LAYER, BVAEWidget
 
     viewer = make_napari_viewer()
@@ -101,11 +103,17 @@ def test_trajectory_panel_and_labels_embedding(make_napari_viewer, aligned_model
     viewer.add_image(smear, name="smear", rgb=True)
     lab_layer = viewer.add_labels(labels, name="cells",
                                   features=pd.DataFrame({"label": [4, 9], "area": [1.0, 2.0]}))
-    seg = CellCropDataset.from_segmentation(smear, labels, lab_layer.features, size=32)
-    z = w.embed_cells(seg, labels_layer="cells")
+    # as a user does it: choose the Labels layer and its image, click Embed (worker)
+    w.source_combo.setCurrentText("labels: cells")
+    w.image_combo.setCurrentText("smear")
+    assert w.embed() is not None
+    qtbot.waitUntil(lambda: w._worker is None, timeout=60_000)
     feats = viewer.layers["cells"].features
     assert feats["label"].tolist() == [4, 9] and feats["area"].tolist() == [1.0, 2.0]
-    np.testing.assert_allclose(feats["bvae_0"].to_numpy(), z[:, 0])
+    seg = CellCropDataset.from_segmentation(smear, labels, lab_layer.features, size=32)
+    z = aligned_model.embed(seg)
+    np.testing.assert_allclose(feats["bvae_0"].to_numpy(), z[:, 0], rtol=1e-5, atol=1e-6)
+    assert get_session(viewer).embeddings["bvae"].layer == "cells"
 
     w.embed_cells(cells)
     w.cell_a.setValue(0)

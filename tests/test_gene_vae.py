@@ -201,8 +201,9 @@ def test_obsm_latent(planted):
 
 @pytest.mark.realdata
 def test_her2st_six_patients_gene_latent(her2st_dir):
-    """Real her2st A1-F1 (six patients, pathologist labels): a few epochs of the gene encoder
-    give a latent where patients mix better than in PCA of log-normalised expression."""
+    """Real her2st A1-F1 (six patients, pathologist labels; 150 spots each to stay fast): a few
+    epochs of the gene encoder give a latent where patients mix far better than in PCA of
+    log-normalised expression, where they separate almost perfectly."""
     from sklearn.decomposition import PCA
 
     from napari_stexp.io.her2st import her2st_gene_panel
@@ -210,27 +211,28 @@ def test_her2st_six_patients_gene_latent(her2st_dir):
     from napari_stexp.io.st import read_st
 
     genes = her2st_gene_panel(her2st_dir)[:300]
+    rng = np.random.default_rng(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         secs = read_st(her2st_dir, ["A1", "B1", "C1", "D1", "E1", "F1"], images=False,
                        genes=genes)
+        secs = {k: v[rng.choice(v.n_obs, 150, replace=False)].copy() for k, v in secs.items()}
         m = fit_gene_vae(secs, genes=genes,
-                         config=GeneVAEConfig(n_latent=10, epochs=8, batch_size=256,
-                                              classifier=True, lr=3e-3))
+                         config=GeneVAEConfig(n_latent=10, epochs=20, batch_size=64, lr=1e-2,
+                                              kl_warmup=0.1, classifier=True))
     assert m.batches == list("ABCDEF")
     assert set(m.classes) >= {"invasive cancer", "connective tissue", "immune infiltrate"}
     assert "undetermined" not in m.classes
     inp = gene_inputs(secs, genes, classes=m.classes)
-    assert inp.counts.shape == (2401, 300)
+    assert inp.counts.shape == (900, 300)
     z = m.embed(secs)
-    assert z.shape == (2401, 10) and np.isfinite(z).all()
+    assert z.shape == (900, 10) and np.isfinite(z).all()
     pca = PCA(10, random_state=0).fit_transform(normalize_log1p(inp.counts))
     batch = inp.obs["patient"].to_numpy()
-    r_vae = mixing_report(z, batch)
-    r_pca = mixing_report(pca, batch)
-    assert r_pca["knn_batch_accuracy"] > 0.95  # patients separate strongly in PCA
-    assert r_vae["knn_batch_accuracy"] < r_pca["knn_batch_accuracy"] - 0.05, (r_vae, r_pca)
-    assert r_vae["mixing_entropy"] > r_pca["mixing_entropy"], (r_vae, r_pca)
+    r_vae, r_pca = mixing_report(z, batch), mixing_report(pca, batch)
+    assert r_pca["knn_batch_accuracy"] > 0.9  # patients separate strongly in PCA
+    assert r_vae["knn_batch_accuracy"] < r_pca["knn_batch_accuracy"] - 0.1, (r_vae, r_pca)
+    assert r_vae["mixing_entropy"] > r_pca["mixing_entropy"] + 0.2, (r_vae, r_pca)
 
 
 def test_checkpoint_resume_and_cancel(tmp_path, planted):

@@ -24,8 +24,10 @@ import glob
 import hashlib
 import json
 import os
+import platform
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,8 +211,11 @@ TASKS: dict[str, tuple[str, str]] = {
     "embed": ("napari_stexp.batch_tasks:load_bvae", "napari_stexp.batch_tasks:run_embed"),
 }
 
-#: Models loaded in this process (a worker keeps its model for all its slides).
-_MODEL_CACHE: dict[tuple, Any] = {}
+#: Models loaded in this process (a worker keeps its model for all its slides); the least
+#: recently used is dropped beyond ``MODEL_CACHE_SIZE`` (long-lived workers of a shared cluster
+#: serve many runs).
+_MODEL_CACHE: OrderedDict[tuple, Any] = OrderedDict()
+MODEL_CACHE_SIZE = 2
 
 
 def _resolve(name: str) -> Callable:
@@ -226,10 +231,13 @@ def _load_once(kind: str, task: tuple[str, str], model_dir: str | None,
                options: dict) -> tuple[Any, bool, float]:
     key = (kind, tuple(task), model_dir, json.dumps(options, sort_keys=True, default=str))
     if key in _MODEL_CACHE:
+        _MODEL_CACHE.move_to_end(key)
         return _MODEL_CACHE[key], True, 0.0
     t0 = time.perf_counter()
     model = _resolve(task[0])(model_dir, options)
     _MODEL_CACHE[key] = model
+    while len(_MODEL_CACHE) > MODEL_CACHE_SIZE:
+        _MODEL_CACHE.popitem(last=False)
     return model, False, time.perf_counter() - t0
 
 
@@ -272,7 +280,7 @@ def run_one(kind: str, input_path: str, out_dir: str, model_dir: str | None = No
               "kind": kind, "task": list(task), "model": model_dir, "options": options,
               "signature": run_signature(kind, model_dir, options, task), "outputs": names,
               "seconds": time.perf_counter() - t0, "model_load_seconds": load_s,
-              "model_cached": cached, "pid": os.getpid(), "host": os.uname().nodename,
+              "model_cached": cached, "pid": os.getpid(), "host": platform.node(),
               "napari_stexp": __version__, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     with atomic_path(done_record(out, stem, kind)) as tmp:
         tmp.write_text(json.dumps(record, indent=2, default=str))
@@ -346,6 +354,24 @@ def _progress_line(res: BatchResult, total: int, progress, name: str) -> None:
     report(progress, len(res.skipped) + len(res.done) + len(res.failed), total, name)
 
 
+#: dask settings of the workers a batch starts (also recommended for ``dask worker``): the
+#: statistical profiler samples every task's stack every 10 ms, which slowed our (Python-heavy)
+#: per-slide tasks by up to 2x on a busy machine.
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+
+
+def local_cluster(n_workers: int, **kwargs: Any):
+    """A ``LocalCluster`` of ``n_workers`` single-threaded worker processes (one slide each at
+    a time), dashboard on a free port, worker profiling off. Close it (or use ``with``)."""
+    import dask
+    from distributed import LocalCluster
+
+    opts = {"threads_per_worker": 1, "processes": True, "dashboard_address": ":0",
+            "silence_logs": 40, **kwargs}
+    with dask.config.set(WORKER_CONFIG):
+        return LocalCluster(n_workers=int(n_workers), **opts)
+
+
 def _run_local(res, kind, todo, out, model_dir, options, task, progress, total) -> None:
     for p in todo:
         try:
@@ -358,7 +384,7 @@ def _run_local(res, kind, todo, out, model_dir, options, task, progress, total) 
 
 def _run_distributed(res, kind, todo, out, model_dir, options, task, progress, total, *,
                      scheduler, n_workers, retries, timeout_s) -> None:
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
     cluster = None
     if scheduler:
@@ -367,9 +393,7 @@ def _run_distributed(res, kind, todo, out, model_dir, options, task, progress, t
         except OSError as exc:
             raise InputError(scheduler, f"cannot reach the dask scheduler ({exc})") from exc
     else:
-        n = max(1, min(n_workers or os.cpu_count() or 1, len(todo)))
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=":0", silence_logs=40)
+        cluster = local_cluster(max(1, min(n_workers or os.cpu_count() or 1, len(todo))))
         client = Client(cluster)
     try:
         if scheduler:

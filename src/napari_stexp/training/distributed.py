@@ -419,7 +419,7 @@ def gather_probe(ctx: DistContext, n_local: int = 4, dim: int = 3, seed: int = 0
     ids = all_gather_tensor(torch.arange(n_local) + 100 * ctx.rank)
     return {"a": a.detach().tolist(), "b": b.detach().tolist(), "ids": ids.tolist(),
             "gathered": gathered.detach().tolist(), "logits_shape": list(logits.shape),
-            "loss": float(loss), "grad_a": a.grad.tolist(), "grad_b": b.grad.tolist()}
+            "loss": float(loss.detach()), "grad_a": a.grad.tolist(), "grad_b": b.grad.tolist()}
 
 
 def check_run(ctx: DistContext, *, n_items: int = 128, global_batch: int = 32, epochs: int = 3,

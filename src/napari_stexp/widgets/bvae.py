@@ -440,12 +440,16 @@ class BVAEWidget(QWidget):
                 notify_error("choose the image layer that goes with the Labels layer")
                 return None
             labels_layer = self.viewer.layers[lname]
-            image = np.asarray(self.viewer.layers[iname].data)
-            if image.ndim >= 3 and image.shape[-1] not in (3, 4) and image.ndim == 3:
-                notify_error(f"{iname}: expected a 2-D RGB image layer")
+            image = _level0(self.viewer.layers[iname])
+            labels = _level0(labels_layer)
+            if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (3, 4))):
+                notify_error(f"{iname}: expected a 2-D grey or RGB image layer")
                 return None
-            job_args = ("labels", model, image, np.asarray(labels_layer.data),
-                        labels_layer.features.copy())
+            if labels.ndim != 2 or labels.shape != image.shape[:2]:
+                notify_error(f"{lname}: labels {labels.shape} do not match image {iname} "
+                             f"{image.shape[:2]}")
+                return None
+            job_args = ("labels", model, image, labels, labels_layer.features.copy())
             ret = lambda res: self._on_embedded(res, labels_layer=lname)  # noqa: E731
         elif src.startswith("crops: "):
             layer = self.viewer.layers[src[len("crops: "):]]
@@ -573,6 +577,12 @@ class BVAEWidget(QWidget):
 
 
 # --------------------------------------------------------------------------- worker jobs
+
+
+def _level0(layer) -> np.ndarray:
+    """Full-resolution data of a (possibly multiscale) layer as a numpy array."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return np.asarray(data)
 
 
 def _train_job(cells, genes, cmap, config, out, progress, cancel):

@@ -74,11 +74,23 @@ def layer_image(data: Any) -> Any:
 def segment_layer_data(data: Any, method: str = "classical", *, device: str = "auto",
                        tile_size: int | None = None, overlap: int | None = None,
                        progress=None, cancel=None, **params: Any):
-    """Segment an Image layer's data; returns a :class:`SegmentationResult`."""
+    """Segment an Image layer's data; returns a :class:`SegmentationResult`.
+
+    Whole slides (more than ``MULTISCALE_PIXELS``) write their labels tile by tile to a zarr
+    array in a temporary folder, so memory stays bounded; the layer reads it lazily.
+    """
+    import tempfile
+    from pathlib import Path
+
     from ..segmentation import segment
 
-    return segment(layer_image(data), method=method, device=device, tile_size=tile_size or None,
-                   overlap=overlap or None, progress=progress, cancel=cancel, **params)
+    img = layer_image(data)
+    labels_out = None
+    if int(img.shape[0]) * int(img.shape[1]) > MULTISCALE_PIXELS:
+        labels_out = Path(tempfile.mkdtemp(prefix="napari-stexp-cells-")) / "labels.zarr"
+    return segment(img, method=method, device=device, tile_size=tile_size or None,
+                   overlap=overlap or None, labels_out=labels_out, progress=progress,
+                   cancel=cancel, **params)
 
 
 def _labels_pyramid(labels: Any) -> tuple[Any, bool]:
