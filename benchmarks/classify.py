@@ -236,6 +236,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a few minutes on a CPU")
     p.add_argument("--part", choices=("all", "gene", "classify"), default="all")
     p.add_argument("--latent-dim", type=int, default=16)
+    p.add_argument("--panel-size", type=int, default=None,
+                   help="use the first N genes of the 785-gene her2st panel (default all)")
     p.add_argument("--gene-epochs", type=int, default=None, help="default 100 (quick: 40)")
     p.add_argument("--held-out", nargs="+", default=None, help="patients to hold out (A-F)")
     p.add_argument("--transductive", action="store_true",
@@ -266,6 +268,8 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore")
     root = args.data or data_path("her2st")
     panel = her2st_gene_panel(root)
+    if args.panel_size:
+        panel = panel[:args.panel_size]
     t0 = time.perf_counter()
     print(f"her2st at {root}; panel {len(panel)} genes; quick={args.quick}", flush=True)
     if args.part in ("all", "gene"):

@@ -279,3 +279,19 @@ def test_her2st_a1_image_and_b1_labels(her2st_dir, tmp_path):
     assert got[(PREFIX, "A1")] == n_a1 == got[("gene_latent", "A1")]
     assert ("gene_latent", "B1") in got and (PREFIX, "B1") not in got
     assert rep["accuracy"].between(0, 1).all() and rep["macro_f1"].between(0, 1).all()
+
+
+def test_existing_obsm_latent_instead_of_the_vae(slide, tmp_path):
+    """A user latent (obsm['X_scVI']) replaces the gene VAE; saved and reloaded by key."""
+    a = slide.adata.copy()
+    rng = np.random.default_rng(0)
+    a.obsm["X_scVI"] = rng.normal(size=(a.n_obs, 7)).astype(np.float32)
+    m = train_classifier({"SYN1": a}, ClassifierConfig.tiny(gene_latent="obsm:X_scVI", epochs=1,
+                                                            classifier_epochs=5),
+                         images={"SYN1": slide.pyramid}, cache_dir=False)
+    assert m.net.gene_head.projection.in_features == 7
+    m.save(tmp_path / "m")
+    m2 = BatchAgnosticClassifier.load(tmp_path / "m")
+    np.testing.assert_array_equal(m2.gene_embed({"SYN1": a}), a.obsm["X_scVI"])
+    with pytest.raises(InputError, match="obsm\\['X_scVI'\\] not found"):
+        m2.gene_embed({"SYN1": slide.adata})

@@ -540,10 +540,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.command:
         parser.error("give a napari-stexp command (e.g. 'expression train ...') or 'check'")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
     ctx = init_distributed(args.backend, args.device)
-    if not ctx.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
     try:
         if args.command[0] == "check":
             return _check(ctx, args.command[1:])
