@@ -100,13 +100,15 @@ def test_batch_conditioning_mixes_planted_batches(planted, planted_fits):
         rep[cond] = r
     on, off = rep[True], rep[False]
     # batches mix measurably better with conditioning ...
-    assert on["batch_silhouette_within_label"] < off["batch_silhouette_within_label"] - 0.1, rep
-    assert on["knn_batch_accuracy"] < off["knn_batch_accuracy"] - 0.1, rep
-    assert on["mixing_entropy"] > off["mixing_entropy"] + 0.2, rep
+    assert on["batch_silhouette_within_label"] < off["batch_silhouette_within_label"] - 0.15, rep
+    assert on["knn_batch_accuracy"] < off["knn_batch_accuracy"] - 0.05, rep
+    assert on["mixing_entropy"] > off["mixing_entropy"] + 0.3, rep
     assert off["knn_batch_accuracy"] > 0.95  # without it, patients are perfectly separable
-    # ... while the tissue types stay apart and transfer across patients
+    # ... while the tissue types stay apart and transfer to another patient (kNN from P0, P1
+    # to P2); without conditioning the transfer breaks down
     assert on["label_silhouette"] > 0.1, rep
     assert on["transfer"] >= 0.9, rep
+    assert on["transfer"] > off["transfer"] + 0.15, rep
 
 
 def test_unseen_patient_is_embedded_without_its_batch(planted, planted_fits):
