@@ -311,5 +311,10 @@ def test_cli_batch(slides, cluster, tmp_path, capfd):
     rc = _cli(["batch", "segment", "--inputs", str(bad), "--out", str(out), "--local"])
     cap = capfd.readouterr()
     assert rc == 1 and "failed: " in cap.err and "1 failed" in cap.out
+    with pytest.raises(InputError, match="needs an mclSTExp model folder"):
+        _cli(["batch", "predict", "--inputs", str(slides[0]), "--out", str(out), "--local"])
+    with pytest.raises(InputError, match="model folder not found"):
+        _cli(["batch", "embed", "--inputs", str(slides[0]), "--out", str(out), "--local",
+              "--model", str(tmp_path / "nope")])
     with pytest.raises(InputError, match="KEY=VALUE"):
         _cli(["batch", "segment", "--inputs", str(slides[0]), "--out", str(out), "--set", "x"])

@@ -38,6 +38,10 @@ from .io._atomic import atomic_path
 from .progress import ProgressFn, report
 
 KINDS = ("predict", "segment", "classify", "embed")
+#: Kinds that cannot run without ``--model`` (segment's classical method needs none).
+NEEDS_MODEL = {"predict": "an mclSTExp model folder (napari-stexp expression train)",
+               "classify": "a classifier folder (napari-stexp classify train)",
+               "embed": "a β-VAE model folder (napari-stexp bvae train)"}
 RECORD_VERSION = 1
 
 
@@ -327,6 +331,8 @@ def run_batch(kind: str, inputs, out_dir: str | os.PathLike, *, model_dir: str |
     options = dict(options or {})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if model_dir is None and task is None and kind in NEEDS_MODEL:
+        raise InputError("--model", f"'{kind}' needs {NEEDS_MODEL[kind]}")
     if model_dir is not None and not Path(model_dir).exists():
         raise InputError(model_dir, "model folder not found")
     clean_stale_temporaries(out)

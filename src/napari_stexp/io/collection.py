@@ -454,7 +454,8 @@ def _bundle_items(files: list[tuple[Path, str]]) -> list[SlideItem]:
     for name, g in groups.items():
         if not (g["h5ads"] or g["image"] or g["cells"] or g["extra"]):
             continue
-        item = SlideItem(name=name, kind="h5ad" if g["h5ads"] else "image", batch=g["batch"],
+        item = SlideItem(name=name, kind="h5ad" if (g["h5ads"] or g["extra"]) else "image",
+                         batch=g["batch"],
                          image=g["image"], cells=g["cells"],
                          h5ads=list(dict.fromkeys(g["h5ads"] + g["extra"])))
         if g["cells_labels"]:
