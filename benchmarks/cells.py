@@ -51,11 +51,22 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM; unlike ``ru_maxrss`` it does not inherit the parent's
+    peak through fork/exec), else the current RSS."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return _rss_mb()
+
+
 def _child(job: dict, queue) -> None:
     """One measurement in a fresh process: peak RSS growth is then attributable to the job
     (a long-lived process keeps freed pages and would hide the second run's memory)."""
-    import resource
-
     try:
         from napari_stexp.segmentation import get_backend, prepare, segment
 
@@ -78,7 +89,7 @@ def _child(job: dict, queue) -> None:
                           labels_out=job.get("labels_out"))
             n = len(res.table)
         secs = time.perf_counter() - t0
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB -> MB (Linux)
+        peak = _peak_rss_mb()
         queue.put({"seconds": secs, "cells": n, "peak_mb": max(peak - base, 0.0)})
     except BaseException as exc:  # report, never hang the parent
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
