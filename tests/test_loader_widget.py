@@ -16,8 +16,8 @@ def _open(qtbot, widget, path, sections=""):
     widget.sections_edit.setText(sections)
     worker = widget.open(str(path))
     assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
+    # the worker starts at once; wait on the widget's own "finished" handler (no signal race)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
     qtbot.wait(50)
 
 
@@ -88,9 +88,8 @@ def test_loader_bad_input_notifies(qtbot, loader, tmp_path, monkeypatch):
     bad.write_bytes(b"not an hdf5 file")
     shown = []
     monkeypatch.setattr("napari_stexp.widgets.loader.notify_error", lambda e: shown.append(str(e)))
-    worker = w.open(str(bad))
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
+    assert w.open(str(bad)) is not None
+    qtbot.waitUntil(lambda: w._worker is None, timeout=60_000)
     qtbot.wait(50)
     assert shown and "broken.h5ad" in shown[0]
     assert len(viewer.layers) == 0

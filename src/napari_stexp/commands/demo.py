@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEMO_WIDGETS = ["Open data", "Expression (mclSTExp)", "Latent explorer"]  # display names from napari.yaml, first docked first
+DEMO_WIDGETS = ["Open data", "Latent explorer"]  # display names from napari.yaml, first docked first
 
 
 def register(sub) -> None:
@@ -24,8 +24,14 @@ def build_demo_viewer(show: bool = True):
     for layer in list(viewer.layers):
         layer.visible = False
     viewer.open_sample("napari-stexp", "synthetic_slide")
-    for name in available_widgets():
-        viewer.window.add_plugin_dock_widget("napari-stexp", name)
+    docks = []
+    for i, name in enumerate(available_widgets()):
+        # the demo widgets get their own dock; the others are tabs behind the last of them
+        dock, _ = viewer.window.add_plugin_dock_widget("napari-stexp", name,
+                                                       tabify=i >= len(DEMO_WIDGETS))
+        docks.append(dock)
+    if len(docks) >= len(DEMO_WIDGETS):
+        docks[len(DEMO_WIDGETS) - 1].raise_()
     viewer.reset_view()
     return viewer
 

@@ -24,10 +24,10 @@ class LoaderWidget(QWidget):
     """Open slides, smears, crops, Visium/her2st folders or .h5ad files (reading runs in a
     worker so the GUI never freezes)."""
 
-    def __init__(self, viewer, parent=None):
+    def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        self.viewer = viewer
-        self.session = get_session(viewer)
+        self.viewer = napari_viewer
+        self.session = get_session(napari_viewer)
         self._worker = None
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("file or folder (slide, .h5ad, Visium, her2st, smears)")
