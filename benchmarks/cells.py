@@ -316,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mid-size", type=int, default=4096, help="tiled-vs-untiled image side")
     p.add_argument("--large-size", type=int, default=8192, help="large smear side")
     p.add_argument("--tile", type=int, default=1024)
-    p.add_argument("--max-untiled-mb", type=float, default=3000.0)
+    p.add_argument("--max-untiled-mb", type=float, default=6000.0,
+                   help="run the untiled baseline on the large smear only below this")
     p.add_argument("--no-detection", action="store_true")
     p.add_argument("--no-throughput", action="store_true")
     p.add_argument("--no-bvae", action="store_true")
