@@ -246,9 +246,10 @@ def _panel_args(args, adatas):
     return panel, (None if panel else 1000), how
 
 
-def _print_table(table, file=sys.stdout) -> None:
+def _print_table(table, file=None) -> None:
     from ..evaluation.regression import summarise
 
+    file = file if file is not None else sys.stdout  # resolved at call time (capture-friendly)
     with_pd = table.copy()
     print(with_pd.to_string(index=False, float_format=lambda v: f"{v:.4f}"), file=file)
     print("\nmean over sections:", file=file)
