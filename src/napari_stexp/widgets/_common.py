@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from qtpy.QtCore import QObject, Signal
+
 
 def add_layer_tuples(viewer, layer_tuples) -> list:
     """Add layer data tuples to ``viewer`` through napari's public ``Layer.create``."""
@@ -54,3 +56,26 @@ def start_worker(func, *args, returned=None, errored=None, finished=None, yielde
     if progress is not None:
         kwargs["_progress"] = progress
     return create_worker(func, *args, _connect=connect, **kwargs)
+
+
+class _ProgressSignal(QObject):
+    progress = Signal(int, int, str)
+
+
+class ProgressBridge:
+    """A ``progress(done, total, message)`` callback usable from a worker thread: it emits a Qt
+    signal that updates ``bar`` and ``label`` in the GUI thread."""
+
+    def __init__(self, bar, label):
+        self.sig = _ProgressSignal()
+        self.sig.progress.connect(self._update)
+        self.bar, self.label = bar, label
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        self.sig.progress.emit(int(done), int(total), str(message))
+
+    def _update(self, done, total, message):
+        self.bar.setMaximum(max(total, 1))
+        self.bar.setValue(min(done, max(total, 1)))
+        if message:
+            self.label.setText(message)

@@ -18,7 +18,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -40,7 +39,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import InputError
 from ..session import EmbeddingRef, get_session
-from ._common import add_layer_tuples, notify_error, notify_info, start_worker
+from ._common import ProgressBridge, add_layer_tuples, notify_error, notify_info, start_worker
 
 TRAVERSAL_LAYER = "bvae traversal"
 TRAJECTORY_LAYER = "bvae trajectory"
@@ -126,26 +125,6 @@ def trajectory_trend_table(traj, n: int = 10):
 # --------------------------------------------------------------------------- the widget
 
 
-class _ProgressSignal(QObject):
-    progress = Signal(int, int, str)
-
-
-class _Bridge:
-    """Thread-safe progress: a Qt signal emitted from the worker, received in the GUI thread."""
-
-    def __init__(self, bar, label):
-        self.sig = _ProgressSignal()
-        self.sig.progress.connect(self._update)
-        self.bar, self.label = bar, label
-
-    def __call__(self, done: int, total: int, message: str = "") -> None:
-        self.sig.progress.emit(int(done), int(total), str(message))
-
-    def _update(self, done, total, message):
-        self.bar.setMaximum(max(total, 1))
-        self.bar.setValue(min(done, max(total, 1)))
-        if message:
-            self.label.setText(message)
 
 
 def _path_row(edit: QLineEdit, parent, folder: bool, caption: str):
@@ -323,7 +302,7 @@ class BVAEWidget(QWidget):
         f.addRow(self.traj_table)
         lay.addWidget(g)
         lay.addStretch(1)
-        self._bridge = _Bridge(self.progress_bar, self.status)
+        self._bridge = ProgressBridge(self.progress_bar, self.status)
         self.train_btn.clicked.connect(lambda: self.train())
         self.load_btn.clicked.connect(lambda: self.load())
         self.cancel_btn.clicked.connect(self.cancel)

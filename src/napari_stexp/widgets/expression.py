@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QCompleter,
@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..session import EmbeddingRef, get_session
-from ._common import layer_adata, notify_error, start_worker
+from ._common import ProgressBridge, layer_adata, notify_error, start_worker
 
 EMBED_PREFIX = "mclstexp_"
 SLIDE_PREFIX = "slide: "
@@ -197,26 +197,6 @@ def pyramid_from_layer(layer):
 # ----------------------------------------------------------------------------- Qt part
 
 
-class _ProgressSignal(QObject):
-    progress = Signal(int, int, str)
-
-
-class _Bridge:
-    """Progress from a worker thread to the GUI thread via a Qt signal."""
-
-    def __init__(self, bar: QProgressBar, label: QLabel):
-        self.sig = _ProgressSignal()
-        self.sig.progress.connect(self._update)
-        self.bar, self.label = bar, label
-
-    def __call__(self, done: int, total: int, message: str = "") -> None:
-        self.sig.progress.emit(int(done), int(total), str(message))
-
-    def _update(self, done, total, message):
-        self.bar.setMaximum(max(total, 1))
-        self.bar.setValue(min(done, max(total, 1)))
-        if message:
-            self.label.setText(message)
 
 
 def _warm_torch() -> None:
@@ -341,7 +321,7 @@ class ExpressionWidget(QWidget):
         lay.addWidget(self.progress_bar)
         lay.addWidget(self.status)
         lay.addStretch(1)
-        self._bridge = _Bridge(self.progress_bar, self.status)
+        self._bridge = ProgressBridge(self.progress_bar, self.status)
         self.train_btn.clicked.connect(lambda: self.train())
         self.load_btn.clicked.connect(lambda: self.load())
         self.save_btn.clicked.connect(lambda: self.save())
