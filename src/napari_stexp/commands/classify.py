@@ -18,6 +18,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from ._args import add_data_args, add_slide_grid_args
+
 
 def register(sub) -> None:
     p = sub.add_parser("classify", help="tissue classes from H&E, guided by batch-agnostic "
@@ -52,25 +54,13 @@ def register(sub) -> None:
     m.set_defaults(func=run_embed)
 
     pr = ssub.add_parser("predict", help="classify patches over the tissue of an H&E slide")
-    pr.add_argument("--model", required=True, metavar="MODEL_DIR")
-    pr.add_argument("--image", required=True, metavar="SLIDE", help="H&E slide or image")
-    pr.add_argument("--out", required=True, metavar="CLASSES.h5ad")
-    pr.add_argument("--name", default=None, help="slide name in the output (default: file)")
-    pr.add_argument("--pitch-um", type=float, default=None,
-                    help="patch grid pitch in µm (default: the training spot pitch)")
-    pr.add_argument("--layout", choices=("square", "hex"), default="square")
-    pr.add_argument("--min-tissue", type=float, default=0.5,
-                    help="keep patches at least this fraction tissue")
-    pr.add_argument("--tile", type=int, default=2048, help="read tile size (px)")
+    add_slide_grid_args(pr, "CLASSES.h5ad", "patch")
     _runtime_args(pr)
     pr.set_defaults(func=run_predict)
 
 
 def _data_args(p) -> None:
-    p.add_argument("--data", required=True, nargs="+", metavar="PATH",
-                   help="her2st folder, Space Ranger folder or .h5ad (several allowed)")
-    p.add_argument("--sections", nargs="+", default=None, metavar="S",
-                   help="sections to use (default: all)")
+    add_data_args(p)
 
 
 def _runtime_args(p) -> None:

@@ -19,6 +19,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ._args import add_data_args, add_slide_grid_args
+
 TINY = {"backbone": "tinycnn", "patch_size": 224, "input_size": 48, "epochs": 2,
         "batch_size": 32, "top_k": 50}
 
@@ -58,25 +60,13 @@ def register(sub) -> None:
     c.set_defaults(func=run_cross_validate)
 
     pr = ssub.add_parser("predict", help="predict expression over an H&E slide's tissue")
-    pr.add_argument("--model", required=True, metavar="MODEL_DIR")
-    pr.add_argument("--image", required=True, metavar="SLIDE", help="H&E slide or image")
-    pr.add_argument("--out", required=True, metavar="PRED.h5ad")
-    pr.add_argument("--name", default=None, help="section name in the output (default: file)")
-    pr.add_argument("--pitch-um", type=float, default=None,
-                    help="pseudo-spot pitch in µm (default: the training spot pitch)")
-    pr.add_argument("--layout", choices=("square", "hex"), default="square")
-    pr.add_argument("--min-tissue", type=float, default=0.5,
-                    help="keep pseudo-spots at least this fraction tissue")
-    pr.add_argument("--tile", type=int, default=2048, help="read tile size (px)")
+    add_slide_grid_args(pr, "PRED.h5ad", "pseudo-spot")
     _runtime_args(pr)
     pr.set_defaults(func=run_predict)
 
 
 def _data_args(p) -> None:
-    p.add_argument("--data", required=True, nargs="+", metavar="PATH",
-                   help="her2st folder, Space Ranger folder or .h5ad (several allowed)")
-    p.add_argument("--sections", nargs="+", default=None, metavar="S",
-                   help="sections to use (default: every section that has an H&E image)")
+    add_data_args(p, "sections to use (default: every section that has an H&E image)")
 
 
 def _runtime_args(p) -> None:
