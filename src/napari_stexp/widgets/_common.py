@@ -79,3 +79,43 @@ class ProgressBridge:
         self.bar.setValue(min(done, max(total, 1)))
         if message:
             self.label.setText(message)
+
+
+class WorkerMixin:
+    """Busy buttons, status text and cancel around :func:`start_worker`, for dock widgets.
+
+    The widget provides ``self._cancel`` (a ``threading.Event`` its compute calls check),
+    ``self.status`` (a label), ``self.cancel_btn`` and ``_action_buttons()`` (the buttons to
+    disable while work runs).
+    """
+
+    _worker = None
+
+    def _action_buttons(self) -> tuple:
+        return ()
+
+    def _busy(self, busy: bool) -> None:
+        for b in self._action_buttons():
+            b.setEnabled(not busy)
+        self.cancel_btn.setEnabled(busy)
+
+    def _run(self, func, *args, returned=None, label: str = "working", **kwargs):
+        self._cancel.clear()
+        self._busy(True)
+        self.status.setText(label + " …")
+
+        def done():
+            self._busy(False)
+            self._worker = None
+
+        def failed(exc):
+            self.status.setText(f"failed: {exc}")
+            notify_error(exc)
+
+        self._worker = start_worker(func, *args, returned=returned, errored=failed,
+                                    finished=done, **kwargs)
+        return self._worker
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self.status.setText("cancelling …")

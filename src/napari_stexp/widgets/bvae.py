@@ -39,7 +39,13 @@ from qtpy.QtWidgets import (
 
 from ..errors import InputError
 from ..session import EmbeddingRef, get_session
-from ._common import ProgressBridge, add_layer_tuples, notify_error, notify_info, start_worker
+from ._common import (
+    ProgressBridge,
+    WorkerMixin,
+    add_layer_tuples,
+    notify_error,
+    notify_info,
+)
 
 TRAVERSAL_LAYER = "bvae traversal"
 TRAJECTORY_LAYER = "bvae trajectory"
@@ -176,7 +182,7 @@ def fill_table(table: QTableWidget, df) -> None:
             text = f"{v:.3f}" if isinstance(v, float | np.floating) else str(v)
             table.setItem(r, c, QTableWidgetItem(text))
 
-class BVAEWidget(QWidget):
+class BVAEWidget(WorkerMixin, QWidget):
     """Train/load a β-VAE, embed cells, browse traversals and trajectories."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -339,34 +345,13 @@ class BVAEWidget(QWidget):
                 combo.setCurrentIndex(i)
 
     # ---------------------------------------------------------------- running
-    def _busy(self, busy: bool):
-        for b in (self.train_btn, self.load_btn, self.embed_btn, self.traverse_btn,
-                  self.traj_btn):
-            b.setEnabled(not busy)
-        self.cancel_btn.setEnabled(busy)
-
-    def _run(self, func, *args, returned=None, label="working", **kwargs):
-        self._cancel.clear()
-        self._busy(True)
-        self.status.setText(label + " …")
-
-        def done():
-            self._busy(False)
-            self._worker = None
-
-        def failed(exc):
-            self.status.setText(f"failed: {exc}")
-            notify_error(exc)
-
-        self._worker = start_worker(func, *args, returned=returned, errored=failed,
-                                    finished=done, **kwargs)
-        return self._worker
+    def _action_buttons(self) -> tuple:
+        return (self.train_btn, self.load_btn, self.embed_btn, self.traverse_btn, self.traj_btn)
 
     def cancel(self):
-        self._cancel.set()
-        if self._worker is not None:
+        super().cancel()
+        if self._worker is not None:  # generator workers stop at their next yield
             self._worker.quit()
-        self.status.setText("cancelling …")
 
     def train(self):
         """Train on the crop folder (+ genes / class map) in a worker; returns the worker."""

@@ -46,7 +46,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..session import EmbeddingRef, get_session
-from ._common import ProgressBridge, layer_adata, notify_error, start_worker
+from ._common import ProgressBridge, WorkerMixin, layer_adata, notify_error
 
 CLASS_COLUMN = "batch_agnostic_class"
 SLIDE_PREFIX = "slide: "
@@ -301,7 +301,7 @@ def _classify_job(model, adatas, images, slide, progress, cancel):
 
 
 
-class ClassifyWidget(QWidget):
+class ClassifyWidget(WorkerMixin, QWidget):
     """Train/load the batch-agnostic classifier, classify a slide or sections, threshold."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -459,31 +459,8 @@ class ClassifyWidget(QWidget):
         return out
 
     # ---------------------------------------------------------------- running
-    def _busy(self, busy: bool):
-        for b in (self.train_btn, self.load_btn, self.save_btn, self.classify_btn):
-            b.setEnabled(not busy)
-        self.cancel_btn.setEnabled(busy)
-
-    def _run(self, func, *args, returned=None, label="working"):
-        self._cancel.clear()
-        self._busy(True)
-        self.status.setText(label + " …")
-
-        def done():
-            self._busy(False)
-            self._worker = None
-
-        def failed(exc):
-            self.status.setText(f"failed: {exc}")
-            notify_error(exc)
-
-        self._worker = start_worker(func, *args, returned=returned, errored=failed,
-                                    finished=done)
-        return self._worker
-
-    def cancel(self):
-        self._cancel.set()
-        self.status.setText("cancelling …")
+    def _action_buttons(self) -> tuple:
+        return (self.train_btn, self.load_btn, self.save_btn, self.classify_btn)
 
     def train_config(self, **overrides):
         """The :class:`ClassifierConfig` the form describes (``overrides`` win)."""

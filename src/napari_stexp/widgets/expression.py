@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..session import EmbeddingRef, get_session
-from ._common import ProgressBridge, layer_adata, notify_error, start_worker
+from ._common import ProgressBridge, WorkerMixin, layer_adata, notify_error
 
 EMBED_PREFIX = "mclstexp_"
 SLIDE_PREFIX = "slide: "
@@ -238,7 +238,7 @@ def _predict_job(model, adatas, images, slide, progress, cancel, device):
                                 device=device)
 
 
-class ExpressionWidget(QWidget):
+class ExpressionWidget(WorkerMixin, QWidget):
     """Train/load mclSTExp, predict sections or a slide, show gene maps (searchable gene box)."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -378,31 +378,8 @@ class ExpressionWidget(QWidget):
         return {n: self.session.images[n] for n in names if n in self.session.images}
 
     # ---------------------------------------------------------------- running
-    def _busy(self, busy: bool):
-        for b in (self.train_btn, self.load_btn, self.save_btn, self.predict_btn):
-            b.setEnabled(not busy)
-        self.cancel_btn.setEnabled(busy)
-
-    def _run(self, func, *args, returned=None, label="working"):
-        self._cancel.clear()
-        self._busy(True)
-        self.status.setText(label + " …")
-
-        def done():
-            self._busy(False)
-            self._worker = None
-
-        def failed(exc):
-            self.status.setText(f"failed: {exc}")
-            notify_error(exc)
-
-        self._worker = start_worker(func, *args, returned=returned, errored=failed,
-                                    finished=done)
-        return self._worker
-
-    def cancel(self):
-        self._cancel.set()
-        self.status.setText("cancelling …")
+    def _action_buttons(self) -> tuple:
+        return (self.train_btn, self.load_btn, self.save_btn, self.predict_btn)
 
     def train_options(self) -> dict:
         w = self.weights.text().strip()
