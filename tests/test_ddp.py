@@ -193,3 +193,76 @@ def test_ddp_subcommand_single_process(monkeypatch, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["world_size"] == 1 and out["global_batch"] == 8
     assert out["similarity_shape"] == [8, 8] and len(out["losses"]) == 2
+
+
+# --------------------------------------------------------------------------- models under DDP
+
+
+def _torchrun(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+           "--nproc_per_node=2", "-m", "napari_stexp.training.distributed", "--backend",
+           "gloo", "--device", "cpu", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.realdata
+def test_mclstexp_two_processes_train_like_one(her2st_dir, tmp_path, monkeypatch):
+    """mclSTExp on her2st B4 (cached features, tiny backbone): 2 gloo processes with a global
+    batch of 94 (283 spots = 3 x 94 + 1, the single leftover spot is dropped in both) give the
+    loss curve of 1 process with batch 94, because the image embeddings are gathered with
+    autograd and the spot Transformer runs on the gathered global batch. Without the gathers
+    each process would contrast 47 spots and the curve would differ."""
+    from napari_stexp import cli
+    from napari_stexp.models.mclstexp import ExpressionModel
+
+    cache = tmp_path / "cache"
+    args = ["expression", "train", "--data", str(her2st_dir), "--sections", "B4", "--tiny",
+            "--mode", "cached", "--epochs", "4", "--batch-size", "94", "--input-size", "32",
+            "--cache-dir", str(cache), "--device", "cpu", "--quiet"]
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli.main([*args, "--out", str(tmp_path / "one")]) == 0  # fills the cache too
+    finally:
+        torch.set_num_threads(old)
+    proc = _torchrun([*args, "--out", str(tmp_path / "two")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "global batch 94 = 2 processes x 47 per process" in proc.stderr + proc.stdout
+    one = ExpressionModel.load(tmp_path / "one").history
+    two = ExpressionModel.load(tmp_path / "two").history
+    assert [h.get("world_size", 1) for h in two] == [2] * 4
+    a = np.array([h["loss"] for h in one])
+    b = np.array([h["loss"] for h in two])
+    assert a[-1] < a[0]  # it learns
+    assert b[0] == pytest.approx(a[0], rel=1e-3)
+    np.testing.assert_allclose(b, a, rtol=5e-3)
+
+
+@pytest.mark.realdata
+def test_classifier_two_processes_contrast_the_global_batch(her2st_dir, tmp_path):
+    """Batch-agnostic classifier on her2st A1 (image + labels) and B1 (genes only) (tiny, cached): with 2 gloo processes the
+    image↔gene InfoNCE sees the global batch of 32 (gathered embeddings and labels), so its loss
+    curve follows 1 process with batch 32. The gene VAE's sampling noise differs per process,
+    hence a tolerance; a per-process loss over 16 spots would start ~log(2) lower."""
+    from napari_stexp import cli
+    from napari_stexp.models.batch_agnostic import BatchAgnosticClassifier
+
+    args = ["classify", "train", "--data", str(her2st_dir), "--sections", "A1", "B1", "--tiny",
+            "--mode", "cached", "--batch-size", "32", "--cache-dir", str(tmp_path / "cache"),
+            "--device", "cpu", "--quiet"]
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli.main([*args, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(old)
+    proc = _torchrun([*args, "--out", str(tmp_path / "two")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = BatchAgnosticClassifier.load(tmp_path / "one").history["image"]
+    two = BatchAgnosticClassifier.load(tmp_path / "two").history["image"]
+    assert [h.get("global_batch") for h in two] == [32] * len(one)
+    a = np.array([h["loss"] for h in one])
+    b = np.array([h["loss"] for h in two])
+    assert a[-1] < a[0]
+    np.testing.assert_allclose(b, a, rtol=0.03)

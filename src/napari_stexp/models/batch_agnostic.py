@@ -604,6 +604,7 @@ def train_classifier(
 
     from ..data.patches import PatchSpec, spot_pitch_px, spot_positions
     from ..io.spatial import mpp_fullres, spot_diameter_fullres, validate_st_adata
+    from ..training.distributed import all_gather_tensor, all_gather_with_grad
     from ..training.engine import TrainConfig, fit, seed_everything
     from ..training.feature_cache import backbone_signature, resolve_cache_dir
     from .backbones import build_image_encoder
@@ -806,6 +807,9 @@ def train_classifier(
                 model.class_logits(img[lab]), y[lab],
                 weight=None if class_w is None else class_w.to(d))
         g = model.embed_genes(b["z"].to(d))
+        # under DDP: the global batch's embeddings (with autograd) and labels, so the
+        # contrastive terms keep every negative; identities in one process
+        img, g, y = all_gather_with_grad(img), all_gather_with_grad(g), all_gather_tensor(y)
         loss = (soft_target_loss(img, g, cfg.temperature) if cfg.loss == "soft"
                 else info_nce(img, g, cfg.temperature))
         if cfg.class_weight > 0:

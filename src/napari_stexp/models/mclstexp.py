@@ -653,6 +653,7 @@ def train_expression_model(
         spot_positions,
     )
     from ..io.spatial import mpp_fullres, spot_diameter_fullres
+    from ..training.distributed import all_gather_tensor, all_gather_with_grad
     from ..training.engine import TrainConfig, fit, seed_everything
     from ..training.feature_cache import backbone_signature, resolve_cache_dir
     from .backbones import module_digest
@@ -768,8 +769,12 @@ def train_expression_model(
     use_bf16 = bool(cfg.bf16 and device.type == "cpu")
 
     def step(model, batch, dev):
-        e = batch["expression"].to(dev, non_blocking=True)
-        p = batch["position"].to(dev, non_blocking=True)
+        # Under DDP each process holds a slice of the global batch: the image embeddings are
+        # gathered with autograd and the spot Transformer (which attends over the batch's
+        # spots) runs on the gathered global inputs, so the loss is the global B x B one with
+        # every negative. In one process both gathers are the identity.
+        e = all_gather_tensor(batch["expression"].to(dev, non_blocking=True))
+        p = all_gather_tensor(batch["position"].to(dev, non_blocking=True))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             if "features" in batch:
                 img = model.embed_features(batch["features"].to(dev))
@@ -777,6 +782,7 @@ def train_expression_model(
                 if model.training and cfg.mode == "cached":
                     model.image_encoder.eval()
                 img = model.embed_images(batch["image"].to(dev))
+            img = all_gather_with_grad(img)
             spot = model.embed_spots(e, p)
         return model.loss(img, spot)
 

@@ -570,4 +570,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``-m`` runs this file as ``__main__``: call ``main`` of the imported module so the active
+    # context lives where the engine looks for it (a second copy of the module would hold it).
+    from napari_stexp.training.distributed import main as _main
+
+    sys.exit(_main())

@@ -116,6 +116,8 @@ def fit(
     import torch
 
     ctx = _distributed_context(distributed)
+    if ctx is not None:
+        ctx.global_batch = None  # this fit's batch (a model may train several stages)
     is_main = ctx is None or ctx.is_main
     if not is_main:
         progress = None
