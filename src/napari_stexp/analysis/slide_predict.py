@@ -86,6 +86,38 @@ def _producer(pyramid, centres, read_px, out_size, tile, q: queue.Queue, stop: t
         q.put(exc)
 
 
+class _Background:
+    """Run ``fn()`` in a daemon thread; :meth:`result` joins it and re-raises its exception."""
+
+    def __init__(self, fn):
+        self._exc: BaseException | None = None
+        self._value: Any = None
+
+        def run():
+            try:
+                self._value = fn()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in result()
+                self._exc = exc
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._exc is not None:
+            raise self._exc
+        return self._value
+
+
+def _warm_level(pyramid: ImagePyramid, read_px: float, out_size: int) -> None:
+    """Touch the level patches are read from: a whole-image format (JPEG, PNG) is decoded
+    and cached here, a tiled one reads one tile; so the decode overlaps the tissue mask."""
+    from ..data.patches import _level_for
+
+    level = _level_for(pyramid, read_px, out_size)
+    pyramid.read_region(0, 0, 1, 1, level=level)
+
+
 def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str | None = None,
                   pitch_um: float | None = None, layout: str = "square",
                   min_tissue: float = 0.5, batch_size: int = 32, tile: int = 2048,
@@ -108,6 +140,7 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
         raise InputError(src, f"slide is {pyr.height}×{pyr.width} px, smaller than one patch "
                               f"({int(round(geo['read_px']))} px at its µm/px)")
     report(progress, 0, 1, "tissue mask")
+    warm = _Background(lambda p=pyr: _warm_level(p, geo["read_px"], geo["input_size"]))
     mask, ds = tissue_mask(pyr, max_size=mask_max_size)
     centres, grid, frac = pseudo_spot_grid(mask, ds, (pyr.height, pyr.width), geo["pitch_px"],
                                            geo["spot_diameter_px"], min_tissue=min_tissue,
@@ -116,6 +149,7 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
         raise InputError(src, "no tissue found (no pseudo-spot is at least "
                               f"{min_tissue:.0%} tissue); is this an H&E slide?")
     check_geometry(pyr, centres, geo["read_px"], src)
+    warm.result()  # a corrupt or truncated file raises its InputError here
     check_cancel(cancel, "slide prediction")
 
     n, G, D = len(centres), len(model.genes), model.config.projection_dim

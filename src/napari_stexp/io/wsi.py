@@ -500,6 +500,7 @@ class _PILSource:
         self.convert, self.channels, self.dtype = convert, channels, np.dtype(dtype)
         self._cache: dict[int, np.ndarray] = {}
         self._lock = threading.RLock()
+        self._locks: dict[int, threading.RLock] = {}
         self.decoded: list[int] = []  # scales decoded from the file, in order (for tests)
 
     def shape(self, scale: int) -> tuple[int, ...]:
@@ -522,8 +523,14 @@ class _PILSource:
         self.decoded.append(scale)
         return arr.astype(self.dtype, copy=False)
 
-    def get(self, scale: int) -> np.ndarray:
+    def _scale_lock(self, scale: int) -> threading.RLock:
         with self._lock:
+            return self._locks.setdefault(scale, threading.RLock())
+
+    def get(self, scale: int) -> np.ndarray:
+        # one lock per scale: a coarse draft decode (tissue mask) does not wait for a full
+        # decode running in another thread
+        with self._scale_lock(scale):
             if scale in self._cache:
                 return self._cache[scale]
             arr = None
