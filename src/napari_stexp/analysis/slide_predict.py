@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..io.export import clean_provenance
 from ..io.image import ImagePyramid
 from ..progress import CancelFlag, ProgressFn, check_cancel, is_cancelled, report
 
@@ -218,7 +219,7 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
     adata.uns["spatial"] = {name: {
         "images": {}, "metadata": meta,
         "scalefactors": {"spot_diameter_fullres": geo["spot_diameter_px"]}}}
-    adata.uns["napari_stexp"] = _clean({
+    adata.uns["napari_stexp"] = clean_provenance({
         "kind": "mclstexp_slide_prediction", "model": model.path or "in memory",
         "model_mode": model.config.mode, "backbone": model.config.backbone,
         "seed": model.config.seed, "top_k": model.config.top_k,
@@ -231,22 +232,6 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
     })
     report(progress, n, n, "slide prediction done")
     return adata
-
-
-def _clean(d: dict) -> dict:
-    """Make a provenance dict h5ad-writable (no None, tuples as lists)."""
-    out = {}
-    for k, v in d.items():
-        if v is None:
-            v = ""
-        elif isinstance(v, dict):
-            v = _clean(v)
-        elif isinstance(v, tuple | list):
-            v = ["" if x is None else x for x in v]
-        elif isinstance(v, np.generic):
-            v = v.item()
-        out[k] = v
-    return out
 
 
 def write_prediction(adata, path: str | os.PathLike) -> Path:

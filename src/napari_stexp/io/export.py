@@ -97,6 +97,23 @@ def _safe_uns(value: Any) -> Any:
     return str(value)
 
 
+def clean_provenance(d: dict) -> dict:
+    """A provenance dict made h5ad-writable as plain values: ``None`` becomes ``""`` (also in
+    lists), tuples become lists, numpy scalars Python scalars, nested dicts likewise."""
+    out = {}
+    for k, v in d.items():
+        if v is None:
+            v = ""
+        elif isinstance(v, dict):
+            v = clean_provenance(v)
+        elif isinstance(v, tuple | list):
+            v = ["" if x is None else x for x in v]
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
 def h5ad_safe(adata: Any) -> Any:
     """A new AnnData sharing ``adata``'s arrays whose obs/var/obsm frames and uns can be written
     to h5ad (object columns with mixed types -> categorical strings, etc.); ``adata`` is not

@@ -44,7 +44,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..io.export import clean_provenance
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
+from ..training.engine import json_default as _json_default
 from .gene_vae import GeneVAEConfig, clean_labels
 
 FORMAT = "napari-stexp/batch-agnostic-classifier"
@@ -522,16 +524,6 @@ class BatchAgnosticClassifier:
                    feature_dim=int(meta["feature_dim"]),
                    provenance=meta.get("provenance", {}), history=meta.get("history", {}),
                    path=str(d))
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 # ----------------------------------------------------------------------------- training
@@ -1102,7 +1094,7 @@ def embed_sections(model: BatchAgnosticClassifier, adatas: Mapping[str, Any], *,
 
 def _provenance_uns(model: BatchAgnosticClassifier, kind: str) -> dict:
     c = model.config
-    return _clean({"kind": f"batch_agnostic_{kind}", "model": model.path or "in memory",
+    return clean_provenance({"kind": f"batch_agnostic_{kind}", "model": model.path or "in memory",
                    "backbone": c.backbone, "weights": str(c.weights), "mode": c.mode,
                    "objective": c.objective, "loss": c.loss, "seed": c.seed,
                    "gene_latent": c.gene_latent,
@@ -1111,21 +1103,6 @@ def _provenance_uns(model: BatchAgnosticClassifier, kind: str) -> dict:
                    "version": model.provenance.get("version", _version()),
                    "calibration_temperature": float(model.net.calibration_temperature),
                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-
-
-def _clean(d: dict) -> dict:
-    out = {}
-    for k, v in d.items():
-        if v is None:
-            v = ""
-        elif isinstance(v, dict):
-            v = _clean(v)
-        elif isinstance(v, tuple | list):
-            v = ["" if x is None else x for x in v]
-        elif isinstance(v, np.generic):
-            v = v.item()
-        out[k] = v
-    return out
 
 
 # ----------------------------------------------------------------------------- whole slide
@@ -1228,7 +1205,7 @@ def classify_slide(model: BatchAgnosticClassifier, image: Any, *, name: str | No
     adata.uns["spatial"] = {name: {"images": {}, "metadata": meta,
                                    "scalefactors": {"spot_diameter_fullres":
                                                     geo["spot_diameter_px"]}}}
-    adata.uns["napari_stexp"] = _clean({**_provenance_uns(model, "slide"), "slide": str(src),
+    adata.uns["napari_stexp"] = clean_provenance({**_provenance_uns(model, "slide"), "slide": str(src),
                                         "slide_shape": [int(pyr.height), int(pyr.width)],
                                         "n_patches": n, "layout": layout,
                                         "min_tissue": min_tissue, **geo,

@@ -239,11 +239,12 @@ def _set_rng(state: dict) -> None:
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+        tmp.write_text(json.dumps(obj, indent=2, default=json_default))
     return path
 
 
-def _json_default(o):
+def json_default(o):
+    """``json.dumps(default=...)`` for numpy scalars/arrays and paths."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
