@@ -37,6 +37,24 @@ def layer_adata(layer) -> Any:
     return (getattr(layer, "metadata", None) or {}).get("adata")
 
 
+def warm_torch() -> None:
+    """Load torch's lazily imported optimiser machinery safely inside napari (GUI thread).
+
+    ``torch.optim`` imports ``torch._dynamo`` on first use, which imports triton; triton's
+    bundled LLVM clashes with the LLVM of Mesa's software OpenGL that napari's canvas has already
+    loaded, and the process segfaults. Without CUDA triton is never used, so it is hidden
+    (``sys.modules['triton'] = None``, which torch reads as "not installed") before the import.
+    Every widget that trains calls this before starting its worker.
+    """
+    import sys
+
+    import torch
+
+    if "triton" not in sys.modules and not torch.cuda.is_available():
+        sys.modules["triton"] = None  # type: ignore[assignment]
+    import torch._dynamo  # noqa: F401
+
+
 def start_worker(func, *args, returned=None, errored=None, finished=None, yielded=None,
                  progress: dict | None = None, **kwargs):
     """Run ``func`` in a napari worker thread with our handlers connected *before* it starts.

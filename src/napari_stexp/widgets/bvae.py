@@ -45,6 +45,7 @@ from ._common import (
     add_layer_tuples,
     notify_error,
     notify_info,
+    warm_torch,
 )
 
 TRAVERSAL_LAYER = "bvae traversal"
@@ -367,6 +368,7 @@ class BVAEWidget(WorkerMixin, QWidget):
         genes = self.genes_edit.text().strip() or None
         cmap = self.map_edit.text().strip() or None
         out = self.model_edit.text().strip() or None
+        warm_torch()
         return self._run(_train_job, cells, genes, cmap, config, out, self._bridge,
                          self._cancel, returned=self._on_model, label="training")
 

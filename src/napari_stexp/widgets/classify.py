@@ -46,7 +46,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..session import EmbeddingRef, get_session
-from ._common import ProgressBridge, WorkerMixin, layer_adata, notify_error
+from ._common import ProgressBridge, WorkerMixin, layer_adata, notify_error, warm_torch
 
 CLASS_COLUMN = "batch_agnostic_class"
 SLIDE_PREFIX = "slide: "
@@ -263,14 +263,6 @@ def embedding_refs(pred: ClassPrediction) -> list[EmbeddingRef]:
         refs.append(EmbeddingRef(name=f"{pred.name} gene latent", layer=layer,
                                  data=pred.gene_latent, source="classifier:gene"))
     return refs
-
-
-def _warm_torch() -> None:
-    """Import torch's optimiser machinery in the GUI thread, safely (see the expression
-    widget: triton's LLVM must not load next to Mesa's)."""
-    from .expression import _warm_torch as warm
-
-    warm()
 
 
 # ----------------------------------------------------------------------------- worker jobs
@@ -494,7 +486,7 @@ class ClassifyWidget(WorkerMixin, QWidget):
         except Exception as exc:  # noqa: BLE001 - bad settings are shown, never a crash
             notify_error(exc)
             return None
-        _warm_torch()
+        warm_torch()
         return self._run(_train_job, {n: secs[n] for n in names}, self._images_for(names), cfg,
                          self._bridge, self._cancel, returned=self.set_model, label="training")
 
@@ -503,7 +495,7 @@ class ClassifyWidget(WorkerMixin, QWidget):
             path = QFileDialog.getExistingDirectory(self, "classifier model folder")
         if not path:
             return None
-        _warm_torch()
+        warm_torch()
         return self._run(_load_job, path, returned=self.set_model, label="loading")
 
     def save(self, path: str | None = None):
@@ -558,7 +550,7 @@ class ClassifyWidget(WorkerMixin, QWidget):
                 notify_error(f"{target}: no such section")
                 return None
             adatas = {target: secs[target]}
-        _warm_torch()
+        warm_torch()
         return self._run(_classify_job, self.model, adatas, self._images_for(list(adatas)),
                          slide, self._bridge, self._cancel, returned=self._on_classified,
                          label="classifying")

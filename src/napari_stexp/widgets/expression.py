@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..session import EmbeddingRef, get_session
-from ._common import ProgressBridge, WorkerMixin, layer_adata, notify_error
+from ._common import ProgressBridge, WorkerMixin, layer_adata, notify_error, warm_torch
 
 EMBED_PREFIX = "mclstexp_"
 SLIDE_PREFIX = "slide: "
@@ -197,24 +197,6 @@ def pyramid_from_layer(layer):
 # ----------------------------------------------------------------------------- Qt part
 
 
-
-
-def _warm_torch() -> None:
-    """Load torch's lazily imported optimiser machinery safely inside napari.
-
-    ``torch.optim`` imports ``torch._dynamo`` on first use, which imports triton; triton's
-    bundled LLVM clashes with the LLVM of Mesa's software OpenGL that napari's canvas has already
-    loaded, and the process segfaults. Without CUDA triton is never used, so it is hidden
-    (``sys.modules['triton'] = None``, which torch reads as "not installed") before the import,
-    done here in the GUI thread rather than in a worker.
-    """
-    import sys
-
-    import torch
-
-    if "triton" not in sys.modules and not torch.cuda.is_available():
-        sys.modules["triton"] = None  # type: ignore[assignment]
-    import torch._dynamo  # noqa: F401
 
 
 def _train_job(adatas, images, kw, progress, cancel):
@@ -396,7 +378,7 @@ class ExpressionWidget(WorkerMixin, QWidget):
             return None
         secs = self.available_sections()
         kw = {**self.train_options(), **overrides}
-        _warm_torch()
+        warm_torch()
         return self._run(_train_job, {n: secs[n] for n in names}, self._images_for(names), kw,
                          self._bridge, self._cancel, returned=self.set_model, label="training")
 
@@ -459,7 +441,7 @@ class ExpressionWidget(WorkerMixin, QWidget):
                 notify_error(f"{target}: no such section")
                 return None
             adatas = {target: secs[target]}
-        _warm_torch()
+        warm_torch()
         return self._run(_predict_job, self.model, adatas, self._images_for(adatas), slide,
                          self._bridge, self._cancel, "auto", returned=self._on_predicted,
                          label="predicting")
