@@ -427,3 +427,162 @@ def test_training_resumes_from_checkpoints_and_cancels(tmp_path, pair):
     assert len(c.history) == 1 and len(c.genes) == 10
     with pytest.raises(CancelledError):
         train_expression_model(train, epochs=3, cancel=lambda: True, **kw)
+
+
+# ----------------------------------------------------------------------------- spatial context
+
+
+def test_neighbour_mean_on_a_known_grid_and_grid_layouts():
+    from napari_stexp.models.mclstexp import grid_coordinates, neighbour_graph, neighbour_mean
+
+    # a 3 × 3 square grid (x, y) with value = 10·x + y, plus a lone spot far away
+    g = np.array([[x, y] for y in range(3) for x in range(3)] + [[9, 9]], np.float64)
+    v = (10 * g[:, 0] + g[:, 1])[:, None].astype(np.float32)
+    m = neighbour_mean(v, g, radius=1.5)
+    # centre (1, 1): the 8 others, whose mean is its own value
+    np.testing.assert_allclose(m[4, 0], 11.0)
+    # corner (0, 0): neighbours (1, 0), (0, 1), (1, 1) → (10 + 1 + 11) / 3
+    np.testing.assert_allclose(m[0, 0], 22 / 3, rtol=1e-6)
+    # edge (1, 0): (0,0) (2,0) (0,1) (1,1) (2,1) → (0 + 20 + 1 + 11 + 21) / 5
+    np.testing.assert_allclose(m[1, 0], 53 / 5, rtol=1e-6)
+    assert m[9, 0] == v[9, 0]  # a lone spot is its own context
+    # radius 1: the 4-neighbourhood only
+    np.testing.assert_allclose(neighbour_mean(v, g, radius=1.0)[0, 0], (10 + 1) / 2)
+    # groups (sections) never mix, even at the same coordinates
+    gg = np.vstack([g[:9], g[:9]])
+    vv = np.vstack([v[:9], v[:9] + 1000])
+    mm = neighbour_mean(vv, neighbour_graph(gg, 1.5, groups=np.repeat(["A", "B"], 9)))
+    np.testing.assert_allclose(mm[9:], mm[:9] + 1000, rtol=1e-6)
+    # hexagonal array coordinates (Visium / hex pseudo-spots: x steps by 2) → unit pitch
+    hexg = np.array([[0, 0], [2, 0], [1, 1], [3, 1]])
+    h = grid_coordinates(hexg)
+    d = np.linalg.norm(h[:, None] - h[None], axis=-1)
+    np.testing.assert_allclose(d[0, 1], 1.0)
+    np.testing.assert_allclose(d[0, 2], 1.0)
+    np.testing.assert_allclose(grid_coordinates(g, "square"), g)
+    with pytest.raises(InputError, match="layout"):
+        grid_coordinates(g, "triangle")
+
+
+def test_smoothing_a_constant_is_a_no_op_and_weights_the_neighbours():
+    from napari_stexp.models.mclstexp import smooth_predictions
+
+    g = np.array([[x, y] for y in range(4) for x in range(5)], np.float64)
+    const = np.full((len(g), 3), 2.5, np.float32)
+    np.testing.assert_allclose(smooth_predictions(const, g, 0.7), const, rtol=1e-6)
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(len(g), 3)).astype(np.float32)
+    np.testing.assert_array_equal(smooth_predictions(p, g, 0.0), p)
+    s = smooth_predictions(p, g, 0.5)
+    own_nb = [j for j in range(len(g)) if j != 6 and np.abs(g[j] - g[6]).max() <= 1]
+    np.testing.assert_allclose(s[6], 0.5 * p[6] + 0.5 * p[own_nb].mean(axis=0), rtol=1e-5)
+    assert np.var(s) < np.var(p)  # smoothing shrinks the spread
+
+
+def _context_law_pair(n: int = 14, n_genes: int = 30):
+    """Two synthetic sections whose expression follows the *neighbours'* appearance (the mean
+    of the 8 surrounding spots' features), not the spot's own: a law only context can learn."""
+    import scipy.sparse as sp
+
+    from napari_stexp.data.synthetic_slide import make_synthetic_slide
+    from napari_stexp.models.mclstexp import neighbour_mean, section_grid
+
+    slides = [make_synthetic_slide(n, n, n_genes=n_genes, seed=s, mpp=MPP, section=nm,
+                                   patient=f"P{s}") for s, nm in ((1, "TRAIN"), (2, "TEST"))]
+    W = slides[0].gene_weights
+    rng = np.random.default_rng(0)
+    adatas, images = {}, {}
+    for sl in slides:
+        F = sl.features.to_numpy(np.float64)
+        Z = (F - F.mean(axis=0)) / np.where(F.std(axis=0) > 0, F.std(axis=0), 1)
+        Zc = neighbour_mean(Z, section_grid(sl.adata), 1.5)
+        log_rate = 2.0 * Zc @ W
+        prop = np.exp(log_rate - log_rate.max(axis=1, keepdims=True))
+        prop /= prop.sum(axis=1, keepdims=True)
+        counts = rng.poisson(prop * 5000.0).astype(np.float32)
+        ad = sl.adata.copy()
+        ad.X = sp.csr_matrix(counts)
+        ad.layers["counts"] = ad.X.copy()
+        name = str(ad.obs["section"].iloc[0])
+        adatas[name], images[name] = ad, sl.pyramid
+    return adatas, images
+
+
+def test_spatial_context_learns_a_neighbourhood_law_that_the_paper_model_cannot():
+    from napari_stexp.evaluation.regression import evaluate_model
+    from napari_stexp.models.mclstexp import train_expression_model
+
+    adatas, images = _context_law_pair()
+    test = {"TEST": adatas["TEST"]}
+    kw = dict(images=images, mode="cached", epochs=30, cache_dir=False, **TINY)
+    plain = train_expression_model({"TRAIN": adatas["TRAIN"]}, **kw)
+    ctx = train_expression_model({"TRAIN": adatas["TRAIN"]}, context_neighbours="concat", **kw)
+    assert ctx.net.image_projection.projection.in_features == 2 * plain.net.feature_dim
+    assert ctx.reference.grid.shape == (adatas["TRAIN"].n_obs, 2)
+    r_p = evaluate_model(plain, test, images=images, cache_dir=False, device="cpu",
+                         baselines=()).table.iloc[0]
+    r_c = evaluate_model(ctx, test, images=images, cache_dir=False, device="cpu",
+                         baselines=()).table.iloc[0]
+    assert r_c["pcc_acg"] > r_p["pcc_acg"] + 0.05, (r_c["pcc_acg"], r_p["pcc_acg"])
+    assert r_c["pcc_acg"] > 0.3
+
+
+def test_context_smoothing_and_tta_options_change_the_prediction(tmp_path, pair):
+    from napari_stexp.evaluation.regression import evaluate_model
+    from napari_stexp.models.mclstexp import (
+        ExpressionModel,
+        MclstexpConfig,
+        section_grid,
+        train_expression_model,
+    )
+
+    adatas, images = pair
+    # the defaults are the paper's
+    d = MclstexpConfig()
+    assert (d.context_neighbours, d.smooth_neighbours, d.tta_views) == ("none", 0.0, 1)
+    with pytest.raises(InputError, match="context_neighbours"):
+        MclstexpConfig(context_neighbours="sum").validate()
+    with pytest.raises(InputError, match="smooth_neighbours"):
+        MclstexpConfig(smooth_neighbours=1.5).validate()
+    with pytest.raises(InputError, match="cached"):
+        train_expression_model({"TRAIN": adatas["TRAIN"]}, images=images, mode="finetune",
+                               epochs=1, context_neighbours="concat", cache_dir=False, **TINY)
+    kw = dict(images=images, mode="cached", epochs=3, cache_dir=False, **TINY)
+    m = train_expression_model({"TRAIN": adatas["TRAIN"]}, context_neighbours="mean", **kw)
+    test = adatas["TEST"]
+    patches = m.section_patches(test, "TEST", images["TEST"])
+    grid = section_grid(test)
+    with pytest.raises(InputError, match="grid"):
+        m.predict_patches(patches, device="cpu")
+    base = m.predict_patches(patches, grid=grid, device="cpu")
+    # the context changes the embedding: a grid where no spot has a neighbour gives another one
+    lone = m.predict_patches(patches, grid=grid * 10, device="cpu")
+    assert np.abs(base["embeddings"] - lone["embeddings"]).max() > 1e-3
+    # smoothing (prediction time) and test-time augmentation change the prediction
+    m.config.smooth_neighbours = 0.5
+    sm = m.predict_patches(patches, grid=grid, device="cpu")
+    np.testing.assert_allclose(sm["embeddings"], base["embeddings"], rtol=1e-5, atol=1e-6)
+    assert np.abs(sm["predicted"] - base["predicted"]).max() > 1e-4
+    assert np.var(sm["predicted"], axis=0).mean() < np.var(base["predicted"], axis=0).mean()
+    m.config.tta_views = 8
+    tta = m.predict_patches(patches, grid=grid, device="cpu")
+    assert np.abs(tta["embeddings"] - sm["embeddings"]).max() > 1e-4
+    # from features (the whole-slide route) = from patches
+    from napari_stexp.training.feature_cache import compute_features
+
+    f = compute_features(m.net.image_encoder, patches, views=8)
+    np.testing.assert_allclose(m.predict_features(f, grid)["predicted"], tta["predicted"],
+                               rtol=1e-4, atol=1e-5)
+    # the options survive save/load; evaluation reports ridge with the same options
+    m2 = ExpressionModel.load(m.save(tmp_path / "ctx"))
+    assert m2.config.context_neighbours == "mean" and m2.reference.grid is not None
+    np.testing.assert_allclose(m2.predict_patches(patches, grid=grid, device="cpu")["predicted"],
+                               tta["predicted"], rtol=1e-4, atol=1e-5)
+    t = evaluate_model(m2, {"TEST": test}, images=images, cache_dir=tmp_path / "cache",
+                       device="cpu", baselines=("ridge",)).table.set_index("method")
+    assert {"mclstexp", "ridge", "ridge+options"} <= set(t.index)
+    assert t.loc["ridge", "pcc_acg"] != t.loc["ridge+options", "pcc_acg"]
+    np.testing.assert_allclose(
+        evaluate_model(m2, {"TEST": test}, images=images, cache_dir=False, device="cpu",
+                       baselines=()).table.iloc[0]["pcc_acg"], t.loc["mclstexp", "pcc_acg"],
+        rtol=1e-4)

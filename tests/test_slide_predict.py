@@ -77,3 +77,39 @@ def test_an_error_while_decoding_in_the_background_surfaces(untrained, monkeypat
         sp.predict_slide(model, pyr, device="cpu", batch_size=16)
     box = sp._Background(lambda: 41 + 1)
     assert box.result() == 42
+
+
+def test_slide_prediction_with_spatial_context_tta_and_smoothing(tmp_path):
+    """A model trained with the spatial options (neighbours' features, smoothing, 8-view
+    test-time augmentation) predicts a slide over its pseudo-spot grid exactly as it predicts
+    the same patches with the same grid directly (streamed features, one pass at the end)."""
+    from napari_stexp.analysis.slide_predict import predict_slide
+    from napari_stexp.data.patches import extract_patches
+    from napari_stexp.models.mclstexp import grid_coordinates, train_expression_model
+
+    adatas, images = synthetic_pair(n=8, n_genes=12)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = train_expression_model(
+            {"TRAIN": adatas["TRAIN"]}, images={"TRAIN": images["TRAIN"]}, epochs=1,
+            backbone="tinycnn", input_size=32, mode="cached", batch_size=16, cache_dir=False,
+            device="cpu", context_neighbours="concat", smooth_neighbours=0.5, tta_views=8)
+        pyr = images["TEST"]
+        ad = predict_slide(model, pyr, device="cpu", batch_size=16, tile=300)
+        prov = ad.uns["napari_stexp"]
+        xy = ad.obsm["spatial"]
+        p = extract_patches(pyr, xy[:, ::-1], prov["read_px"], model.config.input_size)
+        grid = grid_coordinates(ad.obs[["array_x", "array_y"]].to_numpy(), "square")
+        direct = model.predict_patches(p, grid=grid, device="cpu")
+    finally:
+        torch.set_num_threads(old)
+    np.testing.assert_allclose(ad.layers["predicted"], direct["predicted"], rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(ad.obsm["X_mclstexp"], direct["embeddings"], rtol=1e-4,
+                               atol=1e-5)
+    # the options act: without the grid the model refuses, and smoothing changes the values
+    with pytest.raises(InputError, match="spatial context"):
+        model.predict_patches(p, device="cpu")
+    raw = model.predict_embeddings(direct["embeddings"])[0]
+    assert not np.allclose(raw, direct["predicted"])

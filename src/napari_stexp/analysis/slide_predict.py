@@ -5,6 +5,9 @@
 3. Streamed tiled inference: a reader thread cuts patches tile by tile (each region read once,
    resampled to the model's µm/px) while the main thread embeds batches and retrieves; memory is
    one tile + one batch + the outputs (``n_spots × n_genes`` floats), whatever the slide size.
+   A model with the spatial-context, smoothing or test-time-augmentation options instead
+   streams the backbone features (``views × n_spots × D`` floats) and predicts once at the end
+   over the pseudo-spot grid (neighbours need every spot).
 4. An AnnData (same conventions as the readers): ``X`` and ``layers['predicted']`` hold the
    predicted normalised expression, ``obsm['X_mclstexp']`` the image embeddings,
    ``obs['confidence']`` the mean top-k cosine similarity, ``obsm['spatial']`` the pseudo-spot
@@ -158,6 +161,15 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
     emb = np.empty((n, D), np.float32)
     conf = np.empty(n, np.float32)
     dev = _device(device)
+    # Options that need every spot's neighbours (spatial context, smoothing) or several views
+    # (test-time augmentation): stream the backbone features (views × n × D floats) and
+    # predict once at the end over the pseudo-spot grid; otherwise embed + retrieve per batch.
+    cfg = model.config
+    views = int(getattr(cfg, "tta_views", 1) or 1)
+    two_pass = bool(getattr(cfg, "uses_grid", False)) or views > 1
+    feats = None
+    if two_pass:
+        from ..training.feature_cache import compute_features
     q: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
     th = threading.Thread(target=_producer, daemon=True,
@@ -174,12 +186,22 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
         idx = np.concatenate(buf_idx)
         pat = np.concatenate(buf_p)
         take = len(idx) if final else (len(idx) // batch_size) * batch_size
+        nonlocal feats
         for s in range(0, take, batch_size):
             check_cancel(cancel, "slide prediction")
-            e = model.embed_patches(pat[s:s + batch_size], batch_size=batch_size, device=dev)
-            p, c = model.predict_embeddings(e)
             ii = idx[s:s + batch_size]
-            pred[ii], emb[ii], conf[ii] = p, e, c
+            if two_pass:
+                f = compute_features(model.net.image_encoder, pat[s:s + batch_size],
+                                     batch_size=batch_size, device=dev, views=views,
+                                     channels_last=bool(cfg.channels_last))
+                if feats is None:
+                    feats = np.empty((views, n, f.shape[2]), np.float32)
+                feats[:, ii] = f
+            else:
+                e = model.embed_patches(pat[s:s + batch_size], batch_size=batch_size,
+                                        device=dev)
+                p, c = model.predict_embeddings(e)
+                pred[ii], emb[ii], conf[ii] = p, e, c
             done += len(ii)
             report(progress, done, n, f"predicting {name}")
         buf_idx, buf_p = ([idx[take:]], [pat[take:]]) if take < len(idx) else ([], [])
@@ -202,6 +224,12 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
         stop.set()
         th.join(timeout=5)
     del pyr
+    if two_pass:
+        from ..models.mclstexp import grid_coordinates
+
+        out = model.predict_features(feats, grid_coordinates(grid, layout))
+        pred, emb, conf = out["predicted"], out["embeddings"], out["confidence"]
+        del feats
 
     mpp = geo["mpp"] or 1.0
     obs = pd.DataFrame({

@@ -116,6 +116,17 @@ def _train_args(p) -> None:
                    help="training µm/px (default: the median of the training images')")
     g.add_argument("--cache-views", type=int, choices=(1, 2, 4, 8), default=None,
                    help="cached mode: features of 1 or up to 8 rotations/flips (augmentation)")
+    g.add_argument("--context-neighbours", choices=("none", "concat", "mean"), default=None,
+                   help="spatial context (option; paper: none): combine each spot's image "
+                        "features with its neighbours' mean (cached mode)")
+    g.add_argument("--context-radius", type=float, default=None,
+                   help="neighbours within this many spot pitches (default 1.5)")
+    g.add_argument("--smooth-neighbours", type=float, default=None,
+                   help="weight 0-1 of the neighbours' mean prediction (option; default 0)")
+    g.add_argument("--tta-views", type=int, choices=(1, 2, 4, 8), default=None,
+                   help="prediction: mean embedding over rotations/flips (option; default 1)")
+    g.add_argument("--dropout", type=float, default=None, help="projection-head dropout "
+                                                               "(default 0)")
     g.add_argument("--no-augment", action="store_true", help="finetune mode: no augmentation")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
@@ -204,7 +215,11 @@ def _config_overrides(args) -> dict[str, Any]:
                       ("weight_decay", "weight_decay"), ("temperature", "temperature"),
                       ("top_k", "top_k"), ("distance", "distance"),
                       ("patch_size", "patch_size"), ("input_size", "input_size"),
-                      ("mpp", "target_mpp"), ("cache_views", "cache_views")):
+                      ("mpp", "target_mpp"), ("cache_views", "cache_views"),
+                      ("context_neighbours", "context_neighbours"),
+                      ("context_radius", "context_radius"),
+                      ("smooth_neighbours", "smooth_neighbours"), ("tta_views", "tta_views"),
+                      ("dropout", "dropout")):
         v = getattr(args, opt)
         if v is not None:
             kw[name] = v

@@ -94,6 +94,34 @@ def ridge_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     return model.predict((test_x - mu) / sd).astype(np.float32)
 
 
+def _ridge_options(cfg) -> bool:
+    return (cfg.context_neighbours != "none" or cfg.smooth_neighbours > 0
+            or cfg.tta_views > 1)
+
+
+def ridge_with_options(train_x: np.ndarray, train_y: np.ndarray, train_grid: np.ndarray | None,
+                       train_sections: np.ndarray, test_views: np.ndarray,
+                       test_grid: np.ndarray, cfg) -> np.ndarray:
+    """Ridge on the same frozen features with the model's spatial-context, test-time
+    augmentation and smoothing options applied the same way (what the options alone give):
+    features combined with their neighbours' mean (``concat`` or ``mean``, neighbours within
+    ``context_radius`` on the same section), test features averaged over ``tta_views`` views
+    (ridge is linear: the same as averaging the predictions), predictions smoothed."""
+    from ..models.mclstexp import neighbour_mean, smooth_predictions
+
+    def combine(x, grid, groups=None):
+        if cfg.context_neighbours == "none":
+            return x
+        c = neighbour_mean(x, grid, cfg.context_radius, groups)
+        return np.hstack([x, c]) if cfg.context_neighbours == "concat" else (x + c) / 2.0
+
+    tv = np.asarray(test_views, np.float32)
+    tv = tv[None] if tv.ndim == 2 else tv
+    tx = np.mean([combine(v, test_grid) for v in tv], axis=0)
+    p = ridge_predict(combine(train_x, train_grid, train_sections), train_y, tx)
+    return smooth_predictions(p, test_grid, cfg.smooth_neighbours, radius=cfg.context_radius)
+
+
 @dataclass
 class EvaluationResult:
     """``table``: one row per (method, section) with :data:`REPORT_COLUMNS`; ``per_gene``: long
@@ -126,7 +154,7 @@ def evaluate_model(model, adatas: Mapping[str, Any], *, images: Mapping[str, Any
     panel) or is among the model's retrieval references."""
     from ..data.genes import panel_targets
     from ..data.patches import open_section_image
-    from ..models.mclstexp import section_frozen_features
+    from ..models.mclstexp import _device, section_frozen_features, section_grid
     from ..training.feature_cache import backbone_signature, resolve_cache_dir
 
     model.check_genes(adatas)
@@ -154,21 +182,40 @@ def evaluate_model(model, adatas: Mapping[str, Any], *, images: Mapping[str, Any
                              source=f"section {name}")
         pyr = (images or {}).get(name) or open_section_image(adata, name)
         patches = model.section_patches(adata, name, pyr, cache_dir=cdir, cancel=cancel)
-        out = model.predict_patches(patches, batch_size=batch_size, device=device,
-                                    cancel=cancel)
+        grid = section_grid(adata)
+        cfg = model.config
+        if cfg.mode == "cached" and cdir is not None:
+            # frozen backbone: its features of this section come from (or go to) the cache
+            menc = model.net.image_encoder
+            feats = section_frozen_features(
+                menc, backbone_signature(menc, cfg.backbone, cfg.weights), adata, name, pyr,
+                model.patch_spec, views=cfg.tta_views, cache_dir=cdir, batch_size=batch_size,
+                device=_device(device), patches=patches, cancel=cancel)
+            out = model.predict_features(feats, grid)
+        else:
+            out = model.predict_patches(patches, grid=grid, batch_size=batch_size,
+                                        device=device, cancel=cancel)
         preds.setdefault(method, {})[name] = out
         _rows(method, name, regression_metrics(out["predicted"], true), model.genes, rows,
               gene_rows)
         if encoder is not None:
-            from ..models.mclstexp import _device
-
-            test_x = section_frozen_features(
-                encoder, bsig, adata, name, pyr, model.patch_spec, views=1,
+            views = cfg.tta_views if _ridge_options(cfg) else 1
+            test_v = section_frozen_features(
+                encoder, bsig, adata, name, pyr, model.patch_spec, views=views,
                 cache_dir=cdir if cdir is not None else False, device=_device(device),
-                patches=patches, cancel=cancel)[0]
-            p = ridge_predict(ref.frozen_features, ref.expression, test_x)
+                patches=patches, cancel=cancel)
+            p = ridge_predict(ref.frozen_features, ref.expression, test_v[0])
             preds.setdefault("ridge", {})[name] = {"predicted": p}
             _rows("ridge", name, regression_metrics(p, true), model.genes, rows, gene_rows)
+            if _ridge_options(cfg):
+                if cfg.context_neighbours != "none" and ref.grid is None:
+                    notes.append("ridge+options skipped: the model folder has no reference grid")
+                else:
+                    p = ridge_with_options(ref.frozen_features, ref.expression, ref.grid,
+                                           ref.sections, test_v, grid, cfg)
+                    preds.setdefault("ridge+options", {})[name] = {"predicted": p}
+                    _rows("ridge+options", name, regression_metrics(p, true), model.genes,
+                          rows, gene_rows)
         if "train_mean" in baselines:
             p = np.broadcast_to(ref.expression.mean(axis=0, keepdims=True), true.shape)
             preds.setdefault("train_mean", {})[name] = {"predicted": np.array(p)}

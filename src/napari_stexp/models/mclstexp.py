@@ -51,6 +51,7 @@ from .heads import ProjectionHead
 FORMAT = "napari-stexp/mclstexp"
 FORMAT_VERSION = 1
 MODES = ("finetune", "cached")
+CONTEXT_MODES = ("none", "concat", "mean")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -101,6 +102,12 @@ class MclstexpConfig:
     bf16: bool = False  # bfloat16 autocast on CPU
     cache_views: int = 1  # cached mode: 1 = patch as is, 8 = all rotations/flips (augmentation)
     standardize_features: bool = True  # cached mode: z-score frozen features before the head
+    # spatial context and test-time augmentation (options beyond the paper; image-only, so they
+    # work on H&E-only slides too; defaults = the paper)
+    context_neighbours: str = "none"  # 'none' | 'concat' | 'mean': own + neighbours' features
+    context_radius: float = 1.5  # neighbours: centres within this many spot pitches
+    smooth_neighbours: float = 0.0  # weight of the neighbours' mean prediction (0 = off)
+    tta_views: int = 1  # prediction: mean embedding over 1, 2, 4 or 8 rotations/flips
     # slide geometry (filled from the training data)
     spot_pitch_um: float | None = None
     spot_diameter_um: float | None = None
@@ -118,6 +125,21 @@ class MclstexpConfig:
             raise InputError("batch_size", "contrastive training needs batches of at least 2")
         if self.cache_views not in (1, 2, 4, 8):
             raise InputError("cache_views", "must be 1, 2, 4 or 8")
+        if self.tta_views not in (1, 2, 4, 8):
+            raise InputError("tta_views", "must be 1, 2, 4 or 8")
+        if self.context_neighbours not in CONTEXT_MODES:
+            raise InputError("context_neighbours", f"unknown context '{self.context_neighbours}' "
+                                                   f"(choose from {', '.join(CONTEXT_MODES)})")
+        if not self.context_radius > 0:
+            raise InputError("context_radius", f"must be positive, got {self.context_radius}")
+        if not 0.0 <= self.smooth_neighbours <= 1.0:
+            raise InputError("smooth_neighbours",
+                             f"must be between 0 and 1, got {self.smooth_neighbours}")
+
+    @property
+    def uses_grid(self) -> bool:
+        """True if prediction needs the spots' grid (spatial context or smoothing)."""
+        return self.context_neighbours != "none" or self.smooth_neighbours > 0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MclstexpConfig:
@@ -178,7 +200,9 @@ class MclstexpNet(nn.Module):
         self.feature_dim = dim
         self.register_buffer("feat_mean", torch.zeros(dim))
         self.register_buffer("feat_std", torch.ones(dim))
-        self.image_projection = ProjectionHead(dim, cfg.projection_dim, cfg.dropout)
+        self.context = str(cfg.context_neighbours)
+        head_in = dim * (2 if self.context == "concat" else 1)
+        self.image_projection = ProjectionHead(head_in, cfg.projection_dim, cfg.dropout)
         self.x_embed = nn.Embedding(int(cfg.pos_size_x), self.n_genes)
         self.y_embed = nn.Embedding(int(cfg.pos_size_y), self.n_genes)
         ff = int(cfg.ff_dim or self.n_genes)
@@ -198,8 +222,14 @@ class MclstexpNet(nn.Module):
     def image_features(self, x):
         return self.image_encoder(x)
 
-    def embed_features(self, feats):
-        return self.image_projection((feats - self.feat_mean) / self.feat_std)
+    def embed_features(self, feats, context=None):
+        """Image embeddings of backbone features. ``context``: the neighbours' mean features
+        (spatial-context option; None = the spot's own features, as for a lone spot)."""
+        z = (feats - self.feat_mean) / self.feat_std
+        if self.context != "none":
+            c = z if context is None else (context - self.feat_mean) / self.feat_std
+            z = torch.cat([z, c], dim=-1) if self.context == "concat" else (z + c) / 2.0
+        return self.image_projection(z)
 
     def embed_images(self, x):
         return self.embed_features(self.image_features(x))
@@ -239,6 +269,95 @@ def position_table_sizes(positions: np.ndarray, margin: int = 8) -> tuple[int, i
     if (p < 0).any():
         raise InputError("positions", "array coordinates must be non-negative")
     return int(p[:, 0].max()) + 1 + int(margin), int(p[:, 1].max()) + 1 + int(margin)
+
+
+# ----------------------------------------------------------------------------- spatial context
+
+
+def grid_coordinates(array_xy: np.ndarray, layout: str = "auto") -> np.ndarray:
+    """Spot centres in units of the spot pitch from integer array coordinates ``(n, 2)`` (x, y).
+
+    ``square`` (ST v1, her2st): as is. ``hex`` (Visium ``array_col``/``array_row``, or the
+    whole-slide pseudo-spot grid with ``layout='hex'``: x steps by 2 along a row, rows offset by
+    1): ``(x / 2, y · √3 / 2)``. ``auto``: hex when every ``x + y`` has the same parity (a
+    hexagonal grid), square otherwise.
+    """
+    a = np.asarray(array_xy, dtype=np.float64).reshape(-1, 2)
+    if layout == "auto":
+        par = np.round(a.sum(axis=1)).astype(np.int64) % 2
+        layout = "hex" if len(a) > 1 and (par == par[0]).all() else "square"
+    if layout == "square":
+        return a.copy()
+    if layout == "hex":
+        return np.column_stack([a[:, 0] / 2.0, a[:, 1] * (np.sqrt(3.0) / 2.0)])
+    raise InputError("layout", f"unknown grid layout '{layout}' (square, hex or auto)")
+
+
+def section_grid(adata) -> np.ndarray:
+    """A section's spot centres in spot pitches: its array coordinates (square or hexagonal,
+    see :func:`grid_coordinates`), else ``obsm['spatial']`` divided by the measured pitch."""
+    obs = adata.obs
+    if "array_x" in obs and "array_y" in obs:
+        a = obs[["array_x", "array_y"]].to_numpy(dtype=np.float64)
+        if np.isfinite(a).all():
+            return grid_coordinates(a, "auto")
+    from ..data.patches import spot_pitch_px
+
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
+    return xy / spot_pitch_px(adata) if len(xy) > 1 else np.zeros((len(xy), 2))
+
+
+def neighbour_graph(grid: np.ndarray, radius: float = 1.5, groups: np.ndarray | None = None):
+    """Row-normalised neighbour matrix (scipy CSR, ``n × n``): row i averages the spots whose
+    centres lie within ``radius`` (in the units of ``grid``, normally spot pitches) of spot i,
+    itself excluded, and in the same group (section) only. A spot with no neighbour gets a
+    row with 1 on the diagonal (it is its own context)."""
+    from scipy import sparse
+    from scipy.spatial import cKDTree
+
+    g = np.asarray(grid, dtype=np.float64).reshape(-1, 2)
+    n = len(g)
+    labels = np.zeros(n, np.int64) if groups is None else np.unique(
+        np.asarray(groups).astype(str), return_inverse=True)[1].reshape(-1)
+    if len(labels) != n:
+        raise InputError("groups", f"{len(labels)} group labels for {n} spots")
+    rows, cols = [], []
+    for lab in np.unique(labels):
+        idx = np.flatnonzero(labels == lab)
+        if len(idx) > 1:
+            pairs = cKDTree(g[idx]).query_pairs(float(radius) + 1e-9, output_type="ndarray")
+            if len(pairs):
+                rows += [idx[pairs[:, 0]], idx[pairs[:, 1]]]
+                cols += [idx[pairs[:, 1]], idx[pairs[:, 0]]]
+    r = np.concatenate(rows) if rows else np.empty(0, np.int64)
+    c = np.concatenate(cols) if cols else np.empty(0, np.int64)
+    lone = np.setdiff1d(np.arange(n), r)
+    r, c = np.concatenate([r, lone]), np.concatenate([c, lone])
+    A = sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(n, n))
+    deg = np.asarray(A.sum(axis=1)).reshape(-1)
+    return sparse.diags(1.0 / np.maximum(deg, 1.0)) @ A
+
+
+def neighbour_mean(values: np.ndarray, grid_or_graph: Any, radius: float = 1.5,
+                   groups: np.ndarray | None = None) -> np.ndarray:
+    """Mean of each spot's neighbours' ``values`` (``(n, …)``; a lone spot keeps its own).
+    ``grid_or_graph``: grid coordinates ``(n, 2)`` or a :func:`neighbour_graph`."""
+    v = np.asarray(values)
+    A = (grid_or_graph if hasattr(grid_or_graph, "tocsr")
+         else neighbour_graph(grid_or_graph, radius, groups))
+    flat = v.reshape(len(v), -1).astype(np.float64)
+    return np.asarray(A @ flat).reshape(v.shape).astype(np.float32)
+
+
+def smooth_predictions(pred: np.ndarray, grid_or_graph: Any, weight: float, *,
+                       radius: float = 1.5) -> np.ndarray:
+    """``(1 - weight) · own + weight · neighbours' mean`` over the spot graph (the
+    ``smooth_neighbours`` option; a lone spot is unchanged, a constant map too)."""
+    p = np.asarray(pred, np.float32)
+    if weight <= 0:
+        return p
+    return ((1.0 - weight) * p + weight * neighbour_mean(p, grid_or_graph, radius)
+            ).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- retrieval
@@ -292,6 +411,7 @@ class Reference:
     obs_names: np.ndarray  # (n,)
     positions: np.ndarray  # (n, 2)
     frozen_features: np.ndarray | None = None  # (n, D) frozen-backbone features (ridge baseline)
+    grid: np.ndarray | None = None  # (n, 2) spot centres in spot pitches (spatial context)
 
     @property
     def section_names(self) -> list[str]:
@@ -324,11 +444,25 @@ class ExpressionModel:
 
     # -- inference
     def embed_patches(self, patches: np.ndarray, *, batch_size: int = 64, device: Any = "cpu",
-                      progress: ProgressFn | None = None, cancel: CancelFlag | None = None
-                      ) -> np.ndarray:
-        """Image embeddings ``(N, projection_dim)`` of uint8 patches ``(N, S, S, 3)``."""
+                      progress: ProgressFn | None = None, cancel: CancelFlag | None = None,
+                      grid: np.ndarray | None = None) -> np.ndarray:
+        """Image embeddings ``(N, projection_dim)`` of uint8 patches ``(N, S, S, 3)``.
+
+        With the spatial-context or test-time-augmentation options, the backbone features of
+        all patches are computed first (``tta_views`` views) and :meth:`embed_features` combines
+        them; ``grid`` (spot centres in pitches, see :func:`section_grid`) is then required for
+        the context."""
         from ..data.patches import to_float_nchw
 
+        if self.config.context_neighbours != "none" or self.config.tta_views > 1:
+            self._need_grid(grid, len(patches))
+            from ..training.feature_cache import compute_features
+
+            feats = compute_features(self.net.image_encoder, patches, batch_size=batch_size,
+                                     device=_device(device), views=self.config.tta_views,
+                                     channels_last=bool(self.config.channels_last),
+                                     progress=progress, cancel=cancel)
+            return self.embed_features(feats, grid)
         dev = _device(device)
         net = self.net.to(dev).eval()
         cl = bool(self.config.channels_last)
@@ -348,16 +482,73 @@ class ExpressionModel:
                 report(progress, min(s + batch_size, len(patches)), len(patches), "embedding")
         return out
 
+    def _need_grid(self, grid: np.ndarray | None, n: int) -> None:
+        """InputError if the context option needs ``grid`` and it is missing or mis-shaped."""
+        if grid is None and self.config.context_neighbours != "none":
+            raise InputError(f"model {self.path or 'in memory'}",
+                             "this model uses spatial context: pass the spots' grid "
+                             "coordinates (grid=section_grid(adata) or the pseudo-spot grid)")
+        if grid is not None and np.shape(grid) != (n, 2):
+            raise InputError("grid", f"shape {np.shape(grid)}, expected ({n}, 2)")
+
+    def embed_features(self, features: np.ndarray, grid: np.ndarray | None = None,
+                       *, chunk: int = 1024) -> np.ndarray:
+        """Image embeddings from backbone features ``(N, D)`` or ``(views, N, D)`` (the mean
+        over views: test-time augmentation). With the spatial-context option each spot's
+        features are combined with its neighbours' mean over ``grid`` (spot pitches;
+        neighbours within ``context_radius``)."""
+        f = np.asarray(features, np.float32)
+        if f.ndim == 2:
+            f = f[None]
+        n = f.shape[1]
+        use_ctx = self.config.context_neighbours != "none"
+        self._need_grid(grid, n)
+        if use_ctx:
+            graph = neighbour_graph(grid, self.config.context_radius)
+        net = self.net.to("cpu").eval()
+        out = np.zeros((n, self.config.projection_dim), np.float32)
+        with torch.inference_mode():
+            for v in range(f.shape[0]):
+                ctx = neighbour_mean(f[v], graph) if use_ctx else None
+                for s in range(0, n, chunk):
+                    x = torch.from_numpy(np.ascontiguousarray(f[v, s:s + chunk]))
+                    c = None if ctx is None else torch.from_numpy(ctx[s:s + chunk])
+                    out[s:s + chunk] += net.embed_features(x, c).float().numpy()
+        return out / f.shape[0]
+
     def predict_embeddings(self, embeddings: np.ndarray, top_k: int | None = None
                            ) -> tuple[np.ndarray, np.ndarray]:
         """Retrieval from this model's reference: ``(predictions, confidence)``."""
         return retrieve(embeddings, self.reference.embeddings, self.reference.expression,
                         top_k=top_k or self.config.top_k, distance=self.config.distance)
 
-    def predict_patches(self, patches: np.ndarray, **kw) -> dict[str, np.ndarray]:
-        emb = self.embed_patches(patches, **kw)
+    def smooth(self, predicted: np.ndarray, grid: np.ndarray | None) -> np.ndarray:
+        """The ``smooth_neighbours`` option over the spots' ``grid`` (no-op when off)."""
+        w = float(self.config.smooth_neighbours)
+        if w <= 0:
+            return predicted
+        if grid is None:
+            raise InputError(f"model {self.path or 'in memory'}",
+                             "this model smooths predictions over the spot grid: pass the "
+                             "spots' grid coordinates")
+        return smooth_predictions(predicted, grid, w, radius=self.config.context_radius)
+
+    def predict_features(self, features: np.ndarray, grid: np.ndarray | None = None
+                         ) -> dict[str, np.ndarray]:
+        """Predict from backbone features ``(N, D)`` or ``(views, N, D)`` of all spots of one
+        section or slide (``grid``: their centres in spot pitches; needed by the context and
+        smoothing options). The whole-slide predictor can stream backbone features
+        (``net.image_features``) and call this once at the end."""
+        emb = self.embed_features(features, grid)
         pred, conf = self.predict_embeddings(emb)
-        return {"predicted": pred, "confidence": conf, "embeddings": emb}
+        return {"predicted": self.smooth(pred, grid), "confidence": conf, "embeddings": emb}
+
+    def predict_patches(self, patches: np.ndarray, grid: np.ndarray | None = None,
+                        **kw) -> dict[str, np.ndarray]:
+        """Predict from uint8 patches (``grid``: see :meth:`predict_features`)."""
+        emb = self.embed_patches(patches, grid=grid, **kw)
+        pred, conf = self.predict_embeddings(emb)
+        return {"predicted": self.smooth(pred, grid), "confidence": conf, "embeddings": emb}
 
     def section_patches(self, adata, name: str, image=None, *, cache_dir=None,
                         progress: ProgressFn | None = None, cancel: CancelFlag | None = None
@@ -386,8 +577,10 @@ class ExpressionModel:
         for name, adata in adatas.items():
             patches = self.section_patches(adata, name, (images or {}).get(name),
                                            cache_dir=cache_dir, progress=progress, cancel=cancel)
-            out[name] = self.predict_patches(patches, batch_size=batch_size, device=device,
-                                             progress=progress, cancel=cancel)
+            grid = section_grid(adata) if self.config.uses_grid or self.config.tta_views > 1 \
+                else None
+            out[name] = self.predict_patches(patches, grid=grid, batch_size=batch_size,
+                                             device=device, progress=progress, cancel=cancel)
         return out
 
     def embed_spots(self, expression: np.ndarray, positions: np.ndarray, *,
@@ -428,6 +621,8 @@ class ExpressionModel:
                       "positions": np.asarray(ref.positions, dtype=np.int64)}
             if ref.frozen_features is not None:
                 arrays["frozen_features"] = ref.frozen_features.astype(np.float32)
+            if ref.grid is not None:
+                arrays["grid"] = np.asarray(ref.grid, np.float64)
             np.savez(tmp / "reference.npz", **arrays)
             (tmp / "genes.txt").write_text("\n".join(self.genes) + "\n")
             meta = {
@@ -482,7 +677,7 @@ class ExpressionModel:
             with np.load(d / "reference.npz", allow_pickle=False) as z:
                 ref = Reference(z["embeddings"], z["expression"], z["sections"], z["obs_names"],
                                 z["positions"], z["frozen_features"] if "frozen_features" in z
-                                else None)
+                                else None, z["grid"] if "grid" in z else None)
         except Exception as exc:  # noqa: BLE001
             raise InputError(d / "reference.npz", f"cannot read the reference "
                                                   f"({type(exc).__name__}: {exc})") from exc
@@ -607,6 +802,10 @@ def make_optimizer(net: nn.Module, cfg: MclstexpConfig, device):
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+_LATER_DEFAULTS = {"context_neighbours": "none", "context_radius": 1.5, "smooth_neighbours": 0.0,
+                   "tta_views": 1}
+
+
 def _run_signature(cfg: MclstexpConfig, genes: Sequence[str], sections: Sequence[str],
                    n_spots: int) -> str:
     import hashlib
@@ -614,6 +813,9 @@ def _run_signature(cfg: MclstexpConfig, genes: Sequence[str], sections: Sequence
     d = asdict(cfg)
     d.pop("epochs", None)
     d.pop("device", None)
+    for k, v in _LATER_DEFAULTS.items():  # options added later: at their defaults, the
+        if d.get(k) == v:  # signature of an existing run is unchanged (it still resumes)
+            d.pop(k)
     blob = json.dumps({"cfg": d, "genes": list(genes), "sections": list(sections),
                        "n": int(n_spots)}, sort_keys=True, default=_json_default)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -665,6 +867,10 @@ def train_expression_model(
             raise TypeError(f"unknown option {k!r}")
         setattr(cfg, k, v)
     cfg.validate()
+    if cfg.context_neighbours != "none" and cfg.mode != "cached" and cfg.epochs > 0:
+        raise InputError("context_neighbours", "spatial context trains in mode 'cached' only "
+                                               "(the neighbours' features come from the frozen "
+                                               "backbone)")
     cdir = resolve_cache_dir(cache_dir)
     fcache = cdir if cdir is not None else False
     if not adatas:
@@ -688,6 +894,7 @@ def train_expression_model(
     positions = np.concatenate([spot_positions(adatas[n]) for n in names])
     sections = np.concatenate([[n] * adatas[n].n_obs for n in names]).astype(object)
     obs_names = np.concatenate([np.asarray(adatas[n].obs_names, dtype=object) for n in names])
+    grid = np.concatenate([section_grid(adatas[n]) for n in names])
     cfg.pos_size_x, cfg.pos_size_y = position_table_sizes(positions, cfg.pos_margin)
 
     seed_everything(cfg.seed)
@@ -698,7 +905,7 @@ def train_expression_model(
     bsig = backbone_signature(net.image_encoder, cfg.backbone, cfg.weights)
 
     # data: features (cached mode) or patches (finetune mode)
-    feats = patches = None
+    feats = patches = context = None
     notes: dict[str, Any] = {}
     if cfg.mode == "cached":
         blocks = []
@@ -714,6 +921,9 @@ def train_expression_model(
         for p in net.image_encoder.parameters():
             p.requires_grad_(False)
         frozen = feats[0]
+        if cfg.context_neighbours != "none":  # neighbours' mean features, same section, per view
+            graph = neighbour_graph(grid, cfg.context_radius, groups=sections)
+            context = np.stack([neighbour_mean(f, graph) for f in feats])
     else:
         ds = SpotPatchDataset.from_sections(
             {n: adatas[n] for n in names}, None, spec, images=imgs,
@@ -755,6 +965,8 @@ def train_expression_model(
             if feats is not None:
                 view = rng.integers(0, feats.shape[0], len(idx))
                 b["features"] = torch.from_numpy(feats[view, idx])
+                if context is not None:
+                    b["context"] = torch.from_numpy(context[view, idx])
             else:
                 from ..data.patches import augment_batch, to_float_nchw
 
@@ -777,7 +989,9 @@ def train_expression_model(
         p = all_gather_tensor(batch["position"].to(dev, non_blocking=True))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             if "features" in batch:
-                img = model.embed_features(batch["features"].to(dev))
+                ctx = batch.get("context")
+                img = model.embed_features(batch["features"].to(dev),
+                                           None if ctx is None else ctx.to(dev))
             else:
                 if model.training and cfg.mode == "cached":
                     model.image_encoder.eval()
@@ -816,7 +1030,7 @@ def train_expression_model(
     net.to("cpu")
     ref = Reference(embeddings=ref_emb, expression=expression, sections=sections.astype(str),
                     obs_names=obs_names.astype(str), positions=positions,
-                    frozen_features=frozen)
+                    frozen_features=frozen, grid=grid)
     prov = {
         "software": "napari-stexp", "version": _version(), "torch": torch.__version__,
         "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
