@@ -161,15 +161,14 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
     emb = np.empty((n, D), np.float32)
     conf = np.empty(n, np.float32)
     dev = _device(device)
-    # Options that need every spot's neighbours (spatial context, smoothing) or several views
-    # (test-time augmentation): stream the backbone features (views × n × D floats) and
-    # predict once at the end over the pseudo-spot grid; otherwise embed + retrieve per batch.
+    # Options that need every spot's neighbours (spatial context, smoothing): stream the
+    # backbone features (views × n × D floats) and predict once at the end over the
+    # pseudo-spot grid; otherwise embed (with test-time views) and retrieve per batch.
+    from ..training.feature_cache import compute_features
+
     cfg = model.config
-    views = int(getattr(cfg, "tta_views", 1) or 1)
-    two_pass = bool(getattr(cfg, "uses_grid", False)) or views > 1
+    two_pass = cfg.uses_grid
     feats = None
-    if two_pass:
-        from ..training.feature_cache import compute_features
     q: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
     th = threading.Thread(target=_producer, daemon=True,
@@ -180,22 +179,21 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
     done = 0
 
     def flush(final: bool = False):
-        nonlocal done, buf_idx, buf_p
+        nonlocal done, buf_idx, buf_p, feats
         if not buf_idx:
             return
         idx = np.concatenate(buf_idx)
         pat = np.concatenate(buf_p)
         take = len(idx) if final else (len(idx) // batch_size) * batch_size
-        nonlocal feats
         for s in range(0, take, batch_size):
             check_cancel(cancel, "slide prediction")
             ii = idx[s:s + batch_size]
             if two_pass:
                 f = compute_features(model.net.image_encoder, pat[s:s + batch_size],
-                                     batch_size=batch_size, device=dev, views=views,
+                                     batch_size=batch_size, device=dev, views=cfg.tta_views,
                                      channels_last=bool(cfg.channels_last))
                 if feats is None:
-                    feats = np.empty((views, n, f.shape[2]), np.float32)
+                    feats = np.empty((cfg.tta_views, n, f.shape[2]), np.float32)
                 feats[:, ii] = f
             else:
                 e = model.embed_patches(pat[s:s + batch_size], batch_size=batch_size,

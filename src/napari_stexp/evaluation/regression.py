@@ -94,11 +94,6 @@ def ridge_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     return model.predict((test_x - mu) / sd).astype(np.float32)
 
 
-def _ridge_options(cfg) -> bool:
-    return (cfg.context_neighbours != "none" or cfg.smooth_neighbours > 0
-            or cfg.tta_views > 1)
-
-
 def ridge_with_options(train_x: np.ndarray, train_y: np.ndarray, train_grid: np.ndarray | None,
                        train_sections: np.ndarray, test_views: np.ndarray,
                        test_grid: np.ndarray, cfg) -> np.ndarray:
@@ -199,7 +194,7 @@ def evaluate_model(model, adatas: Mapping[str, Any], *, images: Mapping[str, Any
         _rows(method, name, regression_metrics(out["predicted"], true), model.genes, rows,
               gene_rows)
         if encoder is not None:
-            views = cfg.tta_views if _ridge_options(cfg) else 1
+            views = cfg.tta_views if cfg.uses_options else 1
             test_v = section_frozen_features(
                 encoder, bsig, adata, name, pyr, model.patch_spec, views=views,
                 cache_dir=cdir if cdir is not None else False, device=_device(device),
@@ -207,7 +202,7 @@ def evaluate_model(model, adatas: Mapping[str, Any], *, images: Mapping[str, Any
             p = ridge_predict(ref.frozen_features, ref.expression, test_v[0])
             preds.setdefault("ridge", {})[name] = {"predicted": p}
             _rows("ridge", name, regression_metrics(p, true), model.genes, rows, gene_rows)
-            if _ridge_options(cfg):
+            if cfg.uses_options:
                 if cfg.context_neighbours != "none" and ref.grid is None:
                     notes.append("ridge+options skipped: the model folder has no reference grid")
                 else:

@@ -46,6 +46,7 @@ import pandas as pd
 from ..errors import InputError
 from ..io.export import clean_provenance
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
+from ..training.engine import discard_stale_checkpoint
 from ..training.engine import json_default as _json_default
 from .gene_vae import GeneVAEConfig, clean_labels
 
@@ -929,16 +930,7 @@ def _stage_dir(ckpt: Path | None, stage: str, sig: str) -> Path | None:
     if ckpt is None:
         return None
     d = ckpt / stage
-    last = d / "last.pt"
-    if last.exists():
-        import torch
-
-        try:
-            old = torch.load(last, map_location="cpu", weights_only=False).get("run")
-        except Exception:  # noqa: BLE001 - unreadable: start over
-            old = None
-        if old != sig:
-            last.unlink()
+    discard_stale_checkpoint(d / "last.pt", sig)
     return d
 
 

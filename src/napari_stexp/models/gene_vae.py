@@ -524,7 +524,7 @@ def fit_gene_vae(adatas: Any, genes: Sequence[str] | None = None,
     """
     import torch
 
-    from ..training.engine import TrainConfig, fit, seed_everything
+    from ..training.engine import TrainConfig, discard_stale_checkpoint, fit, seed_everything
 
     cfg = config or GeneVAEConfig()
     cfg.validate()
@@ -584,7 +584,7 @@ def fit_gene_vae(adatas: Any, genes: Sequence[str] | None = None,
 
     sig = _run_signature(cfg, genes, inputs)
     if checkpoint_dir is not None:  # a checkpoint of another run (data, panel, config) is stale
-        _discard_stale(Path(checkpoint_dir) / "last.pt", sig)
+        discard_stale_checkpoint(Path(checkpoint_dir) / "last.pt", sig)
     t0 = time.time()
     hist = fit(module, batches, step,
                TrainConfig(epochs=int(cfg.epochs), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -611,19 +611,6 @@ def _run_signature(cfg: GeneVAEConfig, genes: Sequence[str], inputs: GeneInputs)
     h.update(inputs.batch.tobytes())
     h.update(inputs.labels.tobytes())
     return h.hexdigest()[:24]
-
-
-def _discard_stale(last: Path, sig: str) -> None:
-    if not last.exists():
-        return
-    import torch
-
-    try:
-        old = torch.load(last, map_location="cpu", weights_only=False).get("run")
-    except Exception:  # noqa: BLE001 - unreadable: start over
-        old = None
-    if old != sig:
-        last.unlink()
 
 
 # ----------------------------------------------------------------------------- existing latent

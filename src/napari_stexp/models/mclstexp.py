@@ -46,6 +46,8 @@ from torch.nn import functional as F
 
 from ..errors import InputError
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
+from ..training.engine import discard_stale_checkpoint
+from ..training.engine import json_default as _json_default
 from .heads import ProjectionHead
 
 FORMAT = "napari-stexp/mclstexp"
@@ -140,6 +142,11 @@ class MclstexpConfig:
     def uses_grid(self) -> bool:
         """True if prediction needs the spots' grid (spatial context or smoothing)."""
         return self.context_neighbours != "none" or self.smooth_neighbours > 0
+
+    @property
+    def uses_options(self) -> bool:
+        """True if any prediction option beyond the paper is on (grid options or TTA)."""
+        return self.uses_grid or self.tta_views > 1
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MclstexpConfig:
@@ -577,8 +584,7 @@ class ExpressionModel:
         for name, adata in adatas.items():
             patches = self.section_patches(adata, name, (images or {}).get(name),
                                            cache_dir=cache_dir, progress=progress, cancel=cancel)
-            grid = section_grid(adata) if self.config.uses_grid or self.config.tta_views > 1 \
-                else None
+            grid = section_grid(adata) if self.config.uses_grid else None
             out[name] = self.predict_patches(patches, grid=grid, batch_size=batch_size,
                                              device=device, progress=progress, cancel=cancel)
         return out
@@ -713,18 +719,6 @@ def _device(device: Any):
     if isinstance(device, torch.device):
         return device
     return get_device(device)
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, tuple | set):
-        return list(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _embed_spots(net: MclstexpNet, expression: np.ndarray, positions: np.ndarray,
@@ -1005,14 +999,7 @@ def train_expression_model(
     sig = _run_signature(cfg, panel, names, n)
     resume = True
     if checkpoint_dir is not None:
-        last = Path(checkpoint_dir) / "last.pt"
-        if last.exists():
-            try:
-                old = torch.load(last, map_location="cpu", weights_only=False).get("run")
-            except Exception:  # noqa: BLE001 - unreadable: start over
-                old = None
-            if old != sig:
-                last.unlink()
+        discard_stale_checkpoint(Path(checkpoint_dir) / "last.pt", sig)
     n_batches = math.ceil((n - (1 if (n % bs == 1 and n > 1) else 0)) / bs)
     t_fit = time.perf_counter()
     history = None

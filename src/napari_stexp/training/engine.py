@@ -236,6 +236,22 @@ def _set_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
 
 
+def discard_stale_checkpoint(last: str | os.PathLike, run_signature: str) -> None:
+    """Delete checkpoint ``last`` when it belongs to another run (its ``'run'`` entry differs
+    from ``run_signature``) or cannot be read, so :func:`fit` starts over instead of resuming."""
+    last = Path(last)
+    if not last.exists():
+        return
+    import torch
+
+    try:
+        old = torch.load(last, map_location="cpu", weights_only=False).get("run")
+    except Exception:  # noqa: BLE001 - unreadable: start over
+        old = None
+    if old != run_signature:
+        last.unlink()
+
+
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -251,4 +267,6 @@ def json_default(o):
         return o.tolist()
     if isinstance(o, Path):
         return str(o)
+    if isinstance(o, set | frozenset):
+        return sorted(o, key=str)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
