@@ -114,3 +114,33 @@ def test_widget_predicts_an_h_and_e_only_slide(make_napari_viewer, qtbot, pair):
     # pseudo-spots lie on the slide (µm frame of the image layer)
     h, w_ = images["TEST"].shape[:2]
     assert (lay.data[:, 0] < h * 2.8).all() and (lay.data[:, 1] < w_ * 2.8).all()
+
+
+@pytest.mark.gui
+def test_widget_smoothing_option_reaches_the_model(make_napari_viewer, qtbot, pair):
+    """The smoothing box trains a model with the option, and the section it predicts is
+    smoothed over the spot grid (the option's own output, not the raw retrieval)."""
+    from napari_stexp.session import get_session
+    from napari_stexp.widgets.expression import ExpressionWidget
+
+    torch.set_num_threads(1)
+    adatas, images = pair
+    viewer = make_napari_viewer()
+    session = get_session(viewer)
+    for name in ("TRAIN", "TEST"):
+        session.add_adata(name, adatas[name])
+    session.images = dict(images)
+    w = ExpressionWidget(viewer)
+    w.set_checked(["TRAIN"])
+    w.smooth.setValue(0.5)
+    worker = w.train(mode="cached", backbone="tinycnn", epochs=2, input_size=32,
+                     patch_size=64, batch_size=32, top_k=20, device="cpu", cache_dir=False)
+    _wait(qtbot, worker)
+    assert w.model is not None and w.model.config.smooth_neighbours == 0.5
+    worker = w.predict("TEST")
+    _wait(qtbot, worker)
+    got = w.predictions["TEST"].predicted
+    raw = w.model.predict_sections({"TEST": adatas["TEST"]}, images, device="cpu")["TEST"]
+    np.testing.assert_allclose(got, raw["predicted"], rtol=1e-4, atol=1e-5)
+    unsmoothed = w.model.predict_embeddings(raw["embeddings"])[0]
+    assert not np.allclose(got, unsmoothed)

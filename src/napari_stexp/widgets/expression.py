@@ -24,6 +24,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QCompleter,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -265,9 +266,17 @@ class ExpressionWidget(WorkerMixin, QWidget):
         self.batch = QSpinBox()
         self.batch.setRange(2, 1024)
         self.batch.setValue(128)
+        self.smooth = QDoubleSpinBox()
+        self.smooth.setRange(0.0, 1.0)
+        self.smooth.setSingleStep(0.05)
+        self.smooth.setValue(0.0)
+        self.smooth.setToolTip("option beyond the paper (0 = off): each prediction becomes "
+                               "(1 - w) · own + w · the mean of its neighbouring spots' "
+                               "predictions (image-only; see docs/mclstexp.md)")
         for label, w in (("mode", self.mode), ("backbone", self.backbone),
                          ("weights", self.weights), ("epochs", self.epochs),
-                         ("input px", self.input_size), ("batch", self.batch)):
+                         ("input px", self.input_size), ("batch", self.batch),
+                         ("smoothing", self.smooth)):
             form.addRow(label, w)
         lay.addLayout(form)
         row = QHBoxLayout()
@@ -368,7 +377,7 @@ class ExpressionWidget(WorkerMixin, QWidget):
         return {"mode": self.mode.currentText(), "backbone": self.backbone.currentText(),
                 "weights": None if w.lower() in ("", "none", "random") else w,
                 "epochs": self.epochs.value(), "input_size": self.input_size.value(),
-                "batch_size": self.batch.value()}
+                "batch_size": self.batch.value(), "smooth_neighbours": self.smooth.value()}
 
     def train(self, **overrides):
         """Train on the checked sections in a worker; returns the worker."""
