@@ -44,29 +44,35 @@ def _open(image: ImagePyramid | str | os.PathLike) -> ImagePyramid:
 
 
 def slide_geometry(model, pyramid: ImagePyramid, pitch_um: float | None = None) -> dict:
-    """µm/px, patch read size, spot pitch and diameter (slide px) for ``model`` on ``pyramid``."""
-    from ..data.patches import image_mpp_known, read_size_px
+    """µm/px, patch read size, spot pitch and diameter (slide px) for ``model`` on ``pyramid``.
+
+    ``mpp`` is the µm/px the grid is laid out at: the slide's own (``mpp_source`` ``file``,
+    ``spots`` or ``user``), else the model's training µm/px (``assumed``), else ``None``
+    (``unknown``: pixels used as is). ``slide_mpp`` is the slide's own µm/px or ``None``: that
+    is what a result records, so an unknown µm/px stays unknown on disk.
+    """
+    from ..data.patches import read_size_px
+    from ..io.frame import mpp_of
 
     cfg = model.config
-    known = image_mpp_known(pyramid)
+    slide_mpp = mpp_of(pyramid)
+    known = slide_mpp is not None
     if known:
-        mpp = float(pyramid.mpp)
+        mpp, source = slide_mpp, pyramid.mpp_source
         how = "slide µm/px from the file"
     elif cfg.target_mpp:
-        mpp = float(cfg.target_mpp)
+        mpp, source = float(cfg.target_mpp), "assumed"
         how = "slide µm/px unknown: assumed equal to the training µm/px"
     else:
-        mpp = None
+        mpp, source = None, "unknown"
         how = "µm/px unknown for slide and training data: pixels used as is"
     spec = model.patch_spec
-    if known:
-        read_px = read_size_px(pyramid, spec)
-    else:
-        read_px = float(spec.patch_size)
+    read_px = read_size_px(pyramid, spec) if known else float(spec.patch_size)
     pitch = pitch_um or cfg.spot_pitch_um
     pitch_px = pitch / mpp if (pitch and mpp) else float(spec.patch_size)
     diam_px = (cfg.spot_diameter_um / mpp) if (cfg.spot_diameter_um and mpp) else pitch_px / 2
-    return {"mpp": mpp, "mpp_known": known, "mpp_handling": how, "read_px": read_px,
+    return {"mpp": mpp, "mpp_known": known, "mpp_source": source, "slide_mpp": slide_mpp,
+            "mpp_handling": how, "read_px": read_px,
             "pitch_px": float(pitch_px), "spot_diameter_px": float(diam_px),
             "pitch_um": pitch, "input_size": spec.input_size}
 
@@ -229,7 +235,6 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
         pred, emb, conf = out["predicted"], out["embeddings"], out["confidence"]
         del feats
 
-    mpp = geo["mpp"] or 1.0
     obs = pd.DataFrame({
         "section": pd.Categorical([name] * n), "patient": pd.Categorical([name] * n),
         "array_x": grid[:, 0], "array_y": grid[:, 1], "confidence": conf,
@@ -239,7 +244,9 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
     adata.obsm["X_mclstexp"] = emb
     adata.obsm["spatial"] = centres[:, ::-1].astype(np.float64)
     image_path = getattr(image, "path", None) if isinstance(image, ImagePyramid) else str(image)
-    meta = {"image_scale": 1.0, "mpp_fullres": float(mpp), "format": "mclstexp-prediction"}
+    meta = {"image_scale": 1.0, "format": "mclstexp-prediction"}
+    if geo["slide_mpp"] is not None:
+        meta["mpp_fullres"] = float(geo["slide_mpp"])
     if image_path:
         meta["source_image_path"] = str(Path(image_path).resolve())
     adata.uns["spatial"] = {name: {

@@ -11,8 +11,9 @@ Every ST reader (her2st, Visium, h5ad) returns AnnData built or checked here:
   the full-resolution image for lazy access, ``image_scale``: image px per full-res px,
   ``mpp_fullres``: µm per full-resolution pixel).
 
-napari wants (row, col): :func:`spots_rc_um` converts to micrometres so every layer of a slide
-shares one physical frame.
+µm/px, spot centres in every frame, spot size and grids live in :mod:`napari_stexp.io.frame`
+(``spots_rc_um`` is re-exported here): napari wants (row, col) in micrometres so every layer of a
+slide shares one physical frame.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
+from .frame import mpp_of, recorded_spot_diameter_px, spots_rc_um
+
+__all__ = ["SPOT_COLUMNS", "build_st_adata", "counts_matrix", "library_id", "library_ids",
+           "mpp_fullres", "normalize_log1p", "spatial_info", "split_sections",
+           "spot_diameter_fullres", "spots_rc_um", "validate_st_adata"]
 
 SPOT_COLUMNS = ("section", "patient", "label", "array_x", "array_y")
 
@@ -132,22 +138,17 @@ def spatial_info(adata, section: str | None = None) -> dict:
     }
 
 
-def mpp_fullres(adata, section: str | None = None, default: float = 1.0) -> float:
-    """µm per full-resolution pixel; ``default`` (1.0: pixels as units) when unknown."""
-    meta = spatial_info(adata, section)["metadata"]
-    v = meta.get("mpp_fullres")
-    return float(v) if v else float(default)
+def mpp_fullres(adata, section: str | None = None, default: float | None = None
+                ) -> float | None:
+    """µm per full-resolution pixel; ``default`` (None: unknown) when the data do not say.
+    Same as :func:`napari_stexp.io.frame.mpp_of`."""
+    v = mpp_of(adata, section)
+    return v if v is not None else default
 
 
 def spot_diameter_fullres(adata, section: str | None = None) -> float | None:
-    v = spatial_info(adata, section)["scalefactors"].get("spot_diameter_fullres")
-    return float(v) if v else None
-
-
-def spots_rc_um(adata, section: str | None = None) -> np.ndarray:
-    """Spot centres as napari (row, col) in micrometres (pixels if µm/px is unknown)."""
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
-    return xy[:, ::-1] * mpp_fullres(adata, section)
+    """The recorded spot diameter in full-resolution px (None when absent)."""
+    return recorded_spot_diameter_px(adata, section)
 
 
 def split_sections(adata) -> dict[str, Any]:

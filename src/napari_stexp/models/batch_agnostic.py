@@ -346,13 +346,14 @@ class BatchAgnosticClassifier:
                         progress: ProgressFn | None = None,
                         cancel: CancelFlag | None = None) -> np.ndarray:
         """uint8 patches of a section's spots at this model's geometry."""
-        from ..data.patches import extract_patches, read_size_px, spot_centres_px
+        from ..data.patches import extract_patches, read_size_px
+        from ..io.frame import spots_rc_px
 
         pyr = image if image is not None else _image_of(adata, name)
         if pyr is None:
             raise InputError(f"section {name}", "has no H&E image")
         spec = self.patch_spec
-        return extract_patches(pyr, spot_centres_px(adata, pyr), read_size_px(pyr, spec),
+        return extract_patches(pyr, spots_rc_px(adata, pyr), read_size_px(pyr, spec),
                                spec.input_size, source=f"section {name}",
                                cache_dir=None if cache_dir is False else cache_dir,
                                progress=progress, cancel=cancel)
@@ -595,8 +596,9 @@ def train_classifier(
     """
     import torch
 
-    from ..data.patches import PatchSpec, spot_pitch_px, spot_positions
-    from ..io.spatial import mpp_fullres, spot_diameter_fullres, validate_st_adata
+    from ..data.patches import PatchSpec
+    from ..io.frame import array_grid, median_spot_geometry
+    from ..io.spatial import validate_st_adata
     from ..training.distributed import all_gather_tensor, all_gather_with_grad
     from ..training.engine import TrainConfig, fit, seed_everything
     from ..training.feature_cache import backbone_signature, resolve_cache_dir
@@ -653,13 +655,9 @@ def train_classifier(
 
     if cfg.target_mpp is None:
         cfg.target_mpp = target_mpp_of(imgs)
-    pitches = [spot_pitch_px(adatas[n]) * mpp_fullres(adatas[n]) for n in img_names
-               if adatas[n].n_obs > 1]
-    cfg.spot_pitch_um = float(np.median(pitches)) if pitches else cfg.spot_pitch_um
-    diam = [(spot_diameter_fullres(adatas[n]) or 0.0) * mpp_fullres(adatas[n])
-            for n in img_names]
-    diam = [d for d in diam if d > 0]
-    cfg.spot_diameter_um = float(np.median(diam)) if diam else cfg.spot_diameter_um
+    pitch, diam = median_spot_geometry([adatas[n] for n in img_names])
+    cfg.spot_pitch_um = pitch or cfg.spot_pitch_um
+    cfg.spot_diameter_um = diam or cfg.spot_diameter_um
     spec = PatchSpec(cfg.patch_size, cfg.input_size, cfg.target_mpp)
     stages = 3 if cfg.objective == "contrastive" else 2
 
@@ -711,12 +709,13 @@ def train_classifier(
         for p in encoder.parameters():
             p.requires_grad_(False)
     else:
-        from ..data.patches import extract_patches, read_size_px, spot_centres_px
+        from ..data.patches import extract_patches, read_size_px
+        from ..io.frame import spots_rc_px
 
         pl = []
         for n in img_names:
             pyr = imgs[n]
-            pl.append(extract_patches(pyr, spot_centres_px(adatas[n], pyr),
+            pl.append(extract_patches(pyr, spots_rc_px(adatas[n], pyr),
                                       read_size_px(pyr, spec), spec.input_size,
                                       source=f"section {n}", cache_dir=cdir, progress=sp_prog,
                                       cancel=cancel))
@@ -725,7 +724,7 @@ def train_classifier(
         net.z_mean.copy_(torch.from_numpy(z_img.mean(0)))
         net.z_std.copy_(torch.from_numpy(z_img.std(0) + 1e-6))
     sections_img = np.concatenate([[n] * adatas[n].n_obs for n in img_names])
-    xy_img = np.concatenate([spot_positions(adatas[n]) for n in img_names]).astype(np.float64)
+    xy_img = np.concatenate([array_grid(adatas[n]) for n in img_names]).astype(np.float64)
     N = len(y_img)
 
     # ---- validation split (spatial blocks) for calibration
@@ -1190,8 +1189,9 @@ def classify_slide(model: BatchAgnosticClassifier, image: Any, *, name: str | No
     adata.obsm["X_image"] = emb
     adata.obsm["spatial"] = centres[:, ::-1].astype(np.float64)
     adata.uns[f"{PREFIX}_classes"] = list(model.classes)
-    mpp = geo["mpp"] or 1.0
-    meta = {"image_scale": 1.0, "mpp_fullres": float(mpp), "format": "batch-agnostic-classes"}
+    meta = {"image_scale": 1.0, "format": "batch-agnostic-classes"}
+    if geo["slide_mpp"] is not None:
+        meta["mpp_fullres"] = float(geo["slide_mpp"])
     if pyr.path:
         meta["source_image_path"] = str(Path(pyr.path).resolve())
     adata.uns["spatial"] = {name: {"images": {}, "metadata": meta,
