@@ -26,7 +26,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
-from .frame import mpp_of, recorded_spot_diameter_px, spots_rc_um
+from .frame import clean_mpp, mpp_of, recorded_spot_diameter_px, spots_rc_um
 
 __all__ = ["SPOT_COLUMNS", "build_st_adata", "counts_matrix", "library_id", "library_ids",
            "mpp_fullres", "normalize_log1p", "spatial_info", "split_sections",
@@ -54,14 +54,24 @@ def build_st_adata(
     source: str | os.PathLike | None = None,
     extra_obs: pd.DataFrame | None = None,
     var: pd.DataFrame | None = None,
+    x_is_counts: bool = True,
+    metadata: dict[str, Any] | None = None,
 ):
-    """Assemble an ST AnnData following the conventions above (and validate it)."""
+    """Assemble an ST AnnData following the conventions above (and validate it).
+
+    ``x_is_counts=False`` (model results over spots: predictions, classes): ``counts`` is
+    kept as ``X`` as given and there is no ``layers['counts']``. ``metadata`` adds entries to
+    ``uns['spatial'][section]['metadata']``. ``mpp_fullres=None`` (unknown) stays absent.
+    """
     import anndata as ad
 
-    X = counts if sp.issparse(counts) else sp.csr_matrix(np.asarray(counts))
-    X = sp.csr_matrix(X)
-    if X.dtype.kind == "f" and X.nnz and np.allclose(X.data, np.round(X.data)):
-        X = X.astype(np.float32)
+    if x_is_counts:
+        X = counts if sp.issparse(counts) else sp.csr_matrix(np.asarray(counts))
+        X = sp.csr_matrix(X)
+        if X.dtype.kind == "f" and X.nnz and np.allclose(X.data, np.round(X.data)):
+            X = X.astype(np.float32)
+    else:
+        X = counts
     obs = pd.DataFrame(index=pd.Index([str(o) for o in obs_names], name=None))
     if extra_obs is not None:
         obs = obs.join(extra_obs)
@@ -77,7 +87,8 @@ def build_st_adata(
         obs["array_y"] = np.round(a[:, 1]).astype(np.int64)
     var_df = var if var is not None else pd.DataFrame(index=pd.Index([str(v) for v in var_names]))
     adata = ad.AnnData(X=X, obs=obs, var=var_df)
-    adata.layers["counts"] = X.copy()
+    if x_is_counts:
+        adata.layers["counts"] = X.copy()
     adata.obsm["spatial"] = np.asarray(spatial_xy, dtype=np.float64)
     images = {}
     scalef: dict[str, float] = {}
@@ -89,10 +100,11 @@ def build_st_adata(
     meta: dict[str, Any] = {"image_scale": float(image_scale)}
     if image_path is not None:
         meta["source_image_path"] = str(image_path)
-    if mpp_fullres is not None:
+    if clean_mpp(mpp_fullres) is not None:
         meta["mpp_fullres"] = float(mpp_fullres)
     if source is not None:
         meta["source"] = str(source)
+    meta.update(metadata or {})
     adata.uns["spatial"] = {str(section): {"images": images, "scalefactors": scalef, "metadata": meta}}
     validate_st_adata(adata, source or section)
     return adata

@@ -119,7 +119,8 @@ class ClassPrediction:
 def classify_slide_layers(model, pyramid, name: str, *, progress=None, cancel=None,
                           device: str | None = None) -> ClassPrediction:
     """Classify a grid of patches over the slide's tissue (streamed, see ``classify_slide``)."""
-    from ..models.batch_agnostic import PREFIX, classify_slide
+    from ..analysis.slide_classify import classify_slide
+    from ..models.batch_agnostic import PREFIX
 
     ad = classify_slide(model, pyramid, name=name, progress=progress, cancel=cancel,
                         device=device)
