@@ -17,6 +17,7 @@ def write_points_h5ad(path: str, data, meta: dict) -> list[str]:
     import anndata as ad
 
     from .io.export import write_h5ad
+    from .io.frame import rc_to_xy
 
     md = meta.get("metadata") or {}
     features = pd.DataFrame(meta.get("features") or {}).reset_index(drop=True)
@@ -30,7 +31,7 @@ def write_points_h5ad(path: str, data, meta: dict) -> list[str]:
     else:
         scale = np.asarray(meta.get("scale") or (1.0, 1.0), dtype=float)[-2:]
         out = ad.AnnData(obs=features.set_axis([str(i) for i in range(len(features))]))
-        out.obsm["spatial"] = (coords[:, -2:] * scale)[:, ::-1]
+        out.obsm["spatial"] = rc_to_xy(coords[:, -2:] * scale)
     out.uns["napari_stexp"] = {"layer": meta.get("name", ""), "written_by": "napari-stexp"}
     write_h5ad(out, path)
     return [str(path)]

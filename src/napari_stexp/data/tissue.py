@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io.frame import pseudo_spot_grid
+from ..io.frame import frame_scale, pseudo_spot_grid
 from ..io.image import ImagePyramid
 
 __all__ = ["background_rgb", "od_threshold", "pseudo_spot_grid", "tissue_mask"]
@@ -99,7 +99,7 @@ def tissue_mask(pyramid: ImagePyramid, max_size: int = 1024, min_object_um2: flo
     od = np.zeros(mx.shape, np.float32)
     for c, plane in enumerate((r, g, b)):
         od += np.maximum(np.float32(np.log10(bg[c])) - lut[plane], 0)
-    px_um = (pyramid.mpp or 1.0) * ds
+    px_um = frame_scale(pyramid) * ds  # µm (frame units when µm/px is unknown) per mask px
     od = ndi.gaussian_filter(od, max(smooth_um / px_um, 0.5))
     t = od_threshold(od[valid])
     if t is None:
