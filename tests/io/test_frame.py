@@ -204,3 +204,14 @@ def test_neighbour_graph_rows_and_groups():
     np.testing.assert_allclose(frame.neighbour_mean(v, g, 1.5), [2.0, 2.0, 2.0, 4.0])
     with pytest.raises(Exception, match="group"):
         frame.neighbour_graph(g, groups=["a"])
+
+
+def test_keys_are_the_scanpy_conventions():
+    from napari_stexp.io import keys
+
+    a = _st([[0.0, 0.0], [10.0, 0.0]], mpp=0.5, diameter=4.0)
+    entry = a.uns[keys.SPATIAL]["S"]
+    assert keys.SPATIAL in a.obsm and entry[keys.METADATA][keys.MPP_FULLRES] == 0.5
+    assert entry[keys.SCALEFACTORS][keys.SPOT_DIAMETER_FULLRES] == 4.0
+    assert (keys.SPATIAL, keys.MPP_FULLRES, keys.SOURCE_IMAGE_PATH) == (
+        "spatial", "mpp_fullres", "source_image_path")

@@ -35,6 +35,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..io.image import ImagePyramid
+from ..io.keys import PROVENANCE
 from ..progress import CancelFlag, ProgressFn, check_cancel, is_cancelled, report
 
 
@@ -324,7 +325,7 @@ def grid_adata(result: SlideGridResult, *, X: np.ndarray, var_names, fmt: str,
     for k, v in (obsm or {}).items():
         adata.obsm[k] = v
     adata.uns.update(uns or {})
-    adata.uns["napari_stexp"] = clean_provenance({
+    adata.uns[PROVENANCE] = clean_provenance({
         **(provenance or {}), **result.provenance(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return adata

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .keys import IMAGE_SCALE, METADATA, MPP_FULLRES, SCALEFACTORS, SPATIAL, SPOT_DIAMETER_FULLRES
 
 MPP_SOURCES = ("file", "spots", "user", "assumed", "unknown")
 
@@ -64,7 +65,7 @@ def mpp_of(obj: Any, section: str | None = None) -> float | None:
     if hasattr(obj, "levels") and hasattr(obj, "mpp"):
         return clean_mpp(obj.mpp)
     if hasattr(obj, "uns"):
-        return clean_mpp(_spatial_entry(obj, section)["metadata"].get("mpp_fullres"))
+        return clean_mpp(_spatial_entry(obj, section)[METADATA].get(MPP_FULLRES))
     raise TypeError(f"mpp_of: expected an ImagePyramid or an AnnData, got {type(obj).__name__}")
 
 
@@ -80,7 +81,7 @@ def frame_unit(obj: Any, section: str | None = None) -> str:
 def image_scale(pyramid) -> float:
     """Level-0 pixels of ``pyramid`` per full-resolution pixel of its ST data (1 for a slide)."""
     meta = getattr(pyramid, "metadata", None) or {}
-    v = clean_mpp(meta.get("image_scale"))
+    v = clean_mpp(meta.get(IMAGE_SCALE))
     return v if v is not None else 1.0
 
 
@@ -143,7 +144,7 @@ def pyramid_from_layer(layer):
 
 def spots_xy_px(adata) -> np.ndarray:
     """Spot centres ``(n, 2)`` as (x, y) = (column, row) in full-resolution pixels."""
-    return np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2].copy()
+    return np.asarray(adata.obsm[SPATIAL], dtype=np.float64)[:, :2].copy()
 
 
 def xy_to_rc(xy: np.ndarray) -> np.ndarray:
@@ -215,7 +216,7 @@ def spot_pitch_um(adata, section: str | None = None) -> float:
 
 def recorded_spot_diameter_px(adata, section: str | None = None) -> float | None:
     """``scalefactors['spot_diameter_fullres']`` (None when absent)."""
-    return clean_mpp(_spatial_entry(adata, section)["scalefactors"].get("spot_diameter_fullres"))
+    return clean_mpp(_spatial_entry(adata, section)[SCALEFACTORS].get(SPOT_DIAMETER_FULLRES))
 
 
 def spot_diameter_px(adata, section: str | None = None) -> float | None:

@@ -27,6 +27,16 @@ import scipy.sparse as sp
 
 from ..errors import InputError
 from .frame import clean_mpp, mpp_of, recorded_spot_diameter_px, spots_rc_um
+from .keys import (
+    IMAGE_SCALE,
+    IMAGES,
+    METADATA,
+    MPP_FULLRES,
+    SCALEFACTORS,
+    SOURCE_IMAGE_PATH,
+    SPATIAL,
+    SPOT_DIAMETER_FULLRES,
+)
 
 __all__ = ["SPOT_COLUMNS", "build_st_adata", "counts_matrix", "library_id", "library_ids",
            "mpp_fullres", "normalize_log1p", "spatial_info", "split_sections",
@@ -89,23 +99,23 @@ def build_st_adata(
     adata = ad.AnnData(X=X, obs=obs, var=var_df)
     if x_is_counts:
         adata.layers["counts"] = X.copy()
-    adata.obsm["spatial"] = np.asarray(spatial_xy, dtype=np.float64)
+    adata.obsm[SPATIAL] = np.asarray(spatial_xy, dtype=np.float64)
     images = {}
     scalef: dict[str, float] = {}
     if hires_image is not None:
         images["hires"] = hires_image
         scalef["tissue_hires_scalef"] = float(hires_scalef if hires_scalef is not None else image_scale)
     if spot_diameter_fullres is not None:
-        scalef["spot_diameter_fullres"] = float(spot_diameter_fullres)
-    meta: dict[str, Any] = {"image_scale": float(image_scale)}
+        scalef[SPOT_DIAMETER_FULLRES] = float(spot_diameter_fullres)
+    meta: dict[str, Any] = {IMAGE_SCALE: float(image_scale)}
     if image_path is not None:
-        meta["source_image_path"] = str(image_path)
+        meta[SOURCE_IMAGE_PATH] = str(image_path)
     if clean_mpp(mpp_fullres) is not None:
-        meta["mpp_fullres"] = float(mpp_fullres)
+        meta[MPP_FULLRES] = float(mpp_fullres)
     if source is not None:
         meta["source"] = str(source)
     meta.update(metadata or {})
-    adata.uns["spatial"] = {str(section): {"images": images, "scalefactors": scalef, "metadata": meta}}
+    adata.uns[SPATIAL] = {str(section): {IMAGES: images, SCALEFACTORS: scalef, METADATA: meta}}
     validate_st_adata(adata, source or section)
     return adata
 
@@ -113,9 +123,9 @@ def build_st_adata(
 def validate_st_adata(adata, source: Any = None) -> None:
     """Raise :class:`InputError` naming ``source`` when ``adata`` breaks the ST conventions."""
     src = source if source is not None else "AnnData"
-    if "spatial" not in adata.obsm:
+    if SPATIAL not in adata.obsm:
         raise InputError(src, "no spot coordinates: obsm['spatial'] is missing")
-    xy = np.asarray(adata.obsm["spatial"])
+    xy = np.asarray(adata.obsm[SPATIAL])
     if xy.ndim != 2 or xy.shape[1] < 2 or xy.shape[0] != adata.n_obs:
         raise InputError(src, f"obsm['spatial'] must be (n_spots, 2), got {xy.shape}")
     bad = ~np.isfinite(xy[:, :2]).all(axis=1)
@@ -128,7 +138,7 @@ def validate_st_adata(adata, source: Any = None) -> None:
 
 
 def library_ids(adata) -> list[str]:
-    return list(adata.uns.get("spatial", {}).keys())
+    return list(adata.uns.get(SPATIAL, {}).keys())
 
 
 def library_id(adata, section: str | None = None) -> str | None:
@@ -141,12 +151,12 @@ def library_id(adata, section: str | None = None) -> str | None:
 def spatial_info(adata, section: str | None = None) -> dict:
     """The ``uns['spatial'][lib]`` entry (empty dict-like parts if absent)."""
     lib = library_id(adata, section)
-    entry = adata.uns.get("spatial", {}).get(lib, {}) if lib else {}
+    entry = adata.uns.get(SPATIAL, {}).get(lib, {}) if lib else {}
     return {
         "library_id": lib,
-        "images": entry.get("images", {}) or {},
-        "scalefactors": entry.get("scalefactors", {}) or {},
-        "metadata": entry.get("metadata", {}) or {},
+        IMAGES: entry.get(IMAGES, {}) or {},
+        SCALEFACTORS: entry.get(SCALEFACTORS, {}) or {},
+        METADATA: entry.get(METADATA, {}) or {},
     }
 
 
@@ -171,9 +181,9 @@ def split_sections(adata) -> dict[str, Any]:
     out = {}
     for sec in pd.unique(adata.obs["section"].astype(str)):
         sub = adata[adata.obs["section"].astype(str) == sec].copy()
-        spatial = adata.uns.get("spatial", {})
+        spatial = adata.uns.get(SPATIAL, {})
         if sec in spatial:
-            sub.uns["spatial"] = {sec: spatial[sec]}
+            sub.uns[SPATIAL] = {sec: spatial[sec]}
         out[sec] = sub
     return out
 

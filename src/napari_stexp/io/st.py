@@ -25,6 +25,15 @@ import pandas as pd
 
 from ..errors import InputError
 from .frame import mpp_of
+from .keys import (
+    IMAGE_SCALE,
+    IMAGES,
+    METADATA,
+    SCALEFACTORS,
+    SOURCE_IMAGE_PATH,
+    SPATIAL,
+    SPOT_DIAMETER_FULLRES,
+)
 from .spatial import spatial_info
 
 ST_KINDS = ("her2st", "visium", "h5ad")
@@ -88,10 +97,10 @@ def restrict_genes(adata, genes: Sequence[str], source: Any):
 
 def _rename_section(adata, old: str, new: str) -> None:
     adata.obs["section"] = pd.Categorical([new] * adata.n_obs)
-    spatial = dict(adata.uns.get("spatial") or {})
+    spatial = dict(adata.uns.get(SPATIAL) or {})
     if old in spatial:
         spatial = {(new if k == old else k): v for k, v in spatial.items()}
-        adata.uns["spatial"] = spatial
+        adata.uns[SPATIAL] = spatial
 
 
 def _dataset_name(root: Path) -> str:
@@ -157,7 +166,7 @@ def read_st(paths: str | os.PathLike | Sequence[str | os.PathLike],
             data = read_st_h5ad(root)
             if not images:
                 for s, a in data.items():
-                    a.uns["spatial"][s]["images"] = {}
+                    a.uns[SPATIAL][s][IMAGES] = {}
         for s, a in data.items():
             if genes is not None:
                 a = restrict_genes(a, genes, root)
@@ -230,17 +239,17 @@ def section_image(adata, section: str | None = None):
     from .wsi import open_image
 
     info = spatial_info(adata, section)
-    meta, sf, images = info["metadata"], info["scalefactors"], info["images"]
+    meta, sf, images = info[METADATA], info[SCALEFACTORS], info[IMAGES]
     mpp0 = mpp_of(adata, info["library_id"])
-    src = meta.get("source_image_path")
+    src = meta.get(SOURCE_IMAGE_PATH)
     if src:
         if Path(src).is_file():
             pyr = open_image(src)
-            scale = float(meta.get("image_scale") or 1.0)
+            scale = float(meta.get(IMAGE_SCALE) or 1.0)
             file_mpp = pyr.mpp
             pyr.set_mpp(None if mpp0 is None else mpp0 / scale, "spots")
             pyr.metadata = dict(pyr.metadata or {})
-            pyr.metadata.update({"file_mpp": file_mpp, "image_scale": scale,
+            pyr.metadata.update({"file_mpp": file_mpp, IMAGE_SCALE: scale,
                                  "section": info["library_id"]})
             w_exp = meta.get("image_width")
             if w_exp and int(w_exp) != pyr.width:
@@ -259,7 +268,7 @@ def section_image(adata, section: str | None = None):
                             path=None, name=f"{info['library_id']} {res}",
                             mpp=None if mpp0 is None else mpp0 / float(f), mpp_source="spots",
                             metadata={"resolution": res, "scalef": float(f),
-                                      "image_scale": float(f),
+                                      IMAGE_SCALE: float(f),
                                       "section": info["library_id"]})
     return None
 
@@ -270,7 +279,7 @@ def section_image(adata, section: str | None = None):
 def section_summary(adata, section: str | None = None) -> dict[str, Any]:
     """What a reader found for one section (CLI ``info`` and the loader widget)."""
     info = spatial_info(adata, section)
-    meta, sf, images = info["metadata"], info["scalefactors"], info["images"]
+    meta, sf, images = info[METADATA], info[SCALEFACTORS], info[IMAGES]
     obs = adata.obs
     if section is not None and "section" in obs:
         obs = obs[obs["section"].astype(str) == section]
@@ -283,9 +292,9 @@ def section_summary(adata, section: str | None = None) -> dict[str, Any]:
     mpp0 = mpp_of(adata, info["library_id"])
     known = mpp0 is not None
     image = image_size = image_mpp = None
-    if meta.get("source_image_path"):
-        image = str(meta["source_image_path"])
-        scale = float(meta.get("image_scale") or 1.0)
+    if meta.get(SOURCE_IMAGE_PATH):
+        image = str(meta[SOURCE_IMAGE_PATH])
+        scale = float(meta.get(IMAGE_SCALE) or 1.0)
         if meta.get("image_width") and meta.get("image_height"):
             image_size = (int(meta["image_height"]), int(meta["image_width"]))
         image_mpp = mpp0 / scale if known else None
@@ -298,7 +307,7 @@ def section_summary(adata, section: str | None = None) -> dict[str, Any]:
                 image_size = tuple(int(v) for v in np.shape(img)[:2])
                 image_mpp = mpp0 / float(f) if known else None
                 break
-    diam = sf.get("spot_diameter_fullres")
+    diam = sf.get(SPOT_DIAMETER_FULLRES)
     patient = None
     if "patient" in obs and len(obs):
         patient = str(obs["patient"].iloc[0])
