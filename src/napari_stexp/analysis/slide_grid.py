@@ -321,7 +321,7 @@ def grid_adata(result: SlideGridResult, *, X: np.ndarray, var_names, fmt: str,
         X, g.obs_names, list(var_names), rc_to_xy(g.centres), section=g.name, patient=g.name,
         array_xy=g.array_xy, spot_diameter_fullres=g.geometry["spot_diameter_px"],
         mpp_fullres=g.geometry["slide_mpp"], image_path=g.image_path, image_scale=1.0,
-        extra_obs=extra, x_is_counts=False, metadata={"format": fmt}, source=g.source)
+        extra_obs=extra, x_is_counts=False, metadata={"format": fmt})
     for k, v in (obsm or {}).items():
         adata.obsm[k] = v
     adata.uns.update(uns or {})
