@@ -123,7 +123,7 @@ def run_segment(loaded: dict, input_path: Path, out_dir: Path, stem: str, option
     img = _open_image(input_path)
     res = _segment(img, options, loaded["model_dir"])
     mpp = img.mpp
-    scale = (mpp, mpp) if mpp else (1.0, 1.0)
+    scale = (mpp, mpp) if mpp else None  # None: µm/px unknown stays unknown
     labels_path = write_ome_zarr(out_dir / f"{stem}.labels.ome.zarr", np.asarray(res.labels),
                                  kind="labels", scale_um=scale, name=f"{stem} cells")
     prov = _provenance("segment cells", loaded["method"], loaded["model_dir"], options,

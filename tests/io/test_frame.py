@@ -215,3 +215,28 @@ def test_keys_are_the_scanpy_conventions():
     assert entry[keys.SCALEFACTORS][keys.SPOT_DIAMETER_FULLRES] == 4.0
     assert (keys.SPATIAL, keys.MPP_FULLRES, keys.SOURCE_IMAGE_PATH) == (
         "spatial", "mpp_fullres", "source_image_path")
+
+
+def test_unknown_mpp_survives_an_ome_zarr_round_trip(tmp_path):
+    """An image (and labels added under it) of unknown µm/px reopens as unknown; it used to be
+    written as 1 µm/px with a micrometre unit and come back as a known 1 µm/px."""
+    from napari_stexp._writer import write_image_ome_zarr, write_labels_ome_zarr
+    from napari_stexp.io.export import add_ome_zarr_labels, read_ome_zarr, write_ome_zarr
+
+    img = np.random.default_rng(0).integers(0, 255, (64, 48, 3), dtype=np.uint8)
+    lab = np.zeros((64, 48), np.int32)
+    lab[10:20, 10:20] = 1
+    p = write_ome_zarr(tmp_path / "u.ome.zarr", img, axes="yxc", scale_um=None)
+    back = read_ome_zarr(p)
+    assert back.mpp is None and back.mpp_source == "unknown"
+    add_ome_zarr_labels(p, lab, "cells")
+    assert read_ome_zarr(p / "labels" / "cells").mpp is None
+    assert read_ome_zarr(write_ome_zarr(tmp_path / "k.ome.zarr", img, axes="yxc",
+                                        scale_um=(0.5, 0.5))).mpp == pytest.approx(0.5)
+    # the npe2 writers take µm/px from the layer's metadata, not from scale == 1
+    write_image_ome_zarr(str(tmp_path / "l.ome.zarr"), img, {
+        "name": "l", "rgb": True, "scale": (1.0, 1.0), "metadata": {"mpp": None}})
+    assert read_ome_zarr(tmp_path / "l.ome.zarr").mpp is None
+    write_labels_ome_zarr(str(tmp_path / "m.ome.zarr"), lab, {
+        "name": "m", "scale": (1.0, 1.0), "metadata": {"mpp": 1.0}})
+    assert read_ome_zarr(tmp_path / "m.ome.zarr").mpp == pytest.approx(1.0)

@@ -106,19 +106,26 @@ def mpp_from_layer(layer) -> float | None:
     """µm/px of an Image layer's level 0: ``layer.metadata['mpp']`` when the metadata says
     (``None`` there means unknown; a recorded 1.0 stays 1 µm/px). A layer without that key
     (added by hand) is at its ``scale`` when the user set one; napari's default scale of 1 on
-    such a layer says nothing, so it is unknown."""
-    meta = getattr(layer, "metadata", None) or {}
+    such a layer says nothing, so it is unknown. ``layer`` may also be a layer's attribute dict
+    (``metadata``, ``scale``), as napari hands to writers."""
+    meta = _layer_attr(layer, "metadata") or {}
     if "mpp" in meta:
         return clean_mpp(meta["mpp"])
-    scale = getattr(layer, "scale", None)
+    scale = _layer_attr(layer, "scale")
     if scale is None or len(scale) == 0:
         return None
     s = float(scale[-1])
     return clean_mpp(s) if s != 1.0 else None
 
 
+def _layer_attr(layer, name: str):
+    if isinstance(layer, dict):
+        return layer.get(name)
+    return getattr(layer, name, None)
+
+
 def mpp_source_from_layer(layer) -> str:
-    meta = getattr(layer, "metadata", None) or {}
+    meta = _layer_attr(layer, "metadata") or {}
     mpp = mpp_from_layer(layer)
     if mpp is None:
         return "unknown"
