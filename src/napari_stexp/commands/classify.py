@@ -255,7 +255,7 @@ def run_evaluate(args) -> int:
     with atomic_path(out) as tmp:
         report.to_csv(tmp, index=False)
     if args.details:
-        from ..training.engine import write_json_atomic
+        from .._provenance import write_json_atomic
 
         write_json_atomic(details, args.details)
     print(report.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -43,11 +43,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._provenance import clean_provenance, dumps, run_signature, version
 from ..errors import InputError
-from ..io.export import clean_provenance
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
 from ..training.engine import discard_stale_checkpoint
-from ..training.engine import json_default as _json_default
 from .gene_vae import GeneVAEConfig, clean_labels
 
 FORMAT = "napari-stexp/batch-agnostic-classifier"
@@ -469,7 +468,7 @@ class BatchAgnosticClassifier:
                 "feature_dim": self.feature_dim, "gene_encoder": gene_meta,
                 "provenance": self.provenance, "history": self.history,
             }
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+            (tmp / "config.json").write_text(dumps(meta, indent=2))
         self.path = str(out)
         return out
 
@@ -880,8 +879,8 @@ def train_classifier(
     report(progress, 1, 1, "training done")
 
     prov = {
-        "software": "napari-stexp", "version": _version(), "torch": torch.__version__,
-        "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "software": "napari-stexp", "version": version(), "torch": torch.__version__,
+        "python": platform.pythonversion(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "seed": cfg.seed, "device": str(dev), "mode": cfg.mode, "objective": cfg.objective,
         "sections": names, "image_sections": img_names, "gene_sections": gene_sec_names,
         "n_image_spots": int(N), "n_labelled_image_spots": int((y_img >= 0).sum()),
@@ -936,13 +935,10 @@ def _stage_dir(ckpt: Path | None, stage: str, sig: str) -> Path | None:
 
 def _run_signature(cfg: ClassifierConfig, sections: Sequence[str], n: int,
                    classes: Sequence[str]) -> str:
-    import hashlib
-
     d = asdict(cfg)
     d.pop("device", None)
-    blob = json.dumps({"cfg": d, "sections": list(sections), "n": int(n),
-                       "classes": list(classes)}, sort_keys=True, default=_json_default)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    return run_signature({"cfg": d, "sections": list(sections), "n": int(n),
+                          "classes": list(classes)})
 
 
 def _section_source(adata) -> dict:
@@ -951,15 +947,6 @@ def _section_source(adata) -> dict:
     meta = spatial_info(adata)["metadata"]
     return {"source": meta.get("source"), "image": meta.get("source_image_path"),
             "n_spots": int(adata.n_obs)}
-
-
-def _version() -> str:
-    try:
-        from .. import __version__
-
-        return str(__version__)
-    except Exception:  # noqa: BLE001
-        return "unknown"
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -1092,7 +1079,7 @@ def _provenance_uns(model: BatchAgnosticClassifier, kind: str) -> dict:
                    "gene_latent": c.gene_latent,
                    "batch_conditioning": bool(c.gene.batch_conditioning),
                    "n_latent": int(c.gene.n_latent), "classes": list(model.classes),
-                   "version": model.provenance.get("version", _version()),
+                   "version": model.provenance.get("version", version()),
                    "calibration_temperature": float(model.net.calibration_temperature),
                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 

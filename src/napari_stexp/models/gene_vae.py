@@ -601,16 +601,13 @@ def fit_gene_vae(adatas: Any, genes: Sequence[str] | None = None,
 
 
 def _run_signature(cfg: GeneVAEConfig, genes: Sequence[str], inputs: GeneInputs) -> str:
-    import hashlib
+    from .._provenance import run_signature
 
     d = asdict(cfg)
     d.pop("device", None)
-    h = hashlib.sha256(json.dumps({"cfg": d, "genes": list(genes), "batches": inputs.batches,
-                                   "classes": inputs.classes}, sort_keys=True).encode())
-    h.update(np.ascontiguousarray(inputs.counts.sum(axis=1)).tobytes())
-    h.update(inputs.batch.tobytes())
-    h.update(inputs.labels.tobytes())
-    return h.hexdigest()[:24]
+    return run_signature({"cfg": d, "genes": list(genes), "batches": inputs.batches,
+                          "classes": inputs.classes}, inputs.counts.sum(axis=1), inputs.batch,
+                         inputs.labels)
 
 
 # ----------------------------------------------------------------------------- existing latent

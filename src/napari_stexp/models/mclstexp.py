@@ -44,10 +44,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._provenance import dumps, run_signature, version
 from ..errors import InputError
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
 from ..training.engine import discard_stale_checkpoint
-from ..training.engine import json_default as _json_default
 from .heads import ProjectionHead
 
 FORMAT = "napari-stexp/mclstexp"
@@ -641,7 +641,7 @@ class ExpressionModel:
                               "sections": ref.section_names},
                 "provenance": self.provenance, "history": self.history,
             }
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+            (tmp / "config.json").write_text(dumps(meta, indent=2))
         self.path = str(out)
         return out
 
@@ -802,17 +802,14 @@ _LATER_DEFAULTS = {"context_neighbours": "none", "context_radius": 1.5, "smooth_
 
 def _run_signature(cfg: MclstexpConfig, genes: Sequence[str], sections: Sequence[str],
                    n_spots: int) -> str:
-    import hashlib
-
     d = asdict(cfg)
     d.pop("epochs", None)
     d.pop("device", None)
     for k, v in _LATER_DEFAULTS.items():  # options added later: at their defaults, the
         if d.get(k) == v:  # signature of an existing run is unchanged (it still resumes)
             d.pop(k)
-    blob = json.dumps({"cfg": d, "genes": list(genes), "sections": list(sections),
-                       "n": int(n_spots)}, sort_keys=True, default=_json_default)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    return run_signature({"cfg": d, "genes": list(genes), "sections": list(sections),
+                          "n": int(n_spots)})
 
 
 def train_expression_model(
@@ -1019,7 +1016,7 @@ def train_expression_model(
                     obs_names=obs_names.astype(str), positions=positions,
                     frozen_features=frozen, grid=grid)
     prov = {
-        "software": "napari-stexp", "version": _version(), "torch": torch.__version__,
+        "software": "napari-stexp", "version": version(), "torch": torch.__version__,
         "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "seed": cfg.seed, "device": str(device), "mode": cfg.mode,
         "sections": names, "n_spots": int(n), "n_genes": len(panel),
@@ -1042,12 +1039,3 @@ def _section_source(adata) -> dict:
     meta = spatial_info(adata)["metadata"]
     return {"source": meta.get("source"), "image": meta.get("source_image_path"),
             "n_spots": int(adata.n_obs)}
-
-
-def _version() -> str:
-    try:
-        from .. import __version__
-
-        return str(__version__)
-    except ImportError:  # pragma: no cover
-        return "unknown"

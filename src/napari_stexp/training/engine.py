@@ -8,7 +8,6 @@ and cancel the same way.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -250,23 +249,3 @@ def discard_stale_checkpoint(last: str | os.PathLike, run_signature: str) -> Non
         old = None
     if old != run_signature:
         last.unlink()
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=json_default))
-    return path
-
-
-def json_default(o):
-    """``json.dumps(default=...)`` for numpy scalars/arrays and paths."""
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, set | frozenset):
-        return sorted(o, key=str)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
