@@ -228,9 +228,9 @@ def run_train(args) -> int:
 
 
 def _load(args):
-    from ..models.batch_agnostic import BatchAgnosticClassifier
+    from ..models import open_model
 
-    model = BatchAgnosticClassifier.load(args.model)
+    model = open_model(args.model, "cpu", kind="batch-agnostic-classifier")
     model.config.device = args.device
     if model.gene_model is not None and hasattr(model.gene_model, "config"):
         model.gene_model.config.device = args.device
