@@ -198,13 +198,11 @@ def run_train(args) -> int:
     import shutil
 
     from ..data.genes import parse_genes
-    from ..errors import InputError
+    from ..models._folder import check_model_out
     from ..models.batch_agnostic import train_classifier
 
     cfg = build_config(args)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "exists and is not a folder")
+    out = check_model_out(args.out, claim=True)  # not a file; one training into it at once
     adatas = _read(args)
     genes = parse_genes(args.genes) if args.genes else None
     ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name +

@@ -270,7 +270,7 @@ def run_train(args) -> int:
     from ..models._folder import check_model_out
     from ..models.mclstexp import train_expression_model
 
-    check_model_out(args.out)  # before any work: an existing regular file is not replaced
+    check_model_out(args.out, claim=True)  # before any work: not a file, one writer at once
     adatas = load_sections(args.data, args.sections, quiet=args.quiet)
     genes, top, how = _panel_args(args, adatas)
     kw = _config_overrides(args)

@@ -153,9 +153,11 @@ def write_model_folder(out: str | os.PathLike, *, format: str, version: int, con
     return out
 
 
-def check_model_out(out: str | os.PathLike) -> Path:
+def check_model_out(out: str | os.PathLike, *, claim: bool = False) -> Path:
     """Refuse, before any work, a model-folder target that is an existing regular file (it
-    would be replaced by the folder) or whose parent is a file."""
+    would be replaced by the folder) or whose parent is a file. ``claim``: also hold the
+    target's lock until the process exits (or :func:`release_model_out`), so a second training
+    into the same folder is refused clearly instead of silently replacing this one's result."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a folder (refusing to replace a file with a "
@@ -165,7 +167,18 @@ def check_model_out(out: str | os.PathLike) -> Path:
             if not parent.is_dir():
                 raise InputError(parent, "is a file, not a folder")
             break
+    if claim:
+        from ..io._atomic import claim_target
+
+        claim_target(out)
     return out
+
+
+def release_model_out(out: str | os.PathLike) -> None:
+    """Release the lock :func:`check_model_out` (``claim=True``) took on ``out``."""
+    from ..io._atomic import release_target
+
+    release_target(out)
 
 
 def _version() -> str:

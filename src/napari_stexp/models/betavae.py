@@ -816,6 +816,26 @@ def train_bvae(cells, genes=None, class_map=None, config: BVAEConfig | None = No
                checkpoint_dir: str | os.PathLike | None = None,
                progress: ProgressFn | None = None, cancel: CancelFlag | None = None,
                ) -> BVAEModel:
+    """See :func:`_train_bvae`; with ``out_dir`` the folder is claimed for the whole run (a
+    second training into it, in another process, is refused with an InputError)."""
+    from ._folder import check_model_out
+
+    if out_dir is None:
+        return _train_bvae(cells, genes, class_map, config, None, resume=resume,
+                           checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel)
+    from ..io._atomic import target_lock
+
+    check_model_out(out_dir)
+    with target_lock(out_dir, wait=False):
+        return _train_bvae(cells, genes, class_map, config, out_dir, resume=resume,
+                           checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel)
+
+
+def _train_bvae(cells, genes=None, class_map=None, config: BVAEConfig | None = None,
+                out_dir: str | os.PathLike | None = None, *, resume: bool = True,
+                checkpoint_dir: str | os.PathLike | None = None,
+                progress: ProgressFn | None = None, cancel: CancelFlag | None = None,
+                ) -> BVAEModel:
     """Train the image β-VAE on ``cells`` (a :class:`CellCropDataset` or a path for
     :func:`~napari_stexp.data.cells.load_cells`); with ``genes`` (AnnData / .h5ad) also the gene
     VAE, and with ``class_map`` (CSV / DataFrame / dict image_class → gene_class) the alignment.
@@ -828,12 +848,8 @@ def train_bvae(cells, genes=None, class_map=None, config: BVAEConfig | None = No
     from .. import __version__
     from ..analysis.alignment import check_class_map, read_class_map
     from ..data.cells import CellCropDataset, load_cells
-    from ._folder import check_model_out
-
     config = config or BVAEConfig()
     config.check()
-    if out_dir is not None:
-        check_model_out(out_dir)
     if isinstance(cells, CellCropDataset):
         source = "cells"
         ds = cells.resized(config.image_size)
