@@ -597,9 +597,9 @@ class BVAEModel:
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str = "cpu") -> BVAEModel:
         """Read a model directory written by :meth:`save`."""
-        from .alignment import LatentAlignment
         from ..training.device import get_device
         from ._folder import load_into, read_model_folder, str_list
+        from .alignment import LatentAlignment
 
         d = Path(directory)
         if d.is_dir() and not ((d / "config.json").is_file() and (d / "weights.pt").is_file()):
@@ -846,8 +846,8 @@ def _train_bvae(cells, genes=None, class_map=None, config: BVAEConfig | None = N
     model is saved there; the model folder never holds checkpoints or a half-written state.
     """
     from .. import __version__
-    from .alignment import check_class_map, read_class_map
     from ..data.cells import CellCropDataset, load_cells
+    from .alignment import check_class_map, read_class_map
     config = config or BVAEConfig()
     config.check()
     if isinstance(cells, CellCropDataset):
