@@ -181,6 +181,15 @@ def release_model_out(out: str | os.PathLike) -> None:
     release_target(out)
 
 
+def section_source(adata) -> dict:
+    """Provenance of one training section: its reader, image path and spot count."""
+    from ..io.spatial import spatial_info
+
+    meta = spatial_info(adata)["metadata"]
+    return {"source": meta.get("source"), "image": meta.get("source_image_path"),
+            "n_spots": int(adata.n_obs)}
+
+
 def _version() -> str:
     return version()
 

@@ -46,6 +46,7 @@ from .._provenance import clean_provenance, run_signature, version
 from ..errors import InputError
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
 from ..training.engine import discard_stale_checkpoint
+from ._folder import section_source
 from .gene_vae import GeneVAEConfig, clean_labels
 
 FORMAT = "napari-stexp/batch-agnostic-classifier"
@@ -869,7 +870,7 @@ def train_classifier(
         "n_image_spots": int(N), "n_labelled_image_spots": int((y_img >= 0).sum()),
         "n_validation_spots": int(val.sum()),
         "label_counts": {c: int((y_img == i).sum()) for i, c in enumerate(classes)},
-        "data": {n: _section_source(adatas[n]) for n in names},
+        "data": {n: section_source(adatas[n]) for n in names},
         "validation": val_metrics,
         "seconds_total": time.perf_counter() - t_start,
         "seconds_image_training": time.perf_counter() - t_fit,
@@ -922,14 +923,6 @@ def _run_signature(cfg: ClassifierConfig, sections: Sequence[str], n: int,
     d.pop("device", None)
     return run_signature({"cfg": d, "sections": list(sections), "n": int(n),
                           "classes": list(classes)})
-
-
-def _section_source(adata) -> dict:
-    from ..io.spatial import spatial_info
-
-    meta = spatial_info(adata)["metadata"]
-    return {"source": meta.get("source"), "image": meta.get("source_image_path"),
-            "n_spots": int(adata.n_obs)}
 
 
 # ----------------------------------------------------------------------------- evaluation

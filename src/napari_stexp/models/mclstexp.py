@@ -47,6 +47,7 @@ from .._provenance import run_signature, version
 from ..errors import InputError
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
 from ..training.engine import discard_stale_checkpoint
+from ._folder import section_source
 from .heads import ProjectionHead
 
 FORMAT = "napari-stexp/mclstexp"
@@ -995,7 +996,7 @@ def train_expression_model(
         "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "seed": cfg.seed, "device": str(device), "mode": cfg.mode,
         "sections": names, "n_spots": int(n), "n_genes": len(panel),
-        "data": {nm: _section_source(adatas[nm]) for nm in names},
+        "data": {nm: section_source(adatas[nm]) for nm in names},
         "initial_backbone_digest": initial_digest,
         "n_parameters": int(sum(p.numel() for p in net.parameters())),
         "seconds_total": time.perf_counter() - t_start, "seconds_training": fit_seconds,
@@ -1006,11 +1007,3 @@ def train_expression_model(
     report(progress, 1, 1, "training done")
     return ExpressionModel(net=net, config=cfg, genes=list(panel), reference=ref,
                            provenance=prov, history=history.epochs if history else [])
-
-
-def _section_source(adata) -> dict:
-    from ..io.spatial import spatial_info
-
-    meta = spatial_info(adata)["metadata"]
-    return {"source": meta.get("source"), "image": meta.get("source_image_path"),
-            "n_spots": int(adata.n_obs)}
