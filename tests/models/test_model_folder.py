@@ -319,3 +319,36 @@ def test_write_model_folder_refuses_non_tensors(tmp_path):
                            state_dicts={"weights.pt": {"w": np.zeros(2)}})
     assert not (tmp_path / "m").exists()
     assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+@pytest.mark.parametrize("argv, plant", [
+    (["bvae", "embed", "--model", "{d}/bvae", "--cells", "{d}/none", "--out", "{d}/o.h5ad"],
+     "bvae/weights.pt"),
+    (["bvae", "traverse", "--model", "{d}/bvae", "--cell", "{d}/none.png", "--out",
+      "{d}/o.png"], "bvae/weights.pt"),
+    (["classify", "embed", "--model", "{d}/classifier", "--data", "{d}/none", "--out",
+      "{d}/o.h5ad"], "classifier/gene_encoder/gene_vae.pt"),
+])
+def test_cli_refuses_crafted_folders_with_exit_2(tmp_path, argv, plant):
+    """Issue 16: ``bvae embed/traverse`` and ``classify embed`` ran a crafted pickle (exit 0)."""
+    import subprocess
+    import sys
+
+    d = tmp_path / "legacy"
+    shutil.copytree(LEGACY, d)
+    marker = tmp_path / "ran"
+    _plant(d / plant, marker, "torch")
+    _redigest((d / plant).parent, Path(plant).name)
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    proc = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                           "from napari_stexp.cli import main; sys.exit(main(sys.argv[2:]))",
+                           src, *[a.format(d=d) for a in argv]],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("napari-stexp: error: ") and str(d / plant) in last
+    assert "refused" in last and "Traceback" not in proc.stderr
+    assert not marker.exists()

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from .._provenance import dumps, sha256_file, version
+from .._provenance import dumps, sha256_file
+from .._provenance import version as package_version
 from ..errors import InputError
 
 PREFIX = "napari-stexp/"
@@ -43,6 +44,8 @@ LEGACY_TAGS = {"napari-stexp.bvae": "bvae"}  # the β-VAE's tag before this cont
 CONFIG = "config.json"
 LEGACY_GENE_VAE = "gene_vae.pt"  # a gene VAE written before this contract: no config.json
 
+#: the newest format version this code reads, per kind (each model module writes its own)
+FORMAT_VERSIONS = {"mclstexp": 2, "batch-agnostic-classifier": 2, "bvae": 2, "gene-vae": 2}
 _KIND_NAMES = {"mclstexp": "mclSTExp model", "batch-agnostic-classifier":
                "batch-agnostic classifier", "bvae": "β-VAE model", "gene-vae": "gene VAE"}
 
@@ -134,7 +137,7 @@ def write_model_folder(out: str | os.PathLike, *, format: str, version: int, con
         for name, writer in (folders or {}).items():
             writer(d / name)
             files[name] = {"sha256": sha256_file(d / name / CONFIG), "folder": True}
-        doc = {"format": fmt, "format_version": version, "napari_stexp_version": _version(),
+        doc = {"format": fmt, "format_version": version, "napari_stexp_version": package_version(),
                "config": config, "files": files}
         if panel:
             doc["panel_sha256"] = {k: panel_digest(v) for k, v in panel.items()}
@@ -190,10 +193,6 @@ def section_source(adata) -> dict:
             "n_spots": int(adata.n_obs)}
 
 
-def _version() -> str:
-    return version()
-
-
 # ----------------------------------------------------------------------------- reading
 
 
@@ -209,6 +208,7 @@ class ModelFolder:
     version: int
     legacy: bool = False
     paths: dict[str, Path] = field(default_factory=dict)
+    legacy_state: dict | None = None  # a legacy gene VAE: the tensors read with its meta
 
     @property
     def config_path(self) -> Path:
@@ -431,13 +431,8 @@ def _legacy_gene_vae(d: Path) -> ModelFolder:
     if not isinstance(meta, dict) or not isinstance(state.get("state_dict"), dict):
         raise InputError(d / LEGACY_GENE_VAE, "not a gene encoder (no state_dict/meta)")
     meta = {**meta, "format": tag("gene-vae"), "format_version": 1}
-    f = ModelFolder(path=d, meta=meta, kind="gene-vae", version=1, legacy=True)
-    f.legacy_state = state["state_dict"]  # type: ignore[attr-defined]
-    return f
-
-
-#: the newest format version this code reads and writes, per kind
-FORMAT_VERSIONS = {"mclstexp": 2, "batch-agnostic-classifier": 2, "bvae": 2, "gene-vae": 2}
+    return ModelFolder(path=d, meta=meta, kind="gene-vae", version=1, legacy=True,
+                       legacy_state=state["state_dict"])
 
 
 def _json_type(v: Any) -> str:

@@ -503,9 +503,7 @@ class FittedGeneVAE:
         genes = f.panel("genes", str_list(meta.get("genes"), src, "genes"), src)
         batches = str_list(meta.get("batches"), src, "batches")
         classes = f.panel("classes", str_list(meta.get("classes", []), src, "classes"), src)
-        sd = getattr(f, "legacy_state", None)
-        if sd is None:
-            sd = f.state("gene_vae.pt")
+        sd = f.legacy_state if f.legacy_state is not None else f.state("gene_vae.pt")
         w = f.path / "gene_vae.pt"
         if "lib_mean" not in sd or "lib_var" not in sd:
             raise InputError(w, "weights do not match config.json (no library statistics)")
