@@ -89,3 +89,20 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(InputError, match="cannot read checkpoint"):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_of_the_previous_version_still_resumes(tmp_path):
+    """napari-stexp 0.1.0 stored numpy's RNG state as an array; such a checkpoint still loads
+    with ``weights_only=True`` (numpy array reconstructors only) and training resumes from it."""
+    with pytest.raises(CancelledError):
+        _train(tmp_path, cancel_after=1)
+    state = load_checkpoint(tmp_path / "last.pt")
+    npst = state["rng"]["numpy"]
+    state["rng"]["numpy"] = (npst[0], npst[1].numpy().astype(np.uint32), *npst[2:])
+    torch.save(state, tmp_path / "last.pt")  # the old layout
+    assert isinstance(load_checkpoint(tmp_path / "last.pt")["rng"]["numpy"][1], np.ndarray)
+    ref, ref_hist = _train()
+    resumed, hist = _train(tmp_path)
+    assert hist.losses == ref_hist.losses
+    assert all(torch.equal(v, w) for v, w in zip(ref.state_dict().values(),
+                                                 resumed.state_dict().values(), strict=True))

@@ -61,7 +61,8 @@ def load_checkpoint(path: str | os.PathLike, device: Any = "cpu") -> dict:
     if not path.exists():
         raise InputError(path, "checkpoint file not found")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "GLOBAL" in str(exc) or "Unsupported global" in str(exc):
             raise InputError(path, "refused: the checkpoint holds Python objects other than "
@@ -71,6 +72,17 @@ def load_checkpoint(path: str | os.PathLike, device: Any = "cpu") -> dict:
     except Exception as exc:  # truncated/corrupt file
         raise InputError(path, f"cannot read checkpoint ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+
+
+def _numpy_array_globals() -> list:
+    """The numpy array reconstructors (no other callable) that checkpoints of napari-stexp
+    0.1.0 need: they stored numpy's RNG state as an array. Allowlisting them keeps those
+    checkpoints resumable under ``weights_only=True``; they build arrays, never run code."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 @dataclass
