@@ -136,11 +136,11 @@ def run_segment(loaded: dict, input_path: Path, out_dir: Path, stem: str, option
 
 
 def load_bvae(model_dir: str | None, options: dict) -> dict:
-    from .models.betavae import BVAEModel
+    from .models import open_model
 
     if not model_dir:
         raise InputError("--model", "embed needs a β-VAE model folder (napari-stexp bvae train)")
-    return {"model": BVAEModel.load(model_dir, device=options.get("device", "cpu")),
+    return {"model": open_model(model_dir, options.get("device", "cpu"), kind="bvae"),
             "model_dir": model_dir}
 
 
@@ -196,12 +196,12 @@ def run_embed(loaded: dict, input_path: Path, out_dir: Path, stem: str, options:
 
 def load_expression(model_dir: str | None, options: dict):
     """The mclSTExp model bundle (network + retrieval reference), once per worker."""
-    from .models.mclstexp import ExpressionModel
+    from .models import open_model
 
     if not model_dir:
         raise InputError("--model", "predict needs an mclSTExp model folder "
                                     "(napari-stexp expression train)")
-    return ExpressionModel.load(model_dir, device=options.get("device", "cpu"))
+    return open_model(model_dir, options.get("device", "cpu"), kind="mclstexp")
 
 
 def run_expression(model, input_path: Path, out_dir: Path, stem: str, options: dict
@@ -226,11 +226,11 @@ def run_expression(model, input_path: Path, out_dir: Path, stem: str, options: d
 
 def load_classifier(model_dir: str | None, options: dict):
     """The batch-agnostic classifier (image encoder + calibrated head), once per worker."""
-    from .models.batch_agnostic import BatchAgnosticClassifier
+    from .models import open_model
 
     if not model_dir:
         raise InputError("--model", "classify needs a batch-agnostic classifier folder")
-    return BatchAgnosticClassifier.load(model_dir, device=options.get("device", "cpu"))
+    return open_model(model_dir, options.get("device", "cpu"), kind="batch-agnostic-classifier")
 
 
 def run_classify(model, input_path: Path, out_dir: Path, stem: str, options: dict

@@ -105,9 +105,9 @@ def run_train(args) -> int:
 def run_embed(args) -> int:
     from ..data.cells import load_cells
     from ..io.export import write_h5ad
-    from ..models.betavae import BVAEModel
+    from ..models import open_model
 
-    model = BVAEModel.load(args.model, device=args.device)
+    model = open_model(args.model, args.device, kind="bvae")
     cells = load_cells(args.cells, size=model.config.image_size, labels=args.labels,
                        progress=_progress())
     adata = model.embed_adata(cells, model_dir=args.model, source=args.cells,
@@ -124,9 +124,9 @@ def run_traverse(args) -> int:
 
     from ..analysis.traversal import latent_traversal, traversal_table
     from ..io._atomic import atomic_path
-    from ..models.betavae import BVAEModel
+    from ..models import open_model
 
-    model = BVAEModel.load(args.model, device=args.device)
+    model = open_model(args.model, args.device, kind="bvae")
     trav = latent_traversal(model, args.cell, n_steps=args.steps, span=args.span,
                             sigma=args.sigma, top=args.dims)
     grid = trav.grid()

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .._provenance import clean_provenance  # noqa: F401 - re-exported (analysis.slide_predict)
 from ..errors import CancelledError, InputError
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
 from ._atomic import atomic_path
@@ -95,23 +96,6 @@ def _safe_uns(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return str(value)
-
-
-def clean_provenance(d: dict) -> dict:
-    """A provenance dict made h5ad-writable as plain values: ``None`` becomes ``""`` (also in
-    lists), tuples become lists, numpy scalars Python scalars, nested dicts likewise."""
-    out = {}
-    for k, v in d.items():
-        if v is None:
-            v = ""
-        elif isinstance(v, dict):
-            v = clean_provenance(v)
-        elif isinstance(v, tuple | list):
-            v = ["" if x is None else x for x in v]
-        elif isinstance(v, np.generic):
-            v = v.item()
-        out[k] = v
-    return out
 
 
 def h5ad_safe(adata: Any) -> Any:

@@ -29,7 +29,6 @@ Torch is imported inside functions only.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -43,15 +42,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._provenance import clean_provenance, run_signature, version
 from ..errors import InputError
-from ..io.export import clean_provenance
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
 from ..training.engine import discard_stale_checkpoint
-from ..training.engine import json_default as _json_default
+from ._folder import section_source
 from .gene_vae import GeneVAEConfig, clean_labels
 
 FORMAT = "napari-stexp/batch-agnostic-classifier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the model-folder contract (digests, nested gene VAE); 1 opens
 MODES = ("cached", "finetune")
 LOSSES = ("infonce", "soft")
 OBJECTIVES = ("contrastive", "supervised")
@@ -446,85 +445,69 @@ class BatchAgnosticClassifier:
     # -- persistence
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write MODEL_DIR atomically: ``config.json`` (config, panel, batches, classes,
-        provenance, history), ``model.pt`` (network incl. backbone), the gene encoder."""
-        import torch
+        provenance, history), ``model.pt`` (network incl. backbone), the gene encoder (a
+        nested gene-VAE model folder ``gene_encoder/``)."""
+        from ._folder import write_model_folder
 
-        from ..io._atomic import atomic_path
-
-        out = Path(out_dir)
-        with atomic_path(out, directory=True) as tmp:
-            torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-                       tmp / "model.pt")
-            gm = self.gene_model
-            gene_meta: dict[str, Any] = {"kind": "none"}
-            if gm is not None and hasattr(gm, "save"):
-                gm.save(tmp / "gene_encoder")
-                gene_meta = {"kind": "vae", "folder": "gene_encoder",
-                             "n_latent": gm.n_latent}
-            elif gm is not None:
-                gene_meta = gm.meta()
-            meta = {
-                "format": FORMAT, "format_version": FORMAT_VERSION,
-                "config": self.config.to_dict(), "classes": self.classes,
-                "genes": self.genes, "batches": self.batches,
-                "feature_dim": self.feature_dim, "gene_encoder": gene_meta,
-                "provenance": self.provenance, "history": self.history,
-            }
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+        gm = self.gene_model
+        gene_meta: dict[str, Any] = {"kind": "none"}
+        folders = {}
+        if gm is not None and hasattr(gm, "save"):
+            folders["gene_encoder"] = lambda p: gm.save(p, atomic=False)
+            gene_meta = {"kind": "vae", "folder": "gene_encoder", "n_latent": gm.n_latent}
+        elif gm is not None:
+            gene_meta = gm.meta()
+        out = write_model_folder(
+            out_dir, format=FORMAT, version=FORMAT_VERSION, config=self.config.to_dict(),
+            state_dicts={"model.pt": self.net.state_dict()}, folders=folders,
+            panel={"genes": self.genes, "classes": self.classes},
+            meta={"classes": self.classes, "genes": self.genes, "batches": self.batches,
+                  "feature_dim": self.feature_dim, "gene_encoder": gene_meta,
+                  "history": self.history},
+            provenance=self.provenance)
         self.path = str(out)
         return out
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: Any = "cpu") -> BatchAgnosticClassifier:
         """Load a MODEL_DIR written by :meth:`save` (InputError for anything wrong)."""
-        import torch
-
+        from ._folder import load_into, read_model_folder, str_list
         from .backbones import build_image_encoder
         from .gene_vae import FittedGeneVAE, ObsmLatent
 
-        d = Path(model_dir)
-        if not d.is_dir():
-            raise InputError(d, "model folder not found")
-        for f in ("config.json", "model.pt"):
-            if not (d / f).is_file():
-                raise InputError(d, f"not a classifier model folder: {f} is missing")
-        try:
-            meta = json.loads((d / "config.json").read_text())
-        except ValueError as exc:
-            raise InputError(d / "config.json", f"not valid JSON ({exc})") from exc
-        if meta.get("format") != FORMAT:
-            raise InputError(d / "config.json", f"not a batch-agnostic classifier (format "
-                                                f"{meta.get('format')!r})")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise InputError(d, f"model format {meta['format_version']} is newer than this "
-                                f"napari-stexp understands ({FORMAT_VERSION})")
-        cfg = ClassifierConfig.from_dict(meta["config"])
+        f = read_model_folder(model_dir, FORMAT)
+        d, src = f.path, f.config_path
+        f.file("model.pt")
+        cfg = f.config(ClassifierConfig)
+        meta = f.meta
+        classes = f.panel("classes", str_list(meta.get("classes"), src, "classes"))
+        genes = f.panel("genes", str_list(meta.get("genes", []), src, "genes"))
+        batches = str_list(meta.get("batches", []), src, "batches")
+        feature_dim = meta.get("feature_dim")
+        if not isinstance(feature_dim, int) or isinstance(feature_dim, bool) or feature_dim < 1:
+            raise InputError(src, f"feature_dim must be a positive integer, got {feature_dim!r}")
         gmeta = meta.get("gene_encoder", {"kind": "none"})
+        if not isinstance(gmeta, dict):
+            raise InputError(src, "'gene_encoder' must be a JSON object")
         gene_model: Any = None
         n_latent = 0
         if gmeta.get("kind") == "vae":
-            gene_model = FittedGeneVAE.load(d / gmeta.get("folder", "gene_encoder"))
+            sub = gmeta.get("folder", "gene_encoder")
+            if not isinstance(sub, str) or Path(sub).name != sub:
+                raise InputError(src, f"gene_encoder.folder must be a folder name, got {sub!r}")
+            gene_model = FittedGeneVAE.from_folder(f.folder(sub, "gene-vae"))
             n_latent = gene_model.n_latent
         elif gmeta.get("kind") == "obsm":
-            gene_model = ObsmLatent(gmeta["key"], gmeta.get("n_latent"))
+            gene_model = ObsmLatent(str(gmeta["key"]), gmeta.get("n_latent"))
             n_latent = int(gmeta.get("n_latent") or 0)
         encoder, _ = build_image_encoder(cfg.backbone, None)  # weights come from model.pt
-        net = _build_net(int(meta["feature_dim"]), n_latent if cfg.objective == "contrastive"
-                         else 0, len(meta["classes"]), cfg, encoder)
-        try:
-            state = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise InputError(d / "model.pt", "weights do not match config.json "
-                                             f"({str(exc).splitlines()[0]})") from exc
-        except Exception as exc:  # noqa: BLE001 - truncated/corrupt
-            raise InputError(d / "model.pt", f"cannot read weights ({type(exc).__name__}: "
-                                             f"{exc})") from exc
+        net = _build_net(feature_dim, n_latent if cfg.objective == "contrastive" else 0,
+                         len(classes), cfg, encoder)
+        load_into(net, f.state("model.pt"), d / "model.pt")
         net.eval()
-        return cls(net=net, config=cfg, classes=list(meta["classes"]), gene_model=gene_model,
-                   genes=list(meta.get("genes", [])), batches=list(meta.get("batches", [])),
-                   feature_dim=int(meta["feature_dim"]),
-                   provenance=meta.get("provenance", {}), history=meta.get("history", {}),
+        return cls(net=net, config=cfg, classes=classes, gene_model=gene_model,
+                   genes=genes, batches=batches, feature_dim=feature_dim,
+                   provenance=meta.get("provenance") or {}, history=meta.get("history") or {},
                    path=str(d))
 
 
@@ -879,14 +862,14 @@ def train_classifier(
     report(progress, 1, 1, "training done")
 
     prov = {
-        "software": "napari-stexp", "version": _version(), "torch": torch.__version__,
+        "software": "napari-stexp", "version": version(), "torch": torch.__version__,
         "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "seed": cfg.seed, "device": str(dev), "mode": cfg.mode, "objective": cfg.objective,
         "sections": names, "image_sections": img_names, "gene_sections": gene_sec_names,
         "n_image_spots": int(N), "n_labelled_image_spots": int((y_img >= 0).sum()),
         "n_validation_spots": int(val.sum()),
         "label_counts": {c: int((y_img == i).sum()) for i, c in enumerate(classes)},
-        "data": {n: _section_source(adatas[n]) for n in names},
+        "data": {n: section_source(adatas[n]) for n in names},
         "validation": val_metrics,
         "seconds_total": time.perf_counter() - t_start,
         "seconds_image_training": time.perf_counter() - t_fit,
@@ -935,30 +918,10 @@ def _stage_dir(ckpt: Path | None, stage: str, sig: str) -> Path | None:
 
 def _run_signature(cfg: ClassifierConfig, sections: Sequence[str], n: int,
                    classes: Sequence[str]) -> str:
-    import hashlib
-
     d = asdict(cfg)
     d.pop("device", None)
-    blob = json.dumps({"cfg": d, "sections": list(sections), "n": int(n),
-                       "classes": list(classes)}, sort_keys=True, default=_json_default)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def _section_source(adata) -> dict:
-    from ..io.spatial import spatial_info
-
-    meta = spatial_info(adata)["metadata"]
-    return {"source": meta.get("source"), "image": meta.get("source_image_path"),
-            "n_spots": int(adata.n_obs)}
-
-
-def _version() -> str:
-    try:
-        from .. import __version__
-
-        return str(__version__)
-    except Exception:  # noqa: BLE001
-        return "unknown"
+    return run_signature({"cfg": d, "sections": list(sections), "n": int(n),
+                          "classes": list(classes)})
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -1091,7 +1054,7 @@ def provenance_uns(model: BatchAgnosticClassifier, kind: str) -> dict:
                    "gene_latent": c.gene_latent,
                    "batch_conditioning": bool(c.gene.batch_conditioning),
                    "n_latent": int(c.gene.n_latent), "classes": list(model.classes),
-                   "version": model.provenance.get("version", _version()),
+                   "version": model.provenance.get("version", version()),
                    "calibration_temperature": float(model.net.calibration_temperature),
                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 

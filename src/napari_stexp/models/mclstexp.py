@@ -29,7 +29,6 @@ This module imports torch at the top; nothing imported at plugin start imports i
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -44,6 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._provenance import run_signature, version
 from ..errors import InputError
 from ..io.frame import (
     array_grid,
@@ -59,11 +59,11 @@ from ..io.frame import (
 )
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
 from ..training.engine import discard_stale_checkpoint
-from ..training.engine import json_default as _json_default
+from ._folder import section_source
 from .heads import ProjectionHead
 
 FORMAT = "napari-stexp/mclstexp"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the model-folder contract (digests); 1 still opens
 MODES = ("finetune", "cached")
 CONTEXT_MODES = ("none", "concat", "mean")
 
@@ -548,87 +548,63 @@ class ExpressionModel:
 
     # -- persistence
     def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write ``config.json``, ``genes.txt``, ``model.pt``, ``reference.npz`` atomically."""
-        from ..io._atomic import atomic_path
+        """Write ``config.json``, ``genes.txt``, ``model.pt``, ``reference.npz`` atomically
+        (a model folder, :mod:`napari_stexp.models._folder`)."""
+        from ._folder import write_model_folder
 
-        out = Path(out_dir)
         ref = self.reference
-        with atomic_path(out, directory=True) as tmp:
-            torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-                       tmp / "model.pt")
-            arrays = {"embeddings": ref.embeddings.astype(np.float32),
-                      "expression": ref.expression.astype(np.float32),
-                      "sections": np.asarray(ref.sections, dtype=str),
-                      "obs_names": np.asarray(ref.obs_names, dtype=str),
-                      "positions": np.asarray(ref.positions, dtype=np.int64)}
-            if ref.frozen_features is not None:
-                arrays["frozen_features"] = ref.frozen_features.astype(np.float32)
-            if ref.grid is not None:
-                arrays["grid"] = np.asarray(ref.grid, np.float64)
-            np.savez(tmp / "reference.npz", **arrays)
-            (tmp / "genes.txt").write_text("\n".join(self.genes) + "\n")
-            meta = {
-                "format": FORMAT, "format_version": FORMAT_VERSION,
-                "config": asdict(self.config),
-                "n_genes": len(self.genes), "genes_file": "genes.txt",
-                "normalisation": {"kind": "library_size_log1p", "target_sum":
-                                  self.config.target_sum, "library": "sum over panel genes"},
-                "reference": {"n_spots": int(len(ref.embeddings)),
-                              "sections": ref.section_names},
-                "provenance": self.provenance, "history": self.history,
-            }
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+        arrays = {"embeddings": ref.embeddings.astype(np.float32),
+                  "expression": ref.expression.astype(np.float32),
+                  "sections": np.asarray(ref.sections, dtype=str),
+                  "obs_names": np.asarray(ref.obs_names, dtype=str),
+                  "positions": np.asarray(ref.positions, dtype=np.int64)}
+        if ref.frozen_features is not None:
+            arrays["frozen_features"] = ref.frozen_features.astype(np.float32)
+        if ref.grid is not None:
+            arrays["grid"] = np.asarray(ref.grid, np.float64)
+        out = write_model_folder(
+            out_dir, format=FORMAT, version=FORMAT_VERSION, config=asdict(self.config),
+            state_dicts={"model.pt": self.net.state_dict()},
+            extra_files={"genes.txt": "\n".join(self.genes) + "\n"},
+            arrays={"reference.npz": arrays}, panel={"genes": self.genes},
+            meta={"n_genes": len(self.genes), "genes_file": "genes.txt",
+                  "normalisation": {"kind": "library_size_log1p", "target_sum":
+                                    self.config.target_sum, "library": "sum over panel genes"},
+                  "reference": {"n_spots": int(len(ref.embeddings)),
+                                "sections": ref.section_names},
+                  "history": self.history},
+            provenance=self.provenance)
         self.path = str(out)
         return out
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: Any = "cpu") -> ExpressionModel:
         """Load a MODEL_DIR written by :meth:`save` (clear InputError for anything wrong)."""
-        d = Path(model_dir)
-        if not d.is_dir():
-            raise InputError(d, "model folder not found")
-        for f in ("config.json", "genes.txt", "model.pt", "reference.npz"):
-            if not (d / f).is_file():
-                raise InputError(d, f"not an mclSTExp model folder: {f} is missing")
-        try:
-            meta = json.loads((d / "config.json").read_text())
-        except ValueError as exc:
-            raise InputError(d / "config.json", f"not valid JSON ({exc})") from exc
-        if meta.get("format") != FORMAT:
-            raise InputError(d / "config.json", f"not an mclSTExp model (format "
-                                                f"{meta.get('format')!r})")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise InputError(d, f"model format {meta['format_version']} is newer than this "
-                                f"napari-stexp understands ({FORMAT_VERSION}); upgrade")
-        cfg = MclstexpConfig.from_dict(meta.get("config", {}))
-        genes = [g for g in (d / "genes.txt").read_text().splitlines() if g]
-        if len(genes) != int(meta.get("n_genes", len(genes))):
+        from ._folder import load_into, read_model_folder
+
+        f = read_model_folder(model_dir, FORMAT)
+        d = f.path
+        for name in ("genes.txt", "model.pt", "reference.npz"):
+            f.file(name)
+        cfg = f.config(MclstexpConfig)
+        genes = f.panel("genes", f.lines("genes.txt"), d / "genes.txt")
+        n_genes = f.meta.get("n_genes", len(genes))
+        if not isinstance(n_genes, int) or len(genes) != n_genes:
             raise InputError(d / "genes.txt", f"{len(genes)} genes, config.json says "
-                                              f"{meta.get('n_genes')}")
+                                              f"{n_genes!r}")
         net = MclstexpNet(len(genes), cfg, load_weights=False)
-        try:
-            state = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise InputError(d / "model.pt", "weights do not match config.json/genes.txt "
-                                             f"({str(exc).splitlines()[0]})") from exc
-        except Exception as exc:  # noqa: BLE001 - truncated/corrupt file
-            raise InputError(d / "model.pt", f"cannot read weights ({type(exc).__name__}: "
-                                             f"{exc})") from exc
-        try:
-            with np.load(d / "reference.npz", allow_pickle=False) as z:
-                ref = Reference(z["embeddings"], z["expression"], z["sections"], z["obs_names"],
-                                z["positions"], z["frozen_features"] if "frozen_features" in z
-                                else None, z["grid"] if "grid" in z else None)
-        except Exception as exc:  # noqa: BLE001
-            raise InputError(d / "reference.npz", f"cannot read the reference "
-                                                  f"({type(exc).__name__}: {exc})") from exc
-        if ref.expression.shape[1] != len(genes) or len(ref.embeddings) != len(ref.expression):
+        load_into(net, f.state("model.pt"), d / "model.pt")
+        z = f.arrays("reference.npz", ("embeddings", "expression", "sections", "obs_names",
+                                       "positions"))
+        ref = Reference(z["embeddings"], z["expression"], z["sections"], z["obs_names"],
+                        z["positions"], z.get("frozen_features"), z.get("grid"))
+        if ref.expression.ndim != 2 or ref.expression.shape[1] != len(genes) \
+                or len(ref.embeddings) != len(ref.expression):
             raise InputError(d / "reference.npz", "reference does not match the gene panel")
         net.to(_device(device)).eval()
         return cls(net=net, config=cfg, genes=genes, reference=ref,
-                   provenance=meta.get("provenance", {}), history=meta.get("history", []),
-                   path=str(d))
+                   provenance=f.meta.get("provenance") or {},
+                   history=f.meta.get("history") or [], path=str(d))
 
     def frozen_encoder(self):
         """The frozen backbone the ridge baseline uses: this model's encoder in cached mode, the
@@ -736,17 +712,14 @@ _LATER_DEFAULTS = {"context_neighbours": "none", "context_radius": 1.5, "smooth_
 
 def _run_signature(cfg: MclstexpConfig, genes: Sequence[str], sections: Sequence[str],
                    n_spots: int) -> str:
-    import hashlib
-
     d = asdict(cfg)
     d.pop("epochs", None)
     d.pop("device", None)
     for k, v in _LATER_DEFAULTS.items():  # options added later: at their defaults, the
         if d.get(k) == v:  # signature of an existing run is unchanged (it still resumes)
             d.pop(k)
-    blob = json.dumps({"cfg": d, "genes": list(genes), "sections": list(sections),
-                       "n": int(n_spots)}, sort_keys=True, default=_json_default)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    return run_signature({"cfg": d, "genes": list(genes), "sections": list(sections),
+                          "n": int(n_spots)})
 
 
 def train_expression_model(
@@ -948,11 +921,11 @@ def train_expression_model(
                     obs_names=obs_names.astype(str), positions=positions,
                     frozen_features=frozen, grid=grid)
     prov = {
-        "software": "napari-stexp", "version": _version(), "torch": torch.__version__,
+        "software": "napari-stexp", "version": version(), "torch": torch.__version__,
         "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "seed": cfg.seed, "device": str(device), "mode": cfg.mode,
         "sections": names, "n_spots": int(n), "n_genes": len(panel),
-        "data": {nm: _section_source(adatas[nm]) for nm in names},
+        "data": {nm: section_source(adatas[nm]) for nm in names},
         "initial_backbone_digest": initial_digest,
         "n_parameters": int(sum(p.numel() for p in net.parameters())),
         "seconds_total": time.perf_counter() - t_start, "seconds_training": fit_seconds,
@@ -963,20 +936,3 @@ def train_expression_model(
     report(progress, 1, 1, "training done")
     return ExpressionModel(net=net, config=cfg, genes=list(panel), reference=ref,
                            provenance=prov, history=history.epochs if history else [])
-
-
-def _section_source(adata) -> dict:
-    from ..io.spatial import spatial_info
-
-    meta = spatial_info(adata)["metadata"]
-    return {"source": meta.get("source"), "image": meta.get("source_image_path"),
-            "n_spots": int(adata.n_obs)}
-
-
-def _version() -> str:
-    try:
-        from .. import __version__
-
-        return str(__version__)
-    except ImportError:  # pragma: no cover
-        return "unknown"

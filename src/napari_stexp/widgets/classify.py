@@ -265,9 +265,9 @@ def _train_job(adatas, images, config, progress, cancel):
 
 
 def _load_job(path):
-    from ..models.batch_agnostic import BatchAgnosticClassifier
+    from ..models import open_model
 
-    return BatchAgnosticClassifier.load(path)
+    return open_model(path, "cpu", kind="batch-agnostic-classifier")
 
 
 def _classify_job(model, adatas, images, slide, progress, cancel):

@@ -185,9 +185,9 @@ def _train_job(adatas, images, kw, progress, cancel):
 
 
 def _load_job(path):
-    from ..models.mclstexp import ExpressionModel
+    from ..models import open_model
 
-    return ExpressionModel.load(path)
+    return open_model(path, "cpu", kind="mclstexp")
 
 
 def _predict_job(model, adatas, images, slide, progress, cancel, device):
