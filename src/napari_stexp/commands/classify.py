@@ -261,12 +261,13 @@ def run_evaluate(args) -> int:
 
 
 def run_embed(args) -> int:
-    from ..models.batch_agnostic import embed_sections, write_h5ad_atomic
+    from ..io.export import write_h5ad
+    from ..models.batch_agnostic import embed_sections
 
     model = _load(args)
     adatas = _read(args)
     emb = embed_sections(model, adatas, cache_dir=_cache(args), progress=_progress(args))
-    write_h5ad_atomic(emb, args.out)
+    write_h5ad(emb, args.out)
     print(f"{args.out}: {emb.n_obs} spots, X_gene_latent "
           f"{emb.obsm['X_gene_latent'].shape[1] if 'X_gene_latent' in emb.obsm else 0}-d, "
           f"{int(emb.obs['has_image'].sum())} with an image embedding", file=sys.stdout)
@@ -274,13 +275,14 @@ def run_embed(args) -> int:
 
 
 def run_predict(args) -> int:
-    from ..models.batch_agnostic import classify_slide, write_h5ad_atomic
+    from ..analysis.slide_classify import classify_slide
+    from ..io.export import write_h5ad
 
     model = _load(args)
     adata = classify_slide(model, args.image, name=args.name, pitch_um=args.pitch_um,
                            layout=args.layout, min_tissue=args.min_tissue, tile=args.tile,
                            progress=_progress(args))
-    write_h5ad_atomic(adata, args.out)
+    write_h5ad(adata, args.out)
     counts = adata.obs["batch_agnostic_class"].value_counts().to_dict()
     print(f"{args.out}: {adata.n_obs} patches; " +
           ", ".join(f"{k}: {v}" for k, v in counts.items()))

@@ -336,7 +336,8 @@ def _finish(args, res) -> None:
 
 
 def run_predict(args) -> int:
-    from ..analysis.slide_predict import predict_slide, write_prediction
+    from ..analysis.slide_predict import predict_slide
+    from ..io.export import write_h5ad
     from ..models import open_model
 
     model = open_model(args.model, "cpu", kind="mclstexp")
@@ -344,7 +345,7 @@ def run_predict(args) -> int:
                           layout=args.layout, min_tissue=args.min_tissue,
                           batch_size=args.batch_size or 32, tile=args.tile, device=args.device,
                           progress=_progress(args))
-    write_prediction(adata, args.out)
+    write_h5ad(adata, args.out)
     prov = adata.uns["napari_stexp"]
     print(f"wrote {args.out}: {adata.n_obs} pseudo-spots × {adata.n_vars} genes "
           f"({prov['mpp_handling']}; {prov['seconds']:.1f} s)")

@@ -501,6 +501,46 @@ class BVAEModel:
         expr = self.decode_genes(self.alignment.transform(np.atleast_2d(z_image)))
         return pd.DataFrame(expr, columns=self.genes)
 
+    def embed_adata(self, cells, *, model_dir: Any = None, source: Any = None,
+                    expression: bool = False, obs_names=None, provenance: dict | None = None):
+        """The embedding AnnData (``bvae embed`` and the batch embed task): latent means in
+        ``obsm['X_bvae']`` (and ``X_bvae_gene`` for aligned models), ``obs`` cell_id / path
+        (``source`` for a table without paths) / label, expected expression in ``X`` with
+        ``expression``, provenance in ``uns['napari_stexp']`` (plus ``provenance``)."""
+        import sys
+
+        import anndata
+        import pandas as pd
+
+        from .. import __version__
+
+        z = self.embed(cells)
+        names = obs_names if obs_names is not None else [f"cell{i}" for i in range(len(cells))]
+        obs = pd.DataFrame(index=pd.Index(list(names)))
+        obs["cell_id"] = cells.ids
+        obs["path"] = (cells.table["path"].astype(str).to_numpy()
+                       if "path" in cells.table.columns else str(source))
+        labels = cells.labels
+        if any(v is not None for v in labels):
+            obs["label"] = pd.Categorical([v if v is not None else "unknown" for v in labels])
+        X = np.zeros((len(cells), 0), np.float32)
+        var = None
+        if expression:
+            expr = self.expression_from_latent(z)
+            X, var = expr.to_numpy(np.float32), pd.DataFrame(index=pd.Index(self.genes))
+        adata = anndata.AnnData(X=X, obs=obs, var=var)
+        adata.obsm["X_bvae"] = z
+        if self.alignment is not None:
+            adata.obsm["X_bvae_gene"] = self.alignment.transform(z)
+        adata.uns["napari_stexp"] = {
+            **(provenance or {}), "model": "bvae", "model_dir": str(model_dir),
+            "version": __version__,
+            "command": " ".join(["napari-stexp", *sys.argv[1:]]) if sys.argv else "",
+            "parameters": json.dumps(self.config.to_dict()), "seed": self.config.seed,
+            "cells": str(source), "skipped_cells": len(cells.skipped),
+        }
+        return adata
+
     def predict_expression(self, cells):
         """Cells (dataset or path) -> expected expression profiles (DataFrame cells × genes)."""
         ds = self._cells(cells)
@@ -848,6 +888,7 @@ def _train_bvae(cells, genes=None, class_map=None, config: BVAEConfig | None = N
     from .. import __version__
     from ..data.cells import CellCropDataset, load_cells
     from .alignment import check_class_map, read_class_map
+
     config = config or BVAEConfig()
     config.check()
     if isinstance(cells, CellCropDataset):

@@ -45,6 +45,18 @@ from torch.nn import functional as F
 
 from .._provenance import run_signature, version
 from ..errors import InputError
+from ..io.frame import (
+    array_grid,
+    median_spot_geometry,
+    mpp_of,
+    neighbour_graph,
+    neighbour_mean,
+    section_grid,
+    spots_rc_px,
+)
+from ..io.frame import (
+    grid_coordinates as grid_coordinates,  # re-exported: the grid functions' old home
+)
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
 from ..training.engine import discard_stale_checkpoint
 from ._folder import section_source
@@ -281,79 +293,8 @@ def position_table_sizes(positions: np.ndarray, margin: int = 8) -> tuple[int, i
 # ----------------------------------------------------------------------------- spatial context
 
 
-def grid_coordinates(array_xy: np.ndarray, layout: str = "auto") -> np.ndarray:
-    """Spot centres in units of the spot pitch from integer array coordinates ``(n, 2)`` (x, y).
-
-    ``square`` (ST v1, her2st): as is. ``hex`` (Visium ``array_col``/``array_row``, or the
-    whole-slide pseudo-spot grid with ``layout='hex'``: x steps by 2 along a row, rows offset by
-    1): ``(x / 2, y · √3 / 2)``. ``auto``: hex when every ``x + y`` has the same parity (a
-    hexagonal grid), square otherwise.
-    """
-    a = np.asarray(array_xy, dtype=np.float64).reshape(-1, 2)
-    if layout == "auto":
-        par = np.round(a.sum(axis=1)).astype(np.int64) % 2
-        layout = "hex" if len(a) > 1 and (par == par[0]).all() else "square"
-    if layout == "square":
-        return a.copy()
-    if layout == "hex":
-        return np.column_stack([a[:, 0] / 2.0, a[:, 1] * (np.sqrt(3.0) / 2.0)])
-    raise InputError("layout", f"unknown grid layout '{layout}' (square, hex or auto)")
-
-
-def section_grid(adata) -> np.ndarray:
-    """A section's spot centres in spot pitches: its array coordinates (square or hexagonal,
-    see :func:`grid_coordinates`), else ``obsm['spatial']`` divided by the measured pitch."""
-    obs = adata.obs
-    if "array_x" in obs and "array_y" in obs:
-        a = obs[["array_x", "array_y"]].to_numpy(dtype=np.float64)
-        if np.isfinite(a).all():
-            return grid_coordinates(a, "auto")
-    from ..data.patches import spot_pitch_px
-
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
-    return xy / spot_pitch_px(adata) if len(xy) > 1 else np.zeros((len(xy), 2))
-
-
-def neighbour_graph(grid: np.ndarray, radius: float = 1.5, groups: np.ndarray | None = None):
-    """Row-normalised neighbour matrix (scipy CSR, ``n × n``): row i averages the spots whose
-    centres lie within ``radius`` (in the units of ``grid``, normally spot pitches) of spot i,
-    itself excluded, and in the same group (section) only. A spot with no neighbour gets a
-    row with 1 on the diagonal (it is its own context)."""
-    from scipy import sparse
-    from scipy.spatial import cKDTree
-
-    g = np.asarray(grid, dtype=np.float64).reshape(-1, 2)
-    n = len(g)
-    labels = np.zeros(n, np.int64) if groups is None else np.unique(
-        np.asarray(groups).astype(str), return_inverse=True)[1].reshape(-1)
-    if len(labels) != n:
-        raise InputError("groups", f"{len(labels)} group labels for {n} spots")
-    rows, cols = [], []
-    for lab in np.unique(labels):
-        idx = np.flatnonzero(labels == lab)
-        if len(idx) > 1:
-            pairs = cKDTree(g[idx]).query_pairs(float(radius) + 1e-9, output_type="ndarray")
-            if len(pairs):
-                rows += [idx[pairs[:, 0]], idx[pairs[:, 1]]]
-                cols += [idx[pairs[:, 1]], idx[pairs[:, 0]]]
-    r = np.concatenate(rows) if rows else np.empty(0, np.int64)
-    c = np.concatenate(cols) if cols else np.empty(0, np.int64)
-    lone = np.setdiff1d(np.arange(n), r)
-    r, c = np.concatenate([r, lone]), np.concatenate([c, lone])
-    A = sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(n, n))
-    deg = np.asarray(A.sum(axis=1)).reshape(-1)
-    return sparse.diags(1.0 / np.maximum(deg, 1.0)) @ A
-
-
-def neighbour_mean(values: np.ndarray, grid_or_graph: Any, radius: float = 1.5,
-                   groups: np.ndarray | None = None) -> np.ndarray:
-    """Mean of each spot's neighbours' ``values`` (``(n, …)``; a lone spot keeps its own).
-    ``grid_or_graph``: grid coordinates ``(n, 2)`` or a :func:`neighbour_graph`."""
-    v = np.asarray(values)
-    A = (grid_or_graph if hasattr(grid_or_graph, "tocsr")
-         else neighbour_graph(grid_or_graph, radius, groups))
-    flat = v.reshape(len(v), -1).astype(np.float64)
-    return np.asarray(A @ flat).reshape(v.shape).astype(np.float32)
+# grid_coordinates, section_grid, neighbour_graph and neighbour_mean live in io/frame (the slide
+# frame) and are imported at the top of this module.
 
 
 def smooth_predictions(pred: np.ndarray, grid_or_graph: Any, weight: float, *,
@@ -561,16 +502,11 @@ class ExpressionModel:
                         progress: ProgressFn | None = None, cancel: CancelFlag | None = None
                         ) -> np.ndarray:
         """Patches of a section at this model's geometry (image from ``section_image``)."""
-        from ..data.patches import (
-            extract_patches,
-            open_section_image,
-            read_size_px,
-            spot_centres_px,
-        )
+        from ..data.patches import extract_patches, open_section_image, read_size_px
 
         pyr = image if image is not None else open_section_image(adata, name)
         spec = self.patch_spec
-        return extract_patches(pyr, spot_centres_px(adata, pyr), read_size_px(pyr, spec),
+        return extract_patches(pyr, spots_rc_px(adata, pyr), read_size_px(pyr, spec),
                                spec.input_size, source=f"section {name}", cache_dir=cache_dir,
                                progress=progress, cancel=cancel)
 
@@ -713,9 +649,7 @@ def _embed_spots(net: MclstexpNet, expression: np.ndarray, positions: np.ndarray
 
 def target_mpp_of(images: Mapping[str, Any]) -> float | None:
     """Training µm/px: the median of the sections' image µm/px (None if none is known)."""
-    from ..data.patches import image_mpp_known
-
-    vals = [float(p.mpp) for p in images.values() if image_mpp_known(p)]
+    vals = [m for p in images.values() if (m := mpp_of(p)) is not None]
     return float(np.median(vals)) if vals else None
 
 
@@ -726,7 +660,7 @@ def section_frozen_features(encoder, backbone_sig: dict, adata, name: str, image
                             progress: ProgressFn | None = None, cancel: CancelFlag | None = None
                             ) -> np.ndarray:
     """Frozen-backbone features ``(views, n, D)`` of a section's spots, cached on disk."""
-    from ..data.patches import check_geometry, extract_patches, read_size_px, spot_centres_px
+    from ..data.patches import check_geometry, extract_patches, read_size_px
     from ..training.feature_cache import (
         cache_key,
         cached_features,
@@ -734,7 +668,7 @@ def section_frozen_features(encoder, backbone_sig: dict, adata, name: str, image
         data_signature,
     )
 
-    centres = spot_centres_px(adata, image)
+    centres = spots_rc_px(adata, image)
     read_px = read_size_px(image, spec)
     check_geometry(image, centres, read_px, f"section {name}")
     box: dict[str, np.ndarray] = {} if patches is None else {"p": patches}
@@ -818,10 +752,7 @@ def train_expression_model(
         PatchSpec,
         SpotPatchDataset,
         open_section_image,
-        spot_pitch_px,
-        spot_positions,
     )
-    from ..io.spatial import mpp_fullres, spot_diameter_fullres
     from ..training.distributed import all_gather_tensor, all_gather_with_grad
     from ..training.engine import TrainConfig, fit, seed_everything
     from ..training.feature_cache import backbone_signature, resolve_cache_dir
@@ -849,16 +780,14 @@ def train_expression_model(
     imgs = {n: (images or {}).get(n) or open_section_image(adatas[n], n) for n in names}
     if cfg.target_mpp is None:
         cfg.target_mpp = target_mpp_of(imgs)
-    pitches = [spot_pitch_px(a) * mpp_fullres(a) for a in adatas.values() if a.n_obs > 1]
-    cfg.spot_pitch_um = float(np.median(pitches)) if pitches else cfg.spot_pitch_um
-    diam = [(spot_diameter_fullres(a) or 0.0) * mpp_fullres(a) for a in adatas.values()]
-    diam = [d for d in diam if d > 0]
-    cfg.spot_diameter_um = float(np.median(diam)) if diam else cfg.spot_diameter_um
+    pitch, diam = median_spot_geometry(adatas)
+    cfg.spot_pitch_um = pitch or cfg.spot_pitch_um
+    cfg.spot_diameter_um = diam or cfg.spot_diameter_um
     spec = PatchSpec(cfg.patch_size, cfg.input_size, cfg.target_mpp)
 
     expression = np.concatenate([panel_targets(adatas[n], panel, cfg.target_sum,
                                                source=f"section {n}") for n in names])
-    positions = np.concatenate([spot_positions(adatas[n]) for n in names])
+    positions = np.concatenate([array_grid(adatas[n]) for n in names])
     sections = np.concatenate([[n] * adatas[n].n_obs for n in names]).astype(object)
     obs_names = np.concatenate([np.asarray(adatas[n].obs_names, dtype=object) for n in names])
     grid = np.concatenate([section_grid(adatas[n]) for n in names])
