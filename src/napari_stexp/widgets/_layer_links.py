@@ -36,7 +36,14 @@ POINTS_BORDER = 0.3  # relative border width of highlighted points
 SHAPES_EDGE_SCALE = 3.0  # highlighted shape edges are this much wider (at least 2)
 DIM_LABEL = (0.55, 0.55, 0.55, 0.35)  # unselected labels while a selection is shown
 
+# Points layers with at least this many points are highlighted by a small overlay layer that
+# holds only the selected rows (see viewer overlay below), not by rewriting their own borders.
+OVERLAY_MIN_POINTS = 100_000
+OVERLAY_OF = "stexp_highlight_of"  # metadata key of an overlay layer: the layer it highlights
+OVERLAY_SUFFIX = " · selection"
+
 _ORIGINAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> saved look
+_OVERLAYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> (overlay, list)
 _PENDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # hidden layer -> highlight
 
 
@@ -278,9 +285,13 @@ def n_items(layer) -> int:
     return link.n_items(layer)
 
 
-def apply_highlight(layer, codes: np.ndarray | None, colors: np.ndarray) -> bool:
+def apply_highlight(layer, codes: np.ndarray | None, colors: np.ndarray, layers=None) -> bool:
     """Highlight the rows of ``layer`` whose ``codes`` > 0 with ``colors[code]`` (None or all
     zero: restore the layer's own look). A hidden layer is updated when it is shown again.
+
+    With ``layers`` (the viewer's LayerList), a Points layer of ``OVERLAY_MIN_POINTS`` or more
+    is highlighted by an overlay layer of the selected rows only (:func:`highlight_overlay`):
+    the big layer's colour arrays are never rebuilt.
 
     Returns True when the layer was updated now, False when the update is pending.
     """
@@ -291,10 +302,20 @@ def apply_highlight(layer, codes: np.ndarray | None, colors: np.ndarray) -> bool
     if not layer.visible:
         if layer not in _PENDING:
             layer.events.visible.connect(_apply_pending)
-        _PENDING[layer] = (codes, colors)
+        _PENDING[layer] = (codes, colors, layers)
         return False
     _PENDING.pop(layer, None)
-    if codes is None or not np.any(codes):
+    empty = codes is None or not np.any(codes)
+    if layers is not None and link.kind == "points" and _points_n(layer) >= OVERLAY_MIN_POINTS:
+        if empty:
+            _remove_overlay(layer)
+        else:
+            _check_len(layer, codes, _points_n(layer))
+            _overlay_highlight(layer, np.asarray(codes, np.int16),
+                               np.asarray(colors, np.float32), real_layer(layers))
+        return True
+    _remove_overlay(layer)
+    if empty:
         link.clear(layer)
     else:
         link.highlight(layer, np.asarray(codes, np.int16), np.asarray(colors, np.float32))
@@ -305,9 +326,61 @@ def _apply_pending(event) -> None:
     layer = event.source
     if not layer.visible or layer not in _PENDING:
         return
-    codes, colors = _PENDING.pop(layer)
+    codes, colors, layers = _PENDING.pop(layer)
     layer.events.visible.disconnect(_apply_pending)
-    apply_highlight(layer, codes, colors)
+    apply_highlight(layer, codes, colors, layers)
+
+
+# -- the overlay of a big Points layer --------------------------------------------------------
+
+def highlight_overlay(layer):
+    """The overlay layer highlighting ``layer`` (None when there is none)."""
+    found = _OVERLAYS.get(real_layer(layer))
+    if found is None:
+        return None
+    overlay, layers = found
+    return overlay if overlay in layers else None
+
+
+def is_overlay(layer) -> bool:
+    return OVERLAY_OF in (getattr(layer, "metadata", None) or {})
+
+
+def _overlay_highlight(layer, codes: np.ndarray, colors: np.ndarray, layers) -> None:
+    """One small Points layer above ``layer`` with only the selected rows: transparent faces,
+    borders in the group colours, the same sizes and transforms. Its cost grows with the
+    selection, not with the layer."""
+    from napari.layers import Points
+
+    rows = np.flatnonzero(codes > 0)
+    data = np.asarray(layer.data)[rows]
+    size = np.asarray(layer.size)[rows]
+    border = colors[codes[rows]]
+    overlay = highlight_overlay(layer)
+    if overlay is None:
+        overlay = Points(data, size=size, face_color="transparent", border_color=border,
+                         border_width=POINTS_BORDER, border_width_is_relative=True,
+                         name=f"{layer.name}{OVERLAY_SUFFIX}", scale=layer.scale,
+                         translate=layer.translate, rotate=layer.rotate, shear=layer.shear,
+                         affine=layer.affine.affine_matrix, blending="translucent_no_depth",
+                         metadata={OVERLAY_OF: layer.name})
+        layers.insert(layers.index(layer) + 1, overlay)
+        _OVERLAYS[layer] = (overlay, layers)
+        return
+    # the data setter keeps the current border/size for kept rows: set them all after it,
+    # with one refresh at the end
+    with overlay.events.set_data.blocker():
+        overlay.data = data
+        overlay.size = size
+        overlay.border_color = border
+    overlay.events.set_data()
+    overlay.refresh()
+
+
+def _remove_overlay(layer) -> None:
+    found = _OVERLAYS.pop(layer, None)
+    if found is not None and found[0] in found[1]:
+        found[1].remove(found[0])
 
 
 def is_highlight_pending(layer) -> bool:
@@ -337,7 +410,7 @@ class Embedding:
 
 
 def linkable_layers(layers) -> list:
-    return [layer for layer in layers if link_for(layer) is not None]
+    return [layer for layer in layers if link_for(layer) is not None and not is_overlay(layer)]
 
 
 def prefixed_groups(features: pd.DataFrame) -> dict[str, list[str]]:

@@ -316,6 +316,14 @@ class ScatterCanvas:
         self._colors_u8 = np.zeros((0, 4), np.uint8)
         self.point_size = 3.0
         self.overlays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.ringless: set[str] = set()  # overlays drawn as points on top, without a ring
+        # raster renderer: the base layer (all points) is cached and redrawn only when the
+        # view, the points, their size or their colours change; an overlay change (a
+        # selection) re-rasterises only the overlay's points
+        self._base_key = None
+        self._base_index: np.ndarray | None = None
+        self._base_frame: np.ndarray | None = None
+        self._colors_version = 0
         self.tool = "pan"
         self.on_polygon: Callable | None = None
         self.on_rectangle: Callable | None = None
@@ -344,6 +352,7 @@ class ScatterCanvas:
         self.xy = np.ascontiguousarray(xy, np.float32)
         self.valid = np.isfinite(self.xy).all(axis=1)
         self.overlays = {}
+        self._base_index = None
         self.set_colors(colors, redraw=False)
         if self.renderer == "gl":
             self._gl_upload_all()
@@ -359,14 +368,20 @@ class ScatterCanvas:
             c[~self.valid] = 0.0  # missing rows: invisible (they also sit at NaN/0)
         self.colors = c
         self._colors_u8 = None  # made when the raster renderer needs it
+        self._colors_version += 1
         if self.renderer == "gl" and "base" in self._gl_nodes:
             self._gl_nodes["base"].set_colors(c)
         if redraw:
             self._schedule_raster()
             self.canvas.update()
 
-    def set_overlay(self, name: str, indices, colors) -> None:
-        """Ring the points ``indices`` with ``colors`` ((k, 4) or one rgba); empty = remove."""
+    def set_overlay(self, name: str, indices, colors, *, ring: bool = True) -> None:
+        """Ring the points ``indices`` with ``colors`` ((k, 4) or one rgba); empty = remove.
+
+        ``ring=False`` draws the points themselves in ``colors`` on top of the others (the
+        selection groups when the scatter is coloured by them). Only the overlay is redrawn:
+        the buffers (gl) or the cached raster (raster) of all points are not touched.
+        """
         idx = np.asarray(indices, np.int64).ravel()
         idx = idx[(idx >= 0) & (idx < len(self.xy))]
         idx = idx[self.valid[idx]]
@@ -379,6 +394,10 @@ class ScatterCanvas:
             self.overlays.pop(name, None)
         else:
             self.overlays[name] = (idx, np.ascontiguousarray(col, np.float32))
+        if ring:
+            self.ringless.discard(name)
+        else:
+            self.ringless.add(name)
         if self.renderer == "gl":
             self._gl_upload_overlay(name)
         self._schedule_raster()
@@ -421,8 +440,12 @@ class ScatterCanvas:
                 self._gl_nodes[key] = node_cls(parent=self.view.scene)
                 self._gl_nodes[key].order = order + (2 if name == "slide" else 0)
         idx, col = self.overlays.get(name, (np.zeros(0, np.int64), np.zeros((0, 4), np.float32)))
-        self._gl_nodes[name].set_data(self.xy[idx], col)  # ring in the overlay colour
-        self._gl_nodes[f"{name}:top"].set_data(self.xy[idx], self.colors[idx])  # point on top
+        if name in self.ringless:  # the points themselves in the overlay colour
+            self._gl_nodes[name].set_data(self.xy[:0], col[:0])
+            self._gl_nodes[f"{name}:top"].set_data(self.xy[idx], col)
+        else:
+            self._gl_nodes[name].set_data(self.xy[idx], col)  # ring in the overlay colour
+            self._gl_nodes[f"{name}:top"].set_data(self.xy[idx], self.colors[idx])  # on top
         self._gl_sizes()
 
     def _ring_size(self, name: str) -> float:
@@ -466,30 +489,52 @@ class ScatterCanvas:
         return (h, w), (float(rect.left), float(rect.bottom), float(rect.width),
                         float(rect.height))
 
+    def _raster_base(self, shape, rect, scale) -> np.ndarray:
+        """The frame of all points (no overlay), cached: rasterised again only when the view,
+        the points or their size changed, looked up again only when their colours changed."""
+        geom = (shape, rect, self.point_size * scale, id(self.xy))
+        if self._base_index is None or self._base_key is None or self._base_key[0] != geom:
+            self._base_index = rasterize(self.xy, self.valid, rect, shape,
+                                         self.point_size * scale)
+            self._base_key = None
+        if self._base_key != (geom, self._colors_version):
+            if self._colors_u8 is None or len(self._colors_u8) != len(self.colors):
+                self._colors_u8 = _to_u8(self.colors)
+            base = self._base_index
+            frame = np.zeros(shape + (4,), np.uint8)
+            hit = base >= 0
+            frame[hit] = self._colors_u8[base[hit]]
+            self._base_frame = frame
+            self._base_key = (geom, self._colors_version)
+        return self._base_frame
+
     def render_raster(self) -> np.ndarray:
         """(H, W, 4) uint8 frame of the raster renderer for the current view."""
         shape, rect = self._raster_shape_rect()
         scale = float(self.canvas.pixel_scale or 1.0)
-        base = rasterize(self.xy, self.valid, rect, shape, self.point_size * scale)
+        base = self._raster_base(shape, rect, scale)
+        if not self.overlays:
+            return base
         if self._colors_u8 is None or len(self._colors_u8) != len(self.colors):
             self._colors_u8 = _to_u8(self.colors)
-        frame = np.zeros(shape + (4,), np.uint8)
-        hit = base >= 0
-        frame[hit] = self._colors_u8[base[hit]]
+        frame = base.copy()
         for name in ("groups", "slide"):
             if name not in self.overlays:
                 continue
             idx, col = self.overlays[name]
-            ring = rasterize(self.xy, self.valid, rect, shape, self._ring_size(name) * scale,
-                             indices=idx)
             lut = np.full(len(self.xy), -1, np.int64)
             lut[idx] = np.arange(idx.size)
-            hit = ring >= 0
-            frame[hit] = _to_u8(col)[lut[ring[hit]]]
+            col_u8 = _to_u8(col)
+            if name not in self.ringless:
+                ring = rasterize(self.xy, self.valid, rect, shape,
+                                 self._ring_size(name) * scale, indices=idx)
+                hit = ring >= 0
+                frame[hit] = col_u8[lut[ring[hit]]]
             top = rasterize(self.xy, self.valid, rect, shape, self.point_size * scale,
                             indices=idx)
             hit = top >= 0
-            frame[hit] = self._colors_u8[top[hit]]
+            frame[hit] = col_u8[lut[top[hit]]] if name in self.ringless else \
+                self._colors_u8[top[hit]]
         return frame
 
     def update_raster(self) -> None:

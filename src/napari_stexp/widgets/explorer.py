@@ -104,6 +104,9 @@ TIPS = {
 }
 
 
+UNSELECTED_GREY = (0.62, 0.62, 0.66, 0.8)
+
+
 def _default_size(n: int) -> float:
     return 7.0 if n <= 1_000 else 5.0 if n <= 10_000 else 3.0 if n <= 100_000 else 2.0
 
@@ -131,6 +134,7 @@ class ExplorerWidget(QWidget):
         self.colormap = "viridis"
         self.clim: tuple[float, float] | None = None
         self._values = None
+        self._grey: np.ndarray | None = None  # the unselected colour of every point
         self._layer_sizes: dict[str, int] = {}
         self._connections: list[tuple[object, object]] = []
         self._picked: set[str] = set()  # Labels layers where the user picked a label
@@ -571,9 +575,15 @@ class ExplorerWidget(QWidget):
         return continuous_colors(self._values, self.colormap, self.clim)
 
     def _group_mapping(self) -> ColourMapping:
+        """Colour by group: every point in the unselected grey (one array, made once per
+        scatter size), the groups drawn by the scatter's ring-less "groups" overlay: a selection
+        change redraws the selected points only, never the colours of all of them."""
         pal = group_colors(len(self.groups))
-        pal[0] = (0.62, 0.62, 0.66, 0.8)
-        colors = pal[self.codes]
+        pal[0] = UNSELECTED_GREY
+        n = len(self.codes)
+        if self._grey is None or len(self._grey) != n:
+            self._grey = np.broadcast_to(pal[0], (n, 4))
+        colors = self._grey
         counts = np.bincount(self.codes, minlength=len(self.groups) + 1)
         legend = [(UNSELECTED, pal[0], int(counts[0]))]
         legend += [(g, pal[i + 1], int(counts[i + 1])) for i, g in enumerate(self.groups)]
@@ -803,7 +813,7 @@ class ExplorerWidget(QWidget):
                 pts = emb.links.points_of(name)
                 old[emb.links.rows[pts]] = new_codes[pts]
                 write_column(layer, self.column, selection_categorical(old, groups))
-                apply_highlight(layer, old, colors)
+                apply_highlight(layer, old, colors, self.viewer.layers)
         finally:
             self._writing = False
         self.codes = np.asarray(new_codes, np.int16)
@@ -815,10 +825,8 @@ class ExplorerWidget(QWidget):
     def _after_codes_changed(self, highlight: bool) -> None:
         if highlight:
             self._highlight_layers()
-        if self.colour_key == GROUPS_KEY:
-            mapping = self._group_mapping()
-            self.scatter.set_colors(mapping.colors)
-            self._show_mapping(mapping)
+        if self.colour_key == GROUPS_KEY:  # the legend counts; the colours are the overlay's
+            self._show_mapping(self._group_mapping())
         self._update_group_overlay()
 
     def _highlight_layers(self) -> None:
@@ -834,7 +842,8 @@ class ExplorerWidget(QWidget):
                     continue
                 try:
                     apply_highlight(layer, codes_from_column(layer.features[self.column],
-                                                             self.groups), colors)
+                                                             self.groups), colors,
+                                    self.viewer.layers)
                 except InputError as exc:
                     notify_error(exc)
         finally:
@@ -844,9 +853,9 @@ class ExplorerWidget(QWidget):
         sel = np.flatnonzero(self.codes > 0)
         colors = group_colors(len(self.groups))[self.codes[sel]] if sel.size else \
             np.zeros((0, 4), np.float32)
-        if self.colour_key == GROUPS_KEY:  # the colours already say it: no rings
-            sel = sel[:0]
-        self.scatter.set_overlay("groups", sel, colors[: sel.size])
+        # coloured by group: the selected points drawn in their group colour on top (no ring)
+        self.scatter.set_overlay("groups", sel, colors[: sel.size],
+                                 ring=self.colour_key != GROUPS_KEY)
         counts = np.bincount(self.codes, minlength=len(self.groups) + 1)
         tip = ", ".join(f"{g}: {int(counts[i + 1])}" for i, g in enumerate(self.groups))
         self.group_combo.setToolTip(f"{TIPS['group']}\n{tip}" if tip else TIPS["group"])
