@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_stexp.io.collection import SlideCollection, gene_expression
+from napari_stexp.analysis.features import gene_expression
+from napari_stexp.io.collection import SlideCollection
 
 pytestmark = pytest.mark.gui
 

@@ -165,15 +165,6 @@ def split_sections(adata) -> dict[str, Any]:
     return out
 
 
-def normalize_log1p(counts, target_sum: float = 1e4) -> np.ndarray:
-    """Per-spot library-size normalisation to ``target_sum`` then log1p (dense float32)."""
-    X = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
-    X = X.astype(np.float32, copy=False)
-    lib = X.sum(axis=1, keepdims=True)
-    lib[lib == 0] = 1.0
-    return np.log1p(X / lib * target_sum).astype(np.float32)
-
-
 def counts_matrix(adata):
     """Raw counts: ``layers['counts']`` when present, else ``X``."""
     return adata.layers["counts"] if "counts" in adata.layers else adata.X

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..analysis.features import gene_column
 from ..analysis.projection import as_matrix
 from ..analysis.selection import RowLinks
 from ..errors import InputError
@@ -615,35 +616,6 @@ def colour_options(emb: Embedding, layers, selection_column: str = "selection") 
     return keys
 
 
-_LIBSIZE: dict[int, tuple[Any, np.ndarray]] = {}
-
-
-def _gene_column(ad, gene: str, layer_key: str | None) -> np.ndarray:
-    """One gene for all obs: log1p(counts / library size * 1e4), or a stored layer as is."""
-    from ..io.spatial import counts_matrix
-
-    if gene not in ad.var_names:
-        return np.full(ad.n_obs, np.nan, np.float32)
-    j = int(ad.var_names.get_loc(gene))
-    if layer_key is not None:
-        mat = ad.layers[layer_key]
-        col = mat[:, j]
-        col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
-        return np.asarray(col, np.float32).ravel()
-    X = counts_matrix(ad)
-    key = id(ad)
-    if key not in _LIBSIZE or _LIBSIZE[key][0] is not X:
-        if len(_LIBSIZE) > 16:
-            _LIBSIZE.clear()
-        lib = np.asarray(X.sum(axis=1), np.float64).ravel()
-        lib[lib == 0] = 1.0
-        _LIBSIZE[key] = (X, lib)
-    lib = _LIBSIZE[key][1]
-    col = X[:, j]
-    col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
-    return np.log1p(np.asarray(col, np.float64).ravel() / lib * 1e4).astype(np.float32)
-
-
 def colour_values(emb: Embedding, key: str, layers) -> np.ndarray | pd.Categorical:
     """Values of colour key ``key`` for every scatter point (float with NaN, or categories)."""
     kind, _, name = key.partition(SEP)
@@ -681,7 +653,7 @@ def colour_values(emb: Embedding, key: str, layers) -> np.ndarray | pd.Categoric
     if emb.adata is not None:
         if layer_key is not None and layer_key not in emb.adata.layers:
             raise InputError(key, "unknown colour key")
-        return _gene_column(emb.adata, name, layer_key)
+        return gene_column(emb.adata, name, layer_key)
     found = False
     for k, layer in linked:
         ad_rows = _layer_adata_rows(layer)
@@ -690,7 +662,7 @@ def colour_values(emb: Embedding, key: str, layers) -> np.ndarray | pd.Categoric
         ad, obs_pos = ad_rows
         if layer_key is not None and layer_key not in ad.layers:
             continue
-        col = _gene_column(ad, name, layer_key)
+        col = gene_column(ad, name, layer_key)
         pts = np.flatnonzero(emb.links.layer_codes == k)
         pos = obs_pos[emb.links.rows[pts]]
         ok = pos >= 0

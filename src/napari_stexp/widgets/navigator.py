@@ -48,12 +48,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..analysis.features import resolve_feature
 from ..io.collection import (
     CATEGORY_COLORS,
     FLAGS,
     SlideCollection,
     SlideData,
-    resolve_feature,
 )
 from ..session import get_session
 from ._common import add_layer_tuples, notify_error, notify_info, start_worker
