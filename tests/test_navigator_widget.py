@@ -107,7 +107,7 @@ def test_next_previous_show_exactly_one_section(qtbot, widget):
 
 
 def test_gene_overlay_keeps_name_and_limits(qtbot, widget, her2st_coll):
-    from napari_stexp.widgets.navigator import face_color_column
+    from napari_stexp.viewer.navigator import face_color_column
 
     viewer, w = widget
     w.go(8)

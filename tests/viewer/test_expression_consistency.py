@@ -40,10 +40,10 @@ def her2st_coll(her2st_dir, tmp_path_factory):
 
 def test_measured_gene_is_one_number_in_expression_navigator_and_explorer(
         make_napari_viewer, her2st_coll):
-    from napari_stexp.widgets._layer_links import SEP
+    from napari_stexp.viewer.layer_links import SEP
+    from napari_stexp.viewer.navigator import SlideNavigator
     from napari_stexp.widgets.explorer import ExplorerWidget
     from napari_stexp.widgets.expression import ExpressionWidget, predict_for_sections
-    from napari_stexp.widgets.navigator import SlideNavigator
 
     viewer = make_napari_viewer()
     nav = SlideNavigator(viewer, her2st_coll)

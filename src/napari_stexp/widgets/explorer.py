@@ -5,7 +5,7 @@ selection column (``session.selection_column``, default ``"selection"``) into ev
 layer's ``features`` and those layers highlight the rows; selecting points/shapes or picking a
 label in the slide rings the matching points in the scatter. The work is GUI-free (projection:
 ``analysis.projection``; geometry and the column: ``analysis.selection``; per layer type:
-``_layer_links``); this module only wires it to Qt.
+``napari_stexp.viewer.layer_links``); this module only wires it to Qt.
 
 Missing rows (NaN in the embedding) stay in every table: they are counted in the info line, not
 drawn, and can never be selected.
@@ -58,8 +58,7 @@ from ..analysis.selection import (
 )
 from ..errors import CancelledError, InputError, StexpError
 from ..session import get_session
-from ._common import notify_error, notify_info, start_worker
-from ._layer_links import (
+from ..viewer.layer_links import (
     GROUPS_KEY,
     SEP,
     Embedding,
@@ -74,6 +73,7 @@ from ._layer_links import (
     source_columns,
     write_column,
 )
+from ._common import notify_error, notify_info, start_worker
 from ._scatter_canvas import (
     COLORMAPS,
     SLIDE_SELECTION_COLOR,
