@@ -181,6 +181,7 @@ class SlideNavigator:
         self.grid: list[str] | None = None
         self._data: SlideData | None = None
         self._grid_data: list[SlideData] = []
+        self._parked: list = []  # image layers of slides left, hidden until released (_park)
         self._grid_hidden: list[Any] = []
         self._state = OverlayState()
         self._setting_session = False
@@ -196,7 +197,6 @@ class SlideNavigator:
         self.collection = collection
         self.current = None
         self._data = None
-        self._parked: list = []  # image layers of slides left for a slide without one
 
     def index(self, key: int | str | None = None) -> int | None:
         if self.collection is None or not len(self.collection):
@@ -243,8 +243,7 @@ class SlideNavigator:
         layers = self._ensure_layers(data, reuse=reusable)
         self._release_others(keep=[name])
         if any(kind_of(ly) == "image" for ly in layers):  # safe to remove them now (_park)
-            self._remove([ly for ly in self._parked if ly in self.viewer.layers])
-            self._parked = []
+            self.release_parked()
         if prev != name:
             self._drop_session_image(prev)
         self._data = data
@@ -569,19 +568,30 @@ class SlideNavigator:
         self._remove(drop)
 
     def _park(self, layer) -> bool:
-        """Hide (not remove) the navigator's image layer of a slide being left; it is removed
-        (its pyramid released) when a slide with an image is shown. False: not an image.
+        """Hide (not remove) the navigator's image layer of a slide being left, with its
+        pyramid released (a tiny placeholder of the same kind); it is removed when a slide
+        with an image is shown. False: not an image (removed as before).
 
-        Why: removing an image layer while the points layer changes before the next frame
-        crashes vispy/Mesa (segfault in ``glir.draw``, issue 17.1: every step to a section
-        without H&E; recycling a hidden image layer later crashes too). Hiding is safe, and
-        removal while the next slide's image is shown is what image-to-image steps do."""
+        Why: removing the image layer when the next slide has none crashes vispy/Mesa
+        (segfault in ``glir.draw``, issue 17.1: every step to a section without H&E, also when
+        the removal waits for a frame). Removing it while another image layer is shown is what
+        every image-to-image step does, and draws fine."""
         if kind_of(layer) != "image" or _layer_type(layer) != "image":
             return False
+        tail = (3,) if layer.rgb else ()
+        dtype = np.dtype((layer.data[0] if layer.multiscale else layer.data).dtype)
+        tiny = [np.zeros((2 ** k, 2 ** k) + tail, dtype) for k in (1, 0)]
         layer.visible = False
         layer.metadata = {**layer.metadata, "kind": "parked", "section": None}
+        layer.name = "released image (navigator)"
+        layer.data = tiny if layer.multiscale else tiny[1]
         self._parked.append(layer)
         return True
+
+    def release_parked(self) -> None:
+        """Remove the image layers hidden by the last steps (their pyramids are released)."""
+        parked, self._parked = self._parked, []
+        self._remove([ly for ly in parked if ly in self.viewer.layers])
 
     def _remove(self, layers: list) -> None:
         """Remove layers in one batch (napari runs a full garbage collection per batch)."""
