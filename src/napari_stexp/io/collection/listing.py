@@ -22,17 +22,13 @@ from ._items import _H5AD, _ROLE_PATTERNS, FLAGS, SlideItem
 
 def list_slides(paths: Sequence[str | os.PathLike]) -> list[SlideItem]:
     """Slide items for ``paths``: datasets expand to their sections, files are grouped by name."""
-    from ..st import detect_st_kind
-
     items: list[SlideItem] = []
     files: list[tuple[Path, str]] = []  # (file, batch)
     for p in map(Path, paths):
-        kind = detect_st_kind(p)
-        if kind == "her2st":
-            items += _her2st_items(p)
-        elif kind == "visium":
-            items.append(_visium_item(p))
-        elif p.is_dir() and not _is_image_path(p):
+        kind = _kind(p)
+        if kind in _DATASETS:
+            items += _DATASETS[kind](p)
+        elif p.is_dir() and kind != "image":
             items += _folder_items(p, files, depth=0)
         else:
             files.append((p, p.parent.name))
@@ -41,34 +37,33 @@ def list_slides(paths: Sequence[str | os.PathLike]) -> list[SlideItem]:
 
 def _folder_items(folder: Path, files: list[tuple[Path, str]], depth: int) -> list[SlideItem]:
     """Datasets inside ``folder`` become items; loose files are collected for grouping."""
-    from ..st import detect_st_kind
-
     items: list[SlideItem] = []
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or p.name.startswith("~"):
             continue  # hidden files, atomic-write temporaries
-        if p.is_dir():
-            kind = detect_st_kind(p)
-            if kind == "her2st":
-                items += _her2st_items(p)
-            elif kind == "visium":
-                items.append(_visium_item(p))
-            elif _is_image_path(p):
-                files.append((p, folder.name))
-            elif depth < 1:
-                items += _folder_items(p, files, depth + 1)
-        elif p.name.lower().endswith(_H5AD) or _is_image_path(p):
+        kind = _kind(p)
+        if kind in _DATASETS and p.is_dir():
+            items += _DATASETS[kind](p)
+        elif kind in ("image", "h5ad") and (kind == "image" or not p.is_dir()):
             files.append((p, folder.name))
+        elif p.is_dir() and depth < 1:
+            items += _folder_items(p, files, depth + 1)
     return items
 
 
-def _is_image_path(p: Path) -> bool:
+def _kind(p: Path) -> str | None:
+    """What ``p`` is, by :func:`napari_stexp.io.open.detect_kind` (the one detection path);
+    a zarr folder counts as an image only when it holds an NGFF image."""
+    from ..open import detect_kind
     from ..wsi import is_image_file
 
     try:
-        return is_image_file(p)
+        kind = detect_kind(p)
+        if kind == "ome-zarr":
+            kind = "image" if is_image_file(p) else None
     except OSError:
-        return False
+        return None
+    return kind
 
 
 def _strip_suffix(name: str) -> str:
@@ -296,3 +291,7 @@ def _flags_from_adata(item: SlideItem, adata) -> None:
                      embeddings=s["embeddings"])
     if s["patient"] is not None:
         item.patient = s["patient"]
+
+
+#: datasets that expand to their sections (kind of :func:`~napari_stexp.io.open.detect_kind`)
+_DATASETS = {"her2st": _her2st_items, "visium": lambda p: [_visium_item(p)]}
