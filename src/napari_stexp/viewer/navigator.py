@@ -290,7 +290,7 @@ class SlideNavigator:
     def color_by(self, column: str, *, colormap: str | None = None,
                  contrast_limits: tuple[float, float] | None = None) -> Any:
         """Colour the current slide's spots by a features column, an obs column, a gene
-        (log1p counts per 10k, added as a column), a predicted gene or an embedding dimension.
+        (log1p CP10k over the display library, added as a column), a predicted gene or an embedding dimension.
         Returns the layer; ``KeyError`` when the slide has no such feature."""
         layer = self.spots_layer()
         if layer is None:
