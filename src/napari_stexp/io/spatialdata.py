@@ -386,7 +386,7 @@ def sdata_layers(opened, *, max_visible: int = 1) -> list:
             "_columns_df": None,
         })
         layers.append((data, attrs, kind))
-    for name, img in opened.images.items():
+    for img in opened.images.values():
         if img.name not in done_images:
             layers.append(_sd_image_layer(img, sdata, cs, True))
             done_images.add(img.name)

@@ -39,9 +39,8 @@ class STWarning(UserWarning):
 def _resolve(path: str | os.PathLike) -> tuple[str | None, Path, list[str] | None]:
     """``(kind, dataset root, sections implied by the path)``; kind None when unknown."""
     from .her2st import find_her2st_root, is_her2st_folder
-    from .visium import is_visium_folder
-
     from .spatialdata import looks_like_spatialdata
+    from .visium import is_visium_folder
     from .visium_hd import looks_like_visium_hd
     from .xenium import looks_like_xenium
 
