@@ -6,7 +6,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 
 pytest.importorskip("spatialdata")
@@ -22,31 +21,6 @@ def merfish(stexp_data):
     if not p.exists():
         pytest.skip(f"{p} absent")
     return p
-
-
-def make_store(path, *, region="cells", ids_offset=0, scale=0.5):
-    import anndata as ad
-    import spatialdata as sd
-    from spatialdata.models import Image2DModel, ShapesModel, TableModel
-    from spatialdata.transformations import Scale
-
-    rng = np.random.default_rng(0)
-    img = Image2DModel.parse(rng.integers(0, 255, (3, 200, 300), dtype=np.uint8),
-                             dims=("c", "y", "x"), scale_factors=[2],
-                             transformations={"global": Scale([scale, scale], axes=("y", "x"))})
-    xy = rng.random((50, 2)) * 100
-    shapes = ShapesModel.parse(xy, geometry=0, radius=np.full(50, 3.0), index=np.arange(10, 60))
-    a = ad.AnnData(rng.poisson(2, (50, 20)).astype(np.float32))
-    a.obs_names = [f"c{i}" for i in range(50)]
-    a.var_names = [f"g{i}" for i in range(20)]
-    a.obs["region"] = pd.Categorical([region] * 50)
-    a.obs["cell_id"] = np.arange(10, 60)[::-1] + ids_offset  # reversed: order must not matter
-    table = TableModel.parse(a, region=region, region_key="region", instance_key="cell_id")
-    s = sd.SpatialData(images={"he": img}, shapes={"cells": shapes}, tables={"table": table})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        s.write(path, overwrite=True)
-    return path, xy, a
 
 
 def test_merfish_old_layout(merfish):
@@ -92,8 +66,8 @@ def test_merfish_old_layout(merfish):
                                atol=15)
 
 
-def test_current_format_store(tmp_path):
-    path, xy, a = make_store(tmp_path / "s.zarr")
+def test_current_format_store(tmp_path, make_sdata_store):
+    path, xy, a = make_sdata_store(tmp_path / "s.zarr")
     op = read_spatialdata(path)
     ad = op.adatas["cells"]
     # rows follow the table; positions are looked up by instance id
@@ -105,38 +79,38 @@ def test_current_format_store(tmp_path):
     assert hasattr(img.levels[0], "compute")  # lazy
 
 
-def test_unknown_coordinate_system(tmp_path):
-    path, _, _ = make_store(tmp_path / "s.zarr")
+def test_unknown_coordinate_system(tmp_path, make_sdata_store):
+    path, _, _ = make_sdata_store(tmp_path / "s.zarr")
     with pytest.raises(InputError, match=r"s\.zarr: unknown coordinate system 'aligned'; the "
                                          r"store has: global"):
         read_spatialdata(path, coordinate_system="aligned")
 
 
-def test_missing_element_file(tmp_path):
-    path, _, _ = make_store(tmp_path / "s.zarr")
+def test_missing_element_file(tmp_path, make_sdata_store):
+    path, _, _ = make_sdata_store(tmp_path / "s.zarr")
     (path / "shapes" / "cells" / "shapes.parquet").unlink()
     with pytest.raises(InputError, match=r"shapes/cells: cannot read element"):
         open_path(path)
 
 
-def test_region_names_absent_element(tmp_path):
-    path, _, _ = make_store(tmp_path / "s.zarr", region="nuclei")
+def test_region_names_absent_element(tmp_path, make_sdata_store):
+    path, _, _ = make_sdata_store(tmp_path / "s.zarr", region="nuclei")
     with pytest.raises(InputError, match=r"tables/table: region 'nuclei' names an element the "
                                          r"store does not have"):
         read_spatialdata(path)
 
 
-def test_mismatched_instance_ids(tmp_path):
-    path, _, _ = make_store(tmp_path / "s.zarr", ids_offset=45)
+def test_mismatched_instance_ids(tmp_path, make_sdata_store):
+    path, _, _ = make_sdata_store(tmp_path / "s.zarr", ids_offset=45)
     with pytest.raises(InputError, match=r"tables/table: 45 of 50 instance ids \('cell_id'\) are "
                                          r"not in element 'cells'"):
         read_spatialdata(path)
 
 
-def test_without_the_extra(tmp_path, monkeypatch):
+def test_without_the_extra(tmp_path, monkeypatch, make_sdata_store):
     import sys
 
-    path, _, _ = make_store(tmp_path / "s.zarr")
+    path, _, _ = make_sdata_store(tmp_path / "s.zarr")
     monkeypatch.setitem(sys.modules, "spatialdata", None)  # import spatialdata -> ImportError
     assert detect_kind(path) == "spatialdata"  # detection needs no extra
     with pytest.raises(InputError) as err:

@@ -301,13 +301,27 @@ def read_spatialdata(path: str | os.PathLike, *, coordinate_system: str | None =
                 raise InputError(tpath, f"{int(bad.sum())} of {len(inst)} instance ids "
                                         f"('{ikey}') are not in element '{reg}' (e.g. {ex})")
             um = _cs_unit_is_um(elem, cs)
-            sec = str(reg) if len(sdata.tables) == 1 else f"{tname}:{reg}"
-            extra = sub.obs.copy()
-            extra.index = pd.Index([str(v) for v in inst])
+            # our own results carry their frame (µm/px, source image) in uns (see sdata_write)
+            frame = dict((table.uns.get("napari_stexp") or {}).get("frame") or {}) \
+                if cs == DEFAULT_CS else {}
+            mpp = frame.get("mpp_fullres") or (1.0 if um else None)
+            sec = frame.get("section") or (str(reg) if len(sdata.tables) == 1
+                                           else f"{tname}:{reg}")
+            names = sub.obs_names if sub.obs_names.is_unique else pd.Index(map(str, inst))
+            extra = sub.obs.drop(columns=[c for c in ("section", "patient") if c in sub.obs])
+            extra.index = pd.Index([str(v) for v in names])
+            labels = extra.pop("label") if "label" in extra else None
             adata = build_st_adata(_as_csr(sub.X), extra.index, sub.var_names, xy[pos],
-                                   section=sec, patient=sec, spot_diameter_fullres=diam,
-                                   mpp_fullres=1.0 if um else None, source=root,
+                                   section=sec, patient=sec, labels=labels,
+                                   spot_diameter_fullres=frame.get("spot_diameter_fullres", diam),
+                                   mpp_fullres=mpp, source=root,
+                                   image_path=frame.get("source_image_path"),
+                                   image_scale=float(frame.get("image_scale", 1.0)),
                                    extra_obs=extra, var=sub.var.copy())
+            for k, v in sub.layers.items():
+                adata.layers[k] = v
+            if "napari_stexp" in table.uns:
+                adata.uns["napari_stexp"] = dict(table.uns["napari_stexp"])
             for k, v in sub.obsm.items():
                 if k != "spatial":
                     adata.obsm[k] = np.asarray(v)
