@@ -603,9 +603,9 @@ class BVAEModel:
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str = "cpu") -> BVAEModel:
         """Read a model directory written by :meth:`save`."""
+        from .alignment import LatentAlignment
         from ..training.device import get_device
         from ..training.engine import load_checkpoint
-        from .alignment import LatentAlignment
 
         d = Path(directory)
         cfg_path, w_path = d / "config.json", d / "weights.pt"
@@ -849,8 +849,8 @@ def train_bvae(cells, genes=None, class_map=None, config: BVAEConfig | None = No
     the engine checkpoints to ``out_dir/checkpoints`` (resumable) and the model is saved there.
     """
     from .. import __version__
-    from ..data.cells import CellCropDataset, load_cells
     from .alignment import check_class_map, read_class_map
+    from ..data.cells import CellCropDataset, load_cells
 
     config = config or BVAEConfig()
     config.check()
