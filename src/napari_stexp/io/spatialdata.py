@@ -322,6 +322,9 @@ def read_spatialdata(path: str | os.PathLike, *, coordinate_system: str | None =
                 adata.layers[k] = v
             if "napari_stexp" in table.uns:
                 adata.uns["napari_stexp"] = dict(table.uns["napari_stexp"])
+            # napari-spatialdata's widgets find the keys here (get_table_keys)
+            adata.uns["spatialdata_attrs"] = {"region": str(reg), "region_key": rkey,
+                                              "instance_key": ikey}
             for k, v in sub.obsm.items():
                 if k != "spatial":
                     adata.obsm[k] = np.asarray(v)
@@ -390,7 +393,7 @@ def sdata_layers(opened, *, max_visible: int = 1) -> list:
         meta = ad.uns["spatial"][sec]["metadata"]
         data, attrs, kind = spots_layer(ad, section=sec, visible=visible)
         attrs["metadata"].update({
-            "adata": ad, "sdata": sdata, "name": meta.get("element", sec),
+            "adata": ad, "stexp_adata": ad, "sdata": sdata, "name": meta.get("element", sec),
             "region_key": meta.get("region_key"), "instance_key": meta.get("instance_key"),
             "table_names": [meta["table"]] if meta.get("table") else None,
             "_current_cs": cs, "_active_in_cs": {cs},
@@ -422,3 +425,24 @@ def _sd_image_layer(img, sdata, cs, visible):
                               "adata": ad.AnnData(shape=(0, len(chans)),
                                                   var=pd.DataFrame(index=chans))})
     return data, attrs, kind
+
+
+def section_for_layer(layer) -> Any:
+    """Our section AnnData for a layer napari-spatialdata created (``metadata['sdata']`` and
+    ``['name']``: the element), built once and cached in ``metadata['stexp_adata']``; None when
+    the layer shows no table-annotated element."""
+    meta = getattr(layer, "metadata", None) or {}
+    if meta.get("stexp_adata") is not None:
+        return meta["stexp_adata"]
+    sdata, name = meta.get("sdata"), meta.get("name")
+    if sdata is None or name is None:
+        return None
+    cs = meta.get("_current_cs") or DEFAULT_CS
+    src = getattr(sdata, "path", None) or "SpatialData"
+    opened = read_spatialdata(src, coordinate_system=cs, images=False, sdata=sdata)
+    for ad in opened.adatas.values():
+        sec = str(ad.obs["section"].iloc[0])
+        if ad.uns["spatial"][sec]["metadata"].get("element") == name:
+            meta["stexp_adata"] = ad
+            return ad
+    return None
