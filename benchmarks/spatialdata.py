@@ -61,6 +61,7 @@ def _du(path: Path) -> int:
 def job_ours(store: str) -> dict:
     import torch  # noqa: F401  (before Qt/GL)
     import napari
+    import spatialdata._io  # noqa: F401  (imports outside the timing, as for the baseline)
 
     from napari_stexp.io.open import open_path
     from napari_stexp.viewer.raster import raster_layer, set_raster_values
@@ -91,6 +92,7 @@ def job_napari_spatialdata(store: str) -> dict:
     import torch  # noqa: F401
     import napari
     import spatialdata as sd
+    import spatialdata._io  # noqa: F401
     from napari.utils.events import EventedList
     from napari_spatialdata._model import DataModel
     from napari_spatialdata._view import QtAdataViewWidget

@@ -130,8 +130,10 @@ def build_elements(adata, name: str, *, image: Any = "reference") -> dict:
         while h > 2048:
             factors.append(2)
             h //= 2
+        rgb = arr.shape[0] in (3, 4) and arr.dtype == np.uint8
         out["images"][f"{name}_image"] = Image2DModel.parse(
-            arr, dims=("c", "y", "x"), scale_factors=factors or None, transformations=itf)
+            arr, dims=("c", "y", "x"), scale_factors=factors or None, transformations=itf,
+            c_coords=list("rgba"[:arr.shape[0]]) if rgb else None)
     return out
 
 
