@@ -58,18 +58,24 @@ def _du(path: Path) -> int:
 # --------------------------------------------------------------------------- jobs (subprocess)
 
 
-def job_ours(store: str) -> dict:
-    import torch  # noqa: F401  (before Qt/GL)
+def _viewer():
+    """A shown napari viewer with a 1600×1000 window and its RSS after the first frame."""
     import napari
-    import spatialdata._io  # noqa: F401  (imports outside the timing, as for the baseline)
-
-    from napari_stexp.io.open import open_path
-    from napari_stexp.viewer.raster import raster_layer, set_raster_values
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1600, 1000)
     viewer.screenshot(canvas_only=True)
-    rss0 = _vm("VmRSS")
+    return viewer, _vm("VmRSS")
+
+
+def job_ours(store: str) -> dict:
+    import spatialdata._io  # noqa: F401  (imports outside the timing, as for the baseline)
+    import torch  # noqa: F401  (before Qt/GL)
+
+    from napari_stexp.io.open import open_path
+    from napari_stexp.viewer.raster import raster_layer, set_raster_values
+
+    viewer, rss0 = _viewer()
     t0 = time.perf_counter()
     op = open_path(store, images=False)
     (sec, ad), = op.adatas.items()
@@ -89,19 +95,15 @@ def job_ours(store: str) -> dict:
 
 
 def job_napari_spatialdata(store: str) -> dict:
-    import torch  # noqa: F401
-    import napari
     import spatialdata as sd
     import spatialdata._io  # noqa: F401
+    import torch  # noqa: F401
     from napari.utils.events import EventedList
     from napari_spatialdata._model import DataModel
     from napari_spatialdata._view import QtAdataViewWidget
     from napari_spatialdata._viewer import SpatialDataViewer
 
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1600, 1000)
-    viewer.screenshot(canvas_only=True)
-    rss0 = _vm("VmRSS")
+    viewer, rss0 = _viewer()
     t0 = time.perf_counter()
     sdata = sd.read_zarr(store)
     name = next(iter(sdata.shapes))

@@ -15,14 +15,6 @@ from napari_stexp.io.open import detect_kind, format_summary, open_path  # noqa:
 from napari_stexp.io.spatialdata import SpatialDataWarning, read_spatialdata  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def merfish(stexp_data):
-    p = stexp_data / "spatialdata-merfish" / "merfish.zarr"
-    if not p.exists():
-        pytest.skip(f"{p} absent")
-    return p
-
-
 def test_merfish_old_layout(merfish):
     assert detect_kind(merfish) == "spatialdata"  # not swallowed by the ome-zarr detection
     with pytest.warns(SpatialDataWarning, match=r"single_molecule: points element has no "

@@ -14,14 +14,6 @@ from napari_stexp.io.open import detect_kind, format_summary, open_path
 from napari_stexp.io.visium_hd import read_visium_hd
 
 
-@pytest.fixture(scope="module")
-def hd_mock(stexp_data):
-    p = stexp_data / "visium-hd-layout-mock"
-    if not p.exists():
-        pytest.skip(f"{p} absent")
-    return p
-
-
 @pytest.fixture(scope="session")
 def hd_700k(tmp_path_factory):
     from napari_stexp.data.synthetic_hd import write_visium_hd
@@ -31,7 +23,7 @@ def hd_700k(tmp_path_factory):
     return root
 
 
-def test_layout_mock_h5_and_mtx(hd_mock, tmp_path):
+def test_layout_mock_h5_and_mtx(hd_mock, hd_copy):
     assert detect_kind(hd_mock) == "visium-hd"
     a = read_visium_hd(hd_mock)
     sec = "visium-hd-layout-mock_002um"
@@ -45,8 +37,7 @@ def test_layout_mock_h5_and_mtx(hd_mock, tmp_path):
     np.testing.assert_allclose(a.obsm["spatial"], pos[["pxl_col_in_fullres",
                                                        "pxl_row_in_fullres"]].to_numpy())
     # the mtx folder (its *.tsv.gz are plain text) gives the same section
-    copy = tmp_path / "hd"
-    shutil.copytree(hd_mock, copy)
+    copy = hd_copy
     (copy / "binned_outputs/square_002um/filtered_feature_bc_matrix.h5").unlink()
     b = read_visium_hd(copy)
     assert list(b.obs_names) == list(a.obs_names) and list(b.var_names) == list(a.var_names)
@@ -86,20 +77,25 @@ def test_wrong_bin_folder(hd_mock, tmp_path):
         read_visium_hd(bad)
 
 
-def test_corrupt_parquet(hd_mock, tmp_path):
+@pytest.fixture
+def hd_copy(hd_mock, tmp_path):
     copy = tmp_path / "hd"
     shutil.copytree(hd_mock, copy)
+    return copy
+
+
+def test_corrupt_parquet(hd_copy):
+    copy = hd_copy
     p = copy / "binned_outputs/square_002um/spatial/tissue_positions.parquet"
     p.write_bytes(b"PAR1" + b"\0" * 100)
     with pytest.raises(InputError, match=r"tissue_positions\.parquet: cannot read parquet"):
         open_path(copy)
 
 
-def test_bin_size_mismatch(hd_mock, tmp_path):
+def test_bin_size_mismatch(hd_copy):
     import json
 
-    copy = tmp_path / "hd"
-    shutil.copytree(hd_mock, copy)
+    copy = hd_copy
     sf = copy / "binned_outputs/square_002um/spatial/scalefactors_json.json"
     d = json.loads(sf.read_text())
     d["bin_size_um"] = 16

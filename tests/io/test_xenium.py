@@ -15,14 +15,6 @@ from napari_stexp.io.st import read_st
 from napari_stexp.io.xenium import read_xenium
 
 
-@pytest.fixture(scope="module")
-def xenium_dir(stexp_data):
-    p = stexp_data / "xenium-mouse-ileum-tiny"
-    if not p.exists():
-        pytest.skip(f"{p} absent")
-    return p
-
-
 def test_real_xenium_cells_matrix_and_frame(xenium_dir):
     r = read_xenium(xenium_dir)
     ad = r["adata"]

@@ -12,14 +12,6 @@ import torch  # noqa: F401  (before the first Qt/GL context)
 pytest.importorskip("napari_spatialdata")
 
 
-@pytest.fixture(scope="module")
-def merfish(stexp_data):
-    p = stexp_data / "spatialdata-merfish" / "merfish.zarr"
-    if not p.exists():
-        pytest.skip(f"{p} absent")
-    return p
-
-
 def _read_zarr(path):
     import spatialdata as sd
 

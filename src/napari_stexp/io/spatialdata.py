@@ -171,7 +171,11 @@ def _affine_yx(element: Any, cs: str, path: Path) -> np.ndarray:
 
 
 def _apply(m: np.ndarray, rc: np.ndarray) -> np.ndarray:
-    return rc @ m[:2, :2].T + m[:2, 2]
+    """``m`` applied to (row, col) points (elementwise: a BLAS call is slower on big inputs when
+    the cores are busy)."""
+    r, c = rc[:, 0], rc[:, 1]
+    return np.column_stack([m[0, 0] * r + m[0, 1] * c + m[0, 2],
+                            m[1, 0] * r + m[1, 1] * c + m[1, 2]])
 
 
 def _linear_scale(m: np.ndarray) -> float:
@@ -309,7 +313,8 @@ def read_spatialdata(path: str | os.PathLike, *, coordinate_system: str | None =
                                            else f"{tname}:{reg}")
             names = sub.obs_names if sub.obs_names.is_unique else pd.Index(map(str, inst))
             extra = sub.obs.drop(columns=[c for c in ("section", "patient") if c in sub.obs])
-            extra.index = pd.Index([str(v) for v in names])
+            extra.index = names if len(names) and isinstance(names[0], str) \
+                else pd.Index([str(v) for v in names])
             labels = extra.pop("label") if "label" in extra else None
             adata = build_st_adata(_as_csr(sub.X), extra.index, sub.var_names, xy[pos],
                                    section=sec, patient=sec, labels=labels,

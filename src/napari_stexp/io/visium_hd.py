@@ -136,15 +136,21 @@ def read_mtx_folder(folder: Path) -> tuple[sp.csr_matrix, list[str], pd.DataFram
     return M, bcs, var
 
 
-def read_scalefactors(path: Path) -> dict[str, float]:
-    if not path.is_file():
-        raise InputError(path, "file not found (Visium HD needs the bin size and µm/px)")
+def read_json_object(path: Path, what: str = "JSON object") -> dict:
+    """A JSON file holding an object; InputError naming it when unreadable or not an object."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, f"invalid JSON: {exc}") from exc
+        raise InputError(path, f"not a valid {what} ({exc})") from exc
     if not isinstance(raw, dict):
-        raise InputError(path, "not a JSON object")
+        raise InputError(path, f"not a valid {what} (not a JSON object)")
+    return raw
+
+
+def read_scalefactors(path: Path) -> dict[str, float]:
+    if not path.is_file():
+        raise InputError(path, "file not found (Visium HD needs the bin size and µm/px)")
+    raw = read_json_object(path, "scalefactors JSON")
     return {k: float(v) for k, v in raw.items() if isinstance(v, int | float)}
 
 

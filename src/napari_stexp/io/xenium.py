@@ -21,7 +21,6 @@ control probe/codeword counts stay in ``obs`` (from ``cells.parquet``).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -64,13 +63,10 @@ def xenium_root(path: str | os.PathLike) -> Path:
 
 
 def read_manifest(root: Path) -> dict:
+    from .visium_hd import read_json_object
+
     path = root / MANIFEST
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, f"not a valid JSON run manifest ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise InputError(path, "run manifest is not a JSON object")
+    meta = read_json_object(path, "JSON run manifest")
     try:
         mpp = float(meta.get("pixel_size"))
     except (TypeError, ValueError):
