@@ -238,7 +238,7 @@ def _image_pyramid(name: str, image, m: np.ndarray, cs: str, um: bool):
         levels.append(d)
     mpp = _linear_scale(m) if um else None
     return ImagePyramid(levels=levels, path=None, name=name, mpp=mpp,
-                        metadata={"format": "spatialdata", "element": name, "affine": m.tolist(),
+                        mpp_source="file" if um else "", metadata={"format": "spatialdata", "element": name, "affine": m.tolist(),
                                   "coordinate_system": cs,
                                   "mpp_source": "file" if um else "unknown"})
 

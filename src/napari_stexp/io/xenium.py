@@ -134,7 +134,8 @@ def open_morphology(path: Path, mpp: float, channel: int = 0):
     meta.update({"layout": layout, "channel": channel, "file_mpp": pyr.mpp,
                  "mpp_source": "file", "format": "xenium-morphology"})
     return ImagePyramid(levels=levels, path=str(path), name=path.stem.removesuffix(".ome"),
-                        mpp=mpp, downsamples=list(pyr.downsamples), metadata=meta)
+                        mpp=mpp, mpp_source="file", downsamples=list(pyr.downsamples),
+                        metadata=meta)
 
 
 def read_boundaries(path: Path, mpp: float) -> pd.DataFrame:

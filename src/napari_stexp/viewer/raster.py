@@ -28,7 +28,8 @@ class BinGrid:
     """The bin grid of one section (requires integer ``array_row``/``array_col`` in obs)."""
 
     def __init__(self, adata, section: str | None = None):
-        from ..io.spatial import counts_matrix, spots_rc_um
+        from ..io.frame import spots_rc_um
+        from ..io.spatial import counts_matrix
 
         obs = adata.obs
         if "array_row" in obs and "array_col" in obs:
