@@ -88,15 +88,9 @@ def read_parquet(path: Path, columns: list[str] | None = None,
         raise InputError(path, "reading parquet needs pyarrow (pip install pyarrow)") from exc
     if not path.is_file():
         raise InputError(path, "file not found")
+    read_parquet_schema(path, required)
     try:
-        schema = pq.read_schema(path)
-        missing = [c for c in required if c not in schema.names]
-        if missing:
-            raise InputError(path, f"missing column(s) {', '.join(missing)}; found: "
-                                   f"{', '.join(schema.names)}")
         df = pq.read_table(path, columns=columns).to_pandas()
-    except InputError:
-        raise
     except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for truncated files
         raise InputError(path, f"cannot read parquet (corrupt or truncated): "
                                f"{type(exc).__name__}: {exc}") from exc
@@ -165,7 +159,8 @@ def read_parquet_schema(path: Path, required: tuple[str, ...] = ()) -> list[str]
                                f"{type(exc).__name__}: {exc}") from exc
     missing = [c for c in required if c not in names]
     if missing:
-        raise InputError(path, f"missing column(s) {', '.join(missing)}")
+        raise InputError(path, f"missing column(s) {', '.join(missing)}; found: "
+                               f"{', '.join(names)}")
     return names
 
 
