@@ -10,8 +10,14 @@ from ..viewer._napari import add_layer_tuples, notify_error, notify_info  # noqa
 
 
 def layer_adata(layer) -> Any:
-    """The AnnData behind a spots layer (set by the readers), or None."""
-    return (getattr(layer, "metadata", None) or {}).get("adata")
+    """The AnnData behind a spots layer (set by the readers), or None. Layers of SpatialData
+    elements (ours or napari-spatialdata's) give our section AnnData."""
+    meta = getattr(layer, "metadata", None) or {}
+    if meta.get("sdata") is not None:
+        from ..io.spatialdata import section_for_layer
+
+        return section_for_layer(layer)
+    return meta.get("adata")
 
 
 def warm_torch() -> None:
