@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from napari_stexp.analysis.selection import UNSELECTED
-from napari_stexp.widgets import _layer_links as LL
+from napari_stexp.viewer import layer_links as LL
 from napari_stexp.widgets import _scatter_canvas as SC
 
 # scatter coordinates of the 8 rows of the one Points layer; the lasso holds rows 0, 1, 3, 4
