@@ -39,7 +39,7 @@ def big(make_napari_viewer, monkeypatch):
     the GL renderer forced (its buffers are what a GPU user pays for)."""
     from napari_stexp.widgets.explorer import ExplorerWidget
 
-    monkeypatch.setattr(LL, "OVERLAY_MIN_POINTS", 4)
+    monkeypatch.setattr(LL, "OVERLAY_MIN_POINTS", 4, raising=False)
     monkeypatch.setenv("NAPARI_STEXP_SCATTER_RENDERER", "gl")
     viewer = make_napari_viewer()
     layer = viewer.add_layer(_points())
@@ -118,10 +118,10 @@ def test_a_selection_does_not_reupload_the_colours_of_every_point(big, monkeypat
         set_data.clear()
         assert w.select_polygon(LASSO) == 4
         assert w.scatter.overlays["groups"][0].tolist() == INSIDE  # exactly the selection
-        # coloured by group: the selected points in their group colour, no ring
-        assert ("groups" in w.scatter.ringless) == (key == "selection groups")
         w.scatter.draw_now()
         assert set_colors == [] and set_data == []  # only the small overlay was uploaded
+        # coloured by group: the selected points in their group colour, no ring
+        assert ("groups" in w.scatter.ringless) == (key == "selection groups")
     # the legend still counts the groups
     w.set_colour_by("selection groups")
     assert dict(w.legend_entries) == {UNSELECTED: 4, "group 1": 4}
@@ -166,7 +166,7 @@ def test_raster_renderer_does_not_rerasterise_every_point_on_a_selection(qtbot, 
 
     monkeypatch.setattr(SC, "rasterize", counted)
     sel = np.flatnonzero(xy[:, 0] > 1.0)
-    sc.set_overlay("groups", sel, SC.group_colors(1)[1], ring=False)
+    sc.set_overlay("groups", sel, SC.group_colors(1)[1])
     after = sc.draw_now()
     assert calls and None not in calls  # the overlay's points only, never all of them
     yellow = (after[..., 0] > 200) & (after[..., 1] > 180) & (after[..., 2] < 80)
