@@ -29,6 +29,20 @@ time much less. Targets: show < 5 s, lasso -> highlight < 0.3 s, >= 10x faster t
     xvfb-run -a python benchmarks/explorer.py                 # 1,000,000 points, 10 slides
     xvfb-run -a python benchmarks/explorer.py --quick         # 100,000 points, 4 slides
     xvfb-run -a python benchmarks/explorer.py --slides 1      # one slide of 1e6 (worst case)
+
+``--links``: the links at scale (issue 17, "Linked views at scale"): ONE Points layer of ``--n``
+points (visible), 10 feature columns, the scatter of two of them (``emb_0`` x ``emb_1``, so every
+tool plots the same coordinates) and the same lasso polygon for every tool. Figures
+``link_lasso_applied``, ``link_lasso_drawn`` (applied + one scatter frame + one napari frame, both
+read back), ``link_slide_to_scatter`` (a selection made on the slide layer, until the scatter
+frame is drawn) and ``link_recolour``, each beside matplotlib (same run, always) and beside
+napari-clusters-plotter when it is installed (its widget driven on the same layer with the same
+polygon: its lasso selector's ``on_select``, which writes ``MANUAL_CLUSTER_ID`` and recolours the
+layer, then its canvas and napari's drawn). ``napari_frame`` is napari's frame of the unchanged
+layer: the part of every "drawn" figure that no plugin controls.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python benchmarks/explorer.py --links --quick
+    xvfb-run -a -s "-screen 0 1600x1000x24" python benchmarks/explorer.py --links   # 1e6
 """
 
 from __future__ import annotations
@@ -250,6 +264,213 @@ def run(args) -> None:
     viewer.close()
 
 
+def _ncp_plotter(viewer, layer, app):
+    """napari-clusters-plotter's widget docked and plotting ``emb_0`` x ``emb_1`` of ``layer``
+    (None when the package is not installed)."""
+    try:
+        from napari_clusters_plotter import PlotterWidget
+    except ImportError:
+        return None
+    plotter = PlotterWidget(viewer)
+    viewer.window.add_dock_widget(plotter, name="clusters plotter", area="right")
+    viewer.layers.selection.active = layer
+    app.processEvents()
+    plotter.x_axis, plotter.y_axis = "emb_0", "emb_1"
+    app.processEvents()
+    return plotter
+
+
+def _ncp_lasso(plotter):
+    sels = plotter.plotting_widget.selectors
+    return next(s for k, s in sels.items() if "LASSO" in k.upper())
+
+
+def run_links(args) -> None:
+    """The links at scale: one layer, the same polygon, ours vs matplotlib vs clusters-plotter."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_stexp.widgets.explorer import ExplorerWidget
+
+    if args.renderer:
+        os.environ["NAPARI_STEXP_SCATTER_RENDERER"] = args.renderer
+    app = QApplication.instance() or QApplication([])
+    (coords, f), = make_layers(args.n, 1, 10)
+    xy = f[["emb_0", "emb_1"]].to_numpy(np.float32)
+    sel_c = np.median(xy[f["kind"].to_numpy() == "c"], axis=0)
+    r = float(np.median(np.linalg.norm(xy[f["kind"].to_numpy() == "c"] - sel_c, axis=1)))
+    poly = lasso_around(xy, sel_c, r)
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    layer = viewer.add_points(coords, features=f, size=80, name="spots", face_color="kind",
+                              border_width=0)
+    app.processEvents()
+    viewer.screenshot(canvas_only=True, flash=False)  # warm napari's canvas
+    with Clock() as napari_frame:
+        viewer.screenshot(canvas_only=True, flash=False)
+    load = os.getloadavg()[0]
+    common = {"n": args.n, "layers": 1, "feature_columns": 10, "polygon_vertices": len(poly),
+              "load_avg_1min": round(load, 2)}
+
+    # ---- ours ------------------------------------------------------------------------------
+    w = ExplorerWidget(viewer)
+    viewer.window.add_dock_widget(w, name="explorer", area="right")
+    w.set_source("features:emb_|10")
+    w.set_method("dims", (0, 1))
+    w.set_colour_by("feature · kind")
+    w.compute(block=True)
+    app.processEvents()
+    w.scatter.draw_now()
+    viewer.screenshot(canvas_only=True, flash=False)
+    common["renderer"], common["gl"] = w.scatter.renderer, w.scatter.gl_renderer_name
+    ours = {}
+    applied, drawn, scat, nap = [], [], [], []
+    for rep in range(args.repeats):
+        if rep:  # start from no selection each time
+            w.clear_group(w.current_group)
+            w.scatter.draw_now()
+            viewer.screenshot(canvas_only=True, flash=False)
+        with Clock() as a:
+            n_sel = w.select_polygon(poly)
+        with Clock() as s_:
+            w.scatter.draw_now()
+        with Clock() as n_:
+            viewer.screenshot(canvas_only=True, flash=False)
+        applied.append(a.wall)
+        scat.append(s_.wall)
+        nap.append(n_.wall)
+        drawn.append(a.wall + s_.wall + n_.wall)
+    med = statistics.median
+    ours["applied"], ours["drawn"] = med(applied), med(drawn)
+    ours["drawn_scatter"], ours["drawn_napari"] = med(scat), med(nap)
+    col = layer.features["selection"]
+    n_marked = int((np.asarray(col.cat.codes) > 0).sum())
+    rows = np.flatnonzero(np.asarray(col.cat.codes) == 0)[: max(1, args.n // 100)]
+    s2s = []
+    for rep in range(args.repeats):
+        rows_r = rows if rep % 2 == 0 else rows[: len(rows) // 2]
+        with Clock() as t:
+            layer.selected_data = set(rows_r.tolist())
+            w.scatter.draw_now()
+        s2s.append(t.wall)
+    ours["slide"] = med(s2s)
+    n_slide_ring = int(len(w.scatter.overlays.get("slide", ((),))[0]))
+    rec = []
+    for key in ("dim · emb_3", "feature · kind", "dim · emb_5")[: max(args.repeats, 1)]:
+        with Clock() as t:
+            w.set_colour_by(key)
+            w.scatter.draw_now()
+        rec.append(t.wall)
+    ours["recolour"] = med(rec)
+    layer.selected_data = set()
+    w.clear_group(w.current_group)
+    w.cleanup()
+    viewer.window.remove_dock_widget(w)
+    app.processEvents()
+
+    # ---- matplotlib (same coordinates, colours, polygon) ------------------------------------
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.path import Path
+
+    from napari_stexp.widgets._scatter_canvas import categorical_colors
+
+    colors = categorical_colors(f["kind"]).colors
+    fig = Figure(figsize=(16, 8), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax_emb, ax_slide = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    sc_emb = ax_emb.scatter(xy[:, 0], xy[:, 1], s=2, c=colors, linewidths=0)
+    sc_slide = ax_slide.scatter(coords[:, 1], -coords[:, 0], s=4, c=colors, linewidths=0)
+    canvas.draw()
+    mpl = {}
+    with Clock() as m_applied:
+        inside = Path(np.vstack([poly, poly[:1]]), closed=True).contains_points(xy)
+        fc = colors.copy()
+        fc[inside] = (1.0, 0.9, 0.0, 1.0)
+        ec = np.zeros((len(xy), 4))
+        ec[inside] = (1.0, 0.9, 0.0, 1.0)
+        sc_emb.set_facecolors(fc)
+        sc_slide.set_edgecolors(ec)
+        sc_slide.set_linewidths(np.where(inside, 1.0, 0.0))
+    with Clock() as m_draw:
+        canvas.draw()
+    mpl["applied"], mpl["drawn"] = m_applied.wall, m_applied.wall + m_draw.wall
+    with Clock() as m_slide:
+        fc2 = colors.copy()
+        fc2[rows] = (1.0, 1.0, 1.0, 1.0)
+        sc_emb.set_facecolors(fc2)
+        canvas.draw()
+    mpl["slide"] = m_slide.wall
+    from napari_stexp.widgets._scatter_canvas import continuous_colors
+
+    with Clock() as m_rec:
+        sc_emb.set_facecolors(continuous_colors(f["emb_3"].to_numpy()).colors)
+        canvas.draw()
+    mpl["recolour"] = m_rec.wall
+    n_mpl = int(inside.sum())
+    del fig, canvas
+
+    # ---- napari-clusters-plotter (when installed) -------------------------------------------
+    ncp = {}
+    ncp_version = None
+    if not args.no_ncp:
+        with Clock() as ncp_plot:
+            plotter = _ncp_plotter(viewer, layer, app)
+            if plotter is not None:
+                plotter.plotting_widget.canvas.draw()
+        if plotter is not None:
+            import napari_clusters_plotter
+
+            ncp_version = napari_clusters_plotter.__version__
+            viewer.screenshot(canvas_only=True, flash=False)
+            lasso = _ncp_lasso(plotter)
+            with Clock() as c_applied:
+                lasso.on_select(poly)  # the mouse release of its lasso: mask, column, colours
+                app.processEvents()
+            with Clock() as c_s:
+                plotter.plotting_widget.canvas.draw()
+            with Clock() as c_n:
+                viewer.screenshot(canvas_only=True, flash=False)
+            ncp["plot"] = ncp_plot.wall
+            ncp["applied"] = c_applied.wall
+            ncp["drawn"] = c_applied.wall + c_s.wall + c_n.wall
+            ncp["n_selected"] = int((np.asarray(layer.features["MANUAL_CLUSTER_ID"]) > 0).sum())
+            with Clock() as c_rec:
+                plotter.hue_axis = "emb_3"
+                app.processEvents()
+                plotter.plotting_widget.canvas.draw()
+            ncp["recolour"] = c_rec.wall
+
+    def figure(name, key, **extra):
+        out = {"name": name, "ours_s": ours[key], "matplotlib_s": mpl.get(key),
+               "ratio_matplotlib": mpl[key] / ours[key] if key in mpl else None}
+        if key in ncp:
+            out.update(ncp_s=ncp[key], ratio_ncp=ncp[key] / ours[key],
+                       ncp_version=ncp_version)
+        elif ncp_version is not None:
+            out["ncp_s"] = None  # the plotter has no such link
+        out["target_s"] = TARGETS["lasso_s"]
+        out.update(extra)
+        emit(**out, **common)
+
+    figure("link_lasso_applied", "applied", selected=n_sel, selected_matplotlib=n_mpl,
+           selected_ncp=ncp.get("n_selected"), marked_rows=n_marked)
+    figure("link_lasso_drawn", "drawn", ours_scatter_frame_s=ours["drawn_scatter"],
+           ours_napari_frame_s=ours["drawn_napari"],
+           ours_without_napari_frame_s=ours["drawn"] - ours["drawn_napari"])
+    figure("link_slide_to_scatter", "slide", slide_rows=int(len(rows)),
+           scatter_ringed=n_slide_ring)
+    figure("link_recolour", "recolour")
+    if "plot" in ncp:
+        emit(name="ncp_plot", ncp_s=ncp["plot"], ncp_version=ncp_version, **common)
+    emit(name="napari_frame", napari_s=napari_frame.wall, napari_cpu_s=napari_frame.cpu,
+         **common)
+    viewer.close()
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=1_000_000, help="points in total")
@@ -260,9 +481,15 @@ def main(argv=None) -> None:
     p.add_argument("--mpl-repeats", type=int, default=2, help="lassos for matplotlib (median)")
     p.add_argument("--renderer", choices=("auto", "gl", "raster"), default=None)
     p.add_argument("--quick", action="store_true", help="100,000 points in 4 slides")
+    p.add_argument("--links", action="store_true",
+                   help="the links at scale: one layer, 10 columns, beside clusters-plotter")
+    p.add_argument("--no-ncp", action="store_true", help="skip napari-clusters-plotter")
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.slides = 100_000, 4
+    if args.links:
+        run_links(args)
+        return
     args.visible = max(1, min(args.visible, args.slides))
     run(args)
 

@@ -308,8 +308,8 @@ def apply_highlight(layer, codes: np.ndarray | None, colors: np.ndarray, layers=
     _PENDING.pop(layer, None)
     empty = codes is None or not np.any(codes)
     if layers is not None and link.kind == "points" and _points_n(layer) >= OVERLAY_MIN_POINTS:
-        if empty:
-            _remove_overlay(layer)
+        if empty:  # emptied, kept: adding a layer to napari costs more than a selection
+            _empty_overlay(layer)
         else:
             _check_len(layer, codes, _points_n(layer))
             _overlay_highlight(layer, np.asarray(codes, np.int16),
@@ -368,14 +368,19 @@ def _overlay_highlight(layer, codes: np.ndarray, colors: np.ndarray, layers) -> 
         layers.insert(layers.index(layer) + 1, overlay)
         _OVERLAYS[layer] = (overlay, layers)
         return
-    # the data setter keeps the current border/size for kept rows: set them all after it,
-    # with one refresh at the end
-    with overlay.events.set_data.blocker():
+    # data, sizes and borders with the layer's events held, then one refresh (one upload of
+    # the overlay's few rows instead of one per setter)
+    with overlay.events.blocker_all():
         overlay.data = data
         overlay.size = size
         overlay.border_color = border
-    overlay.events.set_data()
     overlay.refresh()
+
+
+def _empty_overlay(layer) -> None:
+    overlay = highlight_overlay(layer)
+    if overlay is not None and len(overlay.data):
+        overlay.data = np.zeros((0, overlay.ndim), np.float32)
 
 
 def _remove_overlay(layer) -> None:
