@@ -65,6 +65,15 @@ def _count_calls(monkeypatch, obj, name):
     return calls
 
 
+def _base_uploads(w, monkeypatch) -> list:
+    """Every call that would re-upload the positions or colours of all scatter points."""
+    base = w.scatter._gl_nodes["base"]
+    calls: list = []
+    for name in ("set_colors", "set_data"):
+        calls.append(_count_calls(monkeypatch, base, name))
+    return calls
+
+
 @pytest.mark.gui
 def test_big_points_layer_highlighted_by_an_overlay_of_exactly_the_selected_rows(big):
     viewer, w, layer = big
@@ -112,17 +121,15 @@ def test_big_points_layer_highlighted_by_an_overlay_of_exactly_the_selected_rows
 @pytest.mark.gui
 def test_a_selection_does_not_reupload_the_colours_of_every_point(big, monkeypatch):
     viewer, w, layer = big
-    base = w.scatter._gl_nodes["base"]
-    set_colors = _count_calls(monkeypatch, base, "set_colors")
-    set_data = _count_calls(monkeypatch, base, "set_data")
+    uploads = _base_uploads(w, monkeypatch)
     for key in ("selection groups", "feature · kind"):
         w.set_colour_by(key)
-        set_colors.clear()
-        set_data.clear()
+        for calls in uploads:
+            calls.clear()
         assert w.select_polygon(LASSO) == 4
         assert w.scatter.overlays["groups"][0].tolist() == INSIDE  # exactly the selection
         w.scatter.draw_now()
-        assert set_colors == [] and set_data == []  # only the small overlay was uploaded
+        assert uploads == [[], []]  # only the small overlay was uploaded
         # coloured by group: the selected points in their group colour, no ring
         assert ("groups" in w.scatter.ringless) == (key == "selection groups")
     # the legend still counts the groups
@@ -133,13 +140,11 @@ def test_a_selection_does_not_reupload_the_colours_of_every_point(big, monkeypat
 @pytest.mark.gui
 def test_selection_from_the_slide_reaches_the_scatter_overlay_only(big, monkeypatch):
     viewer, w, layer = big
-    base = w.scatter._gl_nodes["base"]
-    set_colors = _count_calls(monkeypatch, base, "set_colors")
-    set_data = _count_calls(monkeypatch, base, "set_data")
+    uploads = _base_uploads(w, monkeypatch)
     layer.selected_data = {2, 7}
     assert w.scatter.overlays["slide"][0].tolist() == [2, 7]
     w.scatter.draw_now()
-    assert set_colors == [] and set_data == []
+    assert uploads == [[], []]
     assert w.add_slide_selection() == 2
     assert layer.features["selection"].tolist() == \
         ["group 1" if i in (2, 7) else UNSELECTED for i in range(len(EMB))]
