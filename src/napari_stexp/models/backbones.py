@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, StexpError
-
 from .encoders import ENCODERS, IMAGENET_MEAN, IMAGENET_STD, build_encoder, read_state_dict
 
 #: Backbone name -> pooled feature dimension (every registry entry; tinycnn is a 4-block CNN for
