@@ -164,7 +164,7 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
     # Options that need every spot's neighbours (spatial context, smoothing): stream the
     # backbone features (views × n × D floats) and predict once at the end over the
     # pseudo-spot grid; otherwise embed (with test-time views) and retrieve per batch.
-    from ..training.feature_cache import compute_features
+    from ..models.feature_cache import compute_features
 
     cfg = model.config
     two_pass = cfg.uses_grid

@@ -150,7 +150,7 @@ def evaluate_model(model, adatas: Mapping[str, Any], *, images: Mapping[str, Any
     from ..data.genes import panel_targets
     from ..data.patches import open_section_image
     from ..models.mclstexp import _device, section_frozen_features, section_grid
-    from ..training.feature_cache import backbone_signature, resolve_cache_dir
+    from ..models.feature_cache import backbone_signature, resolve_cache_dir
 
     model.check_genes(adatas)
     model.check_no_leak(list(adatas))

@@ -14,7 +14,7 @@ Recognition with Batch-Agnostic Encoder" (ISBI 2025). Three stages:
    averaged within-modality similarities (soft targets: spots whose images *and* expression
    look alike are not pushed apart). When spots have labels, a class-guided term treats the gene
    embeddings of same-class spots as positives too. ``cached`` mode freezes the backbone and
-   trains on features computed once (:mod:`~napari_stexp.training.feature_cache`); ``finetune``
+   trains on features computed once (:mod:`~napari_stexp.models.feature_cache`); ``finetune``
    trains the backbone too, on augmented patches.
 3. **Classifier** on the (L2-normalised) image embedding: a linear layer trained with
    class-balanced cross-entropy, then temperature-scaled on a spatially blocked validation split
@@ -599,7 +599,7 @@ def train_classifier(
     from ..io.spatial import mpp_fullres, spot_diameter_fullres, validate_st_adata
     from ..training.distributed import all_gather_tensor, all_gather_with_grad
     from ..training.engine import TrainConfig, fit, seed_everything
-    from ..training.feature_cache import backbone_signature, resolve_cache_dir
+    from .feature_cache import backbone_signature, resolve_cache_dir
     from .backbones import build_image_encoder
     from .gene_vae import ObsmLatent, fit_gene_vae
 

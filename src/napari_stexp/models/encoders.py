@@ -181,7 +181,7 @@ def weights_root() -> Path:
     env = os.environ.get("STEXP_WEIGHTS")
     if env:
         return Path(env).expanduser()
-    from ..training.feature_cache import default_cache_dir
+    from .feature_cache import default_cache_dir
 
     return default_cache_dir() / "weights"
 

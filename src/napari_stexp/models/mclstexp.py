@@ -22,7 +22,7 @@
 Training runs through the shared engine (:func:`napari_stexp.training.engine.fit`) in two modes:
 ``finetune`` (the whole network on augmented patches, as the paper) and ``cached`` (frozen
 backbone; features computed once and cached on disk, see
-:mod:`napari_stexp.training.feature_cache`; only the heads and the spot encoder train).
+:mod:`napari_stexp.models.feature_cache`; only the heads and the spot encoder train).
 
 This module imports torch at the top; nothing imported at plugin start imports it.
 """
@@ -463,7 +463,7 @@ class ExpressionModel:
 
         if self.config.context_neighbours != "none" or self.config.tta_views > 1:
             self._need_grid(grid, len(patches))
-            from ..training.feature_cache import compute_features
+            from .feature_cache import compute_features
 
             feats = compute_features(self.net.image_encoder, patches, batch_size=batch_size,
                                      device=_device(device), views=self.config.tta_views,
@@ -751,7 +751,7 @@ def section_frozen_features(encoder, backbone_sig: dict, adata, name: str, image
                             ) -> np.ndarray:
     """Frozen-backbone features ``(views, n, D)`` of a section's spots, cached on disk."""
     from ..data.patches import check_geometry, extract_patches, read_size_px, spot_centres_px
-    from ..training.feature_cache import (
+    from .feature_cache import (
         cache_key,
         cached_features,
         compute_features,
@@ -851,7 +851,7 @@ def train_expression_model(
     from ..io.spatial import mpp_fullres, spot_diameter_fullres
     from ..training.distributed import all_gather_tensor, all_gather_with_grad
     from ..training.engine import TrainConfig, fit, seed_everything
-    from ..training.feature_cache import backbone_signature, resolve_cache_dir
+    from .feature_cache import backbone_signature, resolve_cache_dir
     from .backbones import module_digest
 
     t_start = time.perf_counter()

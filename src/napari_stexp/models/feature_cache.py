@@ -78,7 +78,7 @@ def data_signature(pyramid, centres: np.ndarray, read_px: float, input_size: int
 
 def backbone_signature(encoder, name: str, weights: Any) -> dict:
     """Name, weights choice and parameter digest of a frozen backbone."""
-    from ..models.backbones import module_digest, weights_label
+    from .backbones import module_digest, weights_label
 
     sig = {"name": str(name), "weights": weights_label(weights), "digest": module_digest(encoder)}
     extra = getattr(encoder, "spec_signature", None)  # registry ViTs: pooling, mean/std
