@@ -71,6 +71,8 @@ def _runtime_args(p) -> None:
 
 
 def _train_args(p) -> None:
+    from ..models.encoders import encoder_help
+
     g = p.add_argument_group("gene encoder")
     g.add_argument("--latent-dim", type=int, default=None, help="gene latent size (default 16)")
     g.add_argument("--gene-epochs", type=int, default=None, help="gene VAE epochs (default 100)")
@@ -94,10 +96,12 @@ def _train_args(p) -> None:
                    help="train the gene encoder on all sections (default) or image sections")
 
     i = p.add_argument_group("image encoder and classifier")
-    i.add_argument("--backbone", default=None,
-                   help="resnet18 (default), densenet121, resnet50, tinycnn")
-    i.add_argument("--weights", default="none",
-                   help="none (random init), imagenet (torchvision; online or cached) or a file")
+    i.add_argument("--encoder", "--backbone", dest="backbone", default=None, metavar="NAME",
+                   help="resnet18 (default); " + encoder_help())
+    i.add_argument("--weights", default=None,
+                   help="none (random init; the CNNs' default), imagenet (CNNs; torchvision, "
+                        "online or cached), pretrained (foundation models' default: "
+                        "$STEXP_WEIGHTS/<encoder>/) or a file/folder")
     i.add_argument("--mode", choices=("cached", "finetune"), default=None,
                    help="cached (default): frozen backbone, features cached on disk; "
                         "finetune: train the backbone too")
@@ -154,6 +158,7 @@ def _read(args):
 def build_config(args):
     """A :class:`ClassifierConfig` from the command-line flags (``--tiny`` first, flags win)."""
     from ..models.batch_agnostic import ClassifierConfig
+    from ..models.encoders import weights_choice
 
     cfg = ClassifierConfig.tiny() if args.tiny else ClassifierConfig()
     simple = {"backbone": "backbone", "mode": "mode", "objective": "objective", "loss": "loss",
@@ -169,8 +174,7 @@ def build_config(args):
             setattr(cfg, c, v)
     if args.input_size is None and args.patch_size is not None and not args.tiny:
         cfg.input_size = args.patch_size
-    w = args.weights
-    cfg.weights = None if (w is None or str(w).lower() in ("none", "random", "")) else w
+    cfg.weights = weights_choice(cfg.backbone, args.weights)
     cfg.seed = args.seed
     cfg.device = args.device
     cfg.gene.seed = args.seed

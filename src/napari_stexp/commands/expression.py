@@ -83,10 +83,12 @@ def _train_args(p) -> None:
                    help="finetune: the whole network (the paper); cached: frozen backbone, "
                         "features cached on disk (minutes on a CPU); auto: finetune on a GPU, "
                         "cached on a CPU")
-    g.add_argument("--backbone", default=None,
-                   help="densenet121 (default, paper), resnet18, resnet50, tinycnn")
-    g.add_argument("--weights", default="none",
-                   help="none (random init), imagenet (torchvision; online or cached) or a file")
+    g.add_argument("--encoder", "--backbone", dest="backbone", default=None, metavar="NAME",
+                   help="densenet121 (default, paper); " + _encoder_help())
+    g.add_argument("--weights", default=None,
+                   help="none (random init; the CNNs' default), imagenet (CNNs; torchvision, "
+                        "online or cached), pretrained (foundation models' default: "
+                        "$STEXP_WEIGHTS/<encoder>/) or a file/folder")
     g.add_argument("--epochs", type=int, default=None, help="default 10")
     g.add_argument("--batch-size", type=int, default=None, help="default 128 (paper)")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-4)")
@@ -200,7 +202,14 @@ def default_panel(paths, adatas) -> tuple[list[str] | None, str]:
     return None, "top 1000 variable genes (the her2st panel is not in every section)"
 
 
+def _encoder_help() -> str:
+    from ..models.encoders import encoder_help
+
+    return encoder_help()
+
+
 def _config_overrides(args) -> dict[str, Any]:
+    from ..models.encoders import weights_choice
     from ..training.device import get_device
 
     kw: dict[str, Any] = dict(TINY) if args.tiny else {"backbone": "densenet121"}
@@ -210,7 +219,7 @@ def _config_overrides(args) -> dict[str, Any]:
     if mode == "auto":
         mode = "finetune" if get_device(args.device).type in ("cuda", "mps") else "cached"
     kw["mode"] = mode
-    kw["weights"] = None if str(args.weights).lower() in ("none", "random") else args.weights
+    kw["weights"] = weights_choice(kw["backbone"], args.weights)
     for opt, name in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"),
                       ("weight_decay", "weight_decay"), ("temperature", "temperature"),
                       ("top_k", "top_k"), ("distance", "distance"),

@@ -149,8 +149,8 @@ def evaluate_model(model, adatas: Mapping[str, Any], *, images: Mapping[str, Any
     panel) or is among the model's retrieval references."""
     from ..data.genes import panel_targets
     from ..data.patches import open_section_image
-    from ..models.mclstexp import _device, section_frozen_features, section_grid
     from ..models.feature_cache import backbone_signature, resolve_cache_dir
+    from ..models.mclstexp import _device, section_frozen_features, section_grid
 
     model.check_genes(adatas)
     model.check_no_leak(list(adatas))

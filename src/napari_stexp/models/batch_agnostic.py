@@ -599,8 +599,9 @@ def train_classifier(
     from ..io.spatial import mpp_fullres, spot_diameter_fullres, validate_st_adata
     from ..training.distributed import all_gather_tensor, all_gather_with_grad
     from ..training.engine import TrainConfig, fit, seed_everything
-    from .feature_cache import backbone_signature, resolve_cache_dir
     from .backbones import build_image_encoder
+    from .encoders import apply_encoder_geometry
+    from .feature_cache import backbone_signature, resolve_cache_dir
     from .gene_vae import ObsmLatent, fit_gene_vae
 
     t_start = time.perf_counter()
@@ -651,6 +652,7 @@ def train_classifier(
     # ---- geometry
     from .mclstexp import section_frozen_features, target_mpp_of
 
+    apply_encoder_geometry(cfg)  # a foundation model reads patches at its own µm/px
     if cfg.target_mpp is None:
         cfg.target_mpp = target_mpp_of(imgs)
     pitches = [spot_pitch_px(adatas[n]) * mpp_fullres(adatas[n]) for n in img_names

@@ -97,6 +97,11 @@ ENCODERS: dict[str, EncoderSpec] = {s.name: s for s in (
     EncoderSpec("resnet50", "cnn", 2048, reference="He et al. 2016 (torchvision)",
                 weight_files=("resnet50-11ad3fa6.pth",), full_params_m=23.5),
     EncoderSpec("tinycnn", "cnn", 64, reference="4-block CNN for tests", full_params_m=0.06),
+    _vit("vit-tiny", 192, model="vit_tiny_patch16_224",
+         kwargs={"img_size": 224, "num_classes": 0, "dynamic_img_size": True},
+         files=("model.safetensors", "pytorch_model.bin"), repo="timm/vit_tiny_patch16_224",
+         params=5.5, ref="a small timm ViT (ImageNet-21k DeiT-style) for tests and quick CPU "
+                         "runs; not a pathology model"),
     _vit("uni", 1024, model="vit_large_patch16_224",
          kwargs={"img_size": 224, "patch_size": 16, "init_values": 1e-5, "num_classes": 0,
                  "dynamic_img_size": True},
@@ -174,6 +179,20 @@ def default_weights(name: str) -> str | None:
     """What an unset ``--weights`` means: the published file for a foundation model, random
     initialisation for the CNNs (as before)."""
     return "pretrained" if get_spec(name).foundation else None
+
+
+def weights_choice(name: str, weights: Any) -> str | None:
+    """A ``--weights`` value → the config's ``weights``: unset → :func:`default_weights`,
+    none/random → None, anything else as given."""
+    if weights is None:
+        return default_weights(name)
+    return None if is_random(weights) else str(weights)
+
+
+def encoder_help() -> str:
+    """One line for ``--encoder``'s help."""
+    return ("image encoder: " + ", ".join(ENCODERS) + " (foundation models read their published "
+            "weights offline: --weights FILE|FOLDER, or $STEXP_WEIGHTS/<encoder>/; docs/mclstexp.md)")
 
 
 def weights_root() -> Path:

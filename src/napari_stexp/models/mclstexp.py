@@ -851,8 +851,9 @@ def train_expression_model(
     from ..io.spatial import mpp_fullres, spot_diameter_fullres
     from ..training.distributed import all_gather_tensor, all_gather_with_grad
     from ..training.engine import TrainConfig, fit, seed_everything
-    from .feature_cache import backbone_signature, resolve_cache_dir
     from .backbones import module_digest
+    from .encoders import apply_encoder_geometry
+    from .feature_cache import backbone_signature, resolve_cache_dir
 
     t_start = time.perf_counter()
     cfg = MclstexpConfig(**asdict(config)) if config is not None else MclstexpConfig()
@@ -874,6 +875,7 @@ def train_expression_model(
 
     # images, geometry (µm/px handling: see data/patches.py)
     imgs = {n: (images or {}).get(n) or open_section_image(adatas[n], n) for n in names}
+    apply_encoder_geometry(cfg)  # a foundation model reads patches at its own µm/px
     if cfg.target_mpp is None:
         cfg.target_mpp = target_mpp_of(imgs)
     pitches = [spot_pitch_px(a) * mpp_fullres(a) for a in adatas.values() if a.n_obs > 1]
