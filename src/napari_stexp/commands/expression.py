@@ -46,7 +46,7 @@ def register(sub) -> None:
     e.add_argument("--out", required=True, metavar="REPORT.csv")
     e.add_argument("--per-gene", default=None, metavar="CSV",
                    help="also write per-gene PCC (method, section, gene, pcc)")
-    e.add_argument("--no-baselines", action="store_true", help="skip ridge and training mean")
+    e.add_argument("--no-baselines", action="store_true", help="skip ridge, pca_ridge and training mean")
     _runtime_args(e)
     e.set_defaults(func=run_evaluate)
 
@@ -261,13 +261,17 @@ def _panel_args(args, adatas):
 
 
 def _print_table(table, file=None) -> None:
-    from ..evaluation.regression import summarise
+    from ..evaluation.regression import baseline_verdict, summarise
 
     file = file if file is not None else sys.stdout  # resolved at call time (capture-friendly)
     with_pd = table.copy()
     print(with_pd.to_string(index=False, float_format=lambda v: f"{v:.4f}"), file=file)
-    print("\nmean over sections:", file=file)
+    print("\nmean over sections, by protocol (unseen patient = the patient-level figure, "
+          "first):", file=file)
     print(summarise(table).to_string(float_format=lambda v: f"{v:.4f}"), file=file)
+    verdict = baseline_verdict(table)
+    if verdict["text"]:
+        print(("" if verdict["beats"] else "WARNING: ") + verdict["text"], file=file)
 
 
 # ----------------------------------------------------------------------------- actions
@@ -299,21 +303,21 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from ..evaluation.regression import evaluate_model
+    from ..evaluation.regression import BASELINES, evaluate_model
     from ..models.mclstexp import ExpressionModel
 
     model = ExpressionModel.load(args.model)
     adatas = load_sections(args.data, args.sections, quiet=args.quiet)
     model.check_genes(adatas)
     res = evaluate_model(model, adatas, baselines=() if args.no_baselines else
-                         ("ridge", "train_mean"), batch_size=args.batch_size or 64,
+                         BASELINES, batch_size=args.batch_size or 64,
                          device=args.device, cache_dir=_cache(args), progress=_progress(args))
     _finish(args, res)
     return 0
 
 
 def run_cross_validate(args) -> int:
-    from ..evaluation.regression import cross_validate
+    from ..evaluation.regression import BASELINES, cross_validate
 
     adatas = load_sections(args.data, args.sections, quiet=args.quiet)
     genes, top, how = _panel_args(args, adatas)
@@ -322,7 +326,7 @@ def run_cross_validate(args) -> int:
         print(f"leave-one-{args.by}-out over {', '.join(adatas)} ({kw['mode']} mode, "
               f"{kw['backbone']}, {how})", file=sys.stderr)
     res = cross_validate(adatas, by=args.by, genes=genes, top_genes=top,
-                         baselines=() if args.no_baselines else ("ridge", "train_mean"),
+                         baselines=() if args.no_baselines else BASELINES,
                          cache_dir=_cache(args), progress=_progress(args), **kw)
     _finish(args, res)
     return 0

@@ -743,6 +743,13 @@ def target_mpp_of(images: Mapping[str, Any]) -> float | None:
     return float(np.median(vals)) if vals else None
 
 
+def patient_of(adata) -> str | None:
+    """A section's patient (``obs['patient']``), or None when not recorded."""
+    if "patient" in adata.obs and adata.n_obs:
+        return str(adata.obs["patient"].iloc[0])
+    return None
+
+
 def section_frozen_features(encoder, backbone_sig: dict, adata, name: str, image, spec, *,
                             views: int = 1, cache_dir: Any = None, batch_size: int = 64,
                             device: Any = "cpu", channels_last: bool = False,
@@ -1026,6 +1033,8 @@ def train_expression_model(
         "seed": cfg.seed, "device": str(device), "mode": cfg.mode,
         "sections": names, "n_spots": int(n), "n_genes": len(panel),
         "data": {nm: _section_source(adatas[nm]) for nm in names},
+        "train_patients": sorted({p for p in (patient_of(adatas[nm]) for nm in names)
+                                  if p is not None}),
         "initial_backbone_digest": initial_digest,
         "n_parameters": int(sum(p.numel() for p in net.parameters())),
         "seconds_total": time.perf_counter() - t_start, "seconds_training": fit_seconds,
