@@ -79,7 +79,6 @@ def test_verdict_says_plainly_when_the_model_loses():
 def test_evaluate_model_reports_pca_ridge_and_protocol():
     torch = pytest.importorskip("torch")
     from expression_helpers import synthetic_pair
-
     from napari_stexp.models.mclstexp import train_expression_model
 
     torch.set_num_threads(1)

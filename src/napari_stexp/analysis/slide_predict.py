@@ -126,8 +126,14 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
                   pitch_um: float | None = None, layout: str = "square",
                   min_tissue: float = 0.5, batch_size: int = 32, tile: int = 2048,
                   device: Any = "auto", mask_max_size: int = 1024,
+                  baseline: str | None = None,
                   progress: ProgressFn | None = None, cancel: CancelFlag | None = None):
-    """Predict expression over the tissue of an H&E slide; returns an AnnData (see module)."""
+    """Predict expression over the tissue of an H&E slide; returns an AnnData (see module).
+
+    ``baseline`` (``'ridge'`` or ``'pca_ridge'``, cached-mode models): also the baseline's
+    prediction from the same frozen features, fitted on the model's training spots, in
+    ``layers['baseline_<name>']`` (to show beside the model's when the report says the baseline
+    is the better predictor)."""
     import anndata as ad
 
     from ..data.patches import check_geometry
@@ -167,7 +173,13 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
     from ..models.feature_cache import compute_features
 
     cfg = model.config
-    two_pass = cfg.uses_grid
+    if baseline is not None:
+        if baseline not in ("ridge", "pca_ridge"):
+            raise InputError("baseline", f"unknown baseline '{baseline}' (ridge or pca_ridge)")
+        if cfg.mode != "cached" or model.reference.frozen_features is None:
+            raise InputError(model.path or "model", "a baseline prediction needs a cached-mode "
+                                                    "model (its frozen training features)")
+    two_pass = cfg.uses_grid or baseline is not None
     feats = None
     q: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
@@ -227,6 +239,14 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
 
         out = model.predict_features(feats, grid_coordinates(grid, layout))
         pred, emb, conf = out["predicted"], out["embeddings"], out["confidence"]
+        if baseline is not None:
+            from ..evaluation.regression import pca_ridge_predict, ridge_predict
+
+            ref = model.reference
+            base_pred = (ridge_predict(ref.frozen_features, ref.expression, feats[0])
+                         if baseline == "ridge" else
+                         pca_ridge_predict(ref.frozen_features, ref.expression, feats[0],
+                                           groups=ref.sections))
         del feats
 
     mpp = geo["mpp"] or 1.0
@@ -236,6 +256,8 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
         "tissue_fraction": frac}, index=[f"{x}x{y}" for x, y in grid])
     adata = ad.AnnData(X=pred, obs=obs, var=pd.DataFrame(index=pd.Index(model.genes)))
     adata.layers["predicted"] = pred
+    if baseline is not None:
+        adata.layers[f"baseline_{baseline}"] = base_pred
     adata.obsm["X_mclstexp"] = emb
     adata.obsm["spatial"] = centres[:, ::-1].astype(np.float64)
     image_path = getattr(image, "path", None) if isinstance(image, ImagePyramid) else str(image)
@@ -253,6 +275,7 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
         "version": model.provenance.get("version", ""), "slide": str(src),
         "slide_shape": list(slide_shape),
         "n_spots": n, "layout": layout, "min_tissue": min_tissue, **geo,
+        "baseline": baseline or "",
         "seconds": time.perf_counter() - t0,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })

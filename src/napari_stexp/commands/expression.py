@@ -61,6 +61,10 @@ def register(sub) -> None:
 
     pr = ssub.add_parser("predict", help="predict expression over an H&E slide's tissue")
     add_slide_grid_args(pr, "PRED.h5ad", "pseudo-spot")
+    pr.add_argument("--baseline", choices=("ridge", "pca_ridge"), default=None,
+                    help="also write that baseline's prediction (same frozen features, fitted "
+                         "on the model's training spots) as layers['baseline_<name>']: show it "
+                         "beside the model's when the report says it is the better predictor")
     _runtime_args(pr)
     pr.set_defaults(func=run_predict)
 
@@ -132,6 +136,10 @@ def _train_args(p) -> None:
     g.add_argument("--no-augment", action="store_true", help="finetune mode: no augmentation")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    g.add_argument("--preset", choices=("auto", "paper"), default="auto",
+                   help="paper: the faithful paper settings; auto (default): on a CPU in "
+                        "cached mode, the setting chosen by leave-one-patient-out "
+                        "(docs/mclstexp.md, selection table); explicit flags win")
     g.add_argument("--tiny", action="store_true",
                    help="tiny smoke-test settings (tinycnn, 48 px input, 2 epochs, batch 32)")
     g.add_argument("--cache-dir", default=None, help="feature/patch cache folder")
@@ -210,6 +218,7 @@ def _encoder_help() -> str:
 
 def _config_overrides(args) -> dict[str, Any]:
     from ..models.encoders import weights_choice
+    from ..models.mclstexp import CPU_AUTO_DEFAULTS
     from ..training.device import get_device
 
     kw: dict[str, Any] = dict(TINY) if args.tiny else {"backbone": "densenet121"}
@@ -219,6 +228,8 @@ def _config_overrides(args) -> dict[str, Any]:
     if mode == "auto":
         mode = "finetune" if get_device(args.device).type in ("cuda", "mps") else "cached"
     kw["mode"] = mode
+    if args.mode == "auto" and mode == "cached" and args.preset != "paper" and not args.tiny:
+        kw.update(CPU_AUTO_DEFAULTS)
     kw["weights"] = weights_choice(kw["backbone"], args.weights)
     for opt, name in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"),
                       ("weight_decay", "weight_decay"), ("temperature", "temperature"),
@@ -354,7 +365,7 @@ def run_predict(args) -> int:
     adata = predict_slide(model, args.image, name=args.name, pitch_um=args.pitch_um,
                           layout=args.layout, min_tissue=args.min_tissue,
                           batch_size=args.batch_size or 32, tile=args.tile, device=args.device,
-                          progress=_progress(args))
+                          baseline=args.baseline, progress=_progress(args))
     write_prediction(adata, args.out)
     prov = adata.uns["napari_stexp"]
     print(f"wrote {args.out}: {adata.n_obs} pseudo-spots × {adata.n_vars} genes "

@@ -53,6 +53,11 @@ from .heads import ProjectionHead
 FORMAT = "napari-stexp/mclstexp"
 FORMAT_VERSION = 1
 MODES = ("finetune", "cached")
+#: ``--mode auto`` on a CPU (cached mode): the setting chosen by leave-one-patient-out on the
+#: her2st training sections (benchmarks/expression.py part d; docs/mclstexp.md, selection
+#: table). ``--preset paper`` (and the config defaults) keep the faithful paper settings.
+CPU_AUTO_DEFAULTS: dict = {"normalize_embeddings": True, "learn_temperature": True,
+                           "dropout": 0.1, "top_k": 50, "smooth_neighbours": 0.65, "epochs": 10}
 CONTEXT_MODES = ("none", "concat", "mean")
 
 
