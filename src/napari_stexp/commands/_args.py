@@ -22,3 +22,15 @@ def add_slide_grid_args(p, out_metavar: str, unit: str) -> None:
                    help=f"keep {unit}es at least this fraction tissue" if unit == "patch"
                    else f"keep {unit}s at least this fraction tissue")
     p.add_argument("--tile", type=int, default=2048, help="read tile size (px)")
+
+
+def add_encoder_args(g, default: str) -> None:
+    """``--encoder/--backbone NAME`` (the encoder registry) and ``--weights``."""
+    from ..models.encoders import encoder_help
+
+    g.add_argument("--encoder", "--backbone", dest="backbone", default=None, metavar="NAME",
+                   help=f"{default} (default); " + encoder_help())
+    g.add_argument("--weights", default=None,
+                   help="none (random init; the CNNs' default), imagenet (CNNs; torchvision, "
+                        "online or cached), pretrained (foundation models' default: "
+                        "$STEXP_WEIGHTS/<encoder>/) or a file/folder")

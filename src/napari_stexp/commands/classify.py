@@ -18,7 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._args import add_data_args, add_slide_grid_args
+from ._args import add_data_args, add_encoder_args, add_slide_grid_args
 
 
 def register(sub) -> None:
@@ -71,8 +71,6 @@ def _runtime_args(p) -> None:
 
 
 def _train_args(p) -> None:
-    from ..models.encoders import encoder_help
-
     g = p.add_argument_group("gene encoder")
     g.add_argument("--latent-dim", type=int, default=None, help="gene latent size (default 16)")
     g.add_argument("--gene-epochs", type=int, default=None, help="gene VAE epochs (default 100)")
@@ -96,12 +94,7 @@ def _train_args(p) -> None:
                    help="train the gene encoder on all sections (default) or image sections")
 
     i = p.add_argument_group("image encoder and classifier")
-    i.add_argument("--encoder", "--backbone", dest="backbone", default=None, metavar="NAME",
-                   help="resnet18 (default); " + encoder_help())
-    i.add_argument("--weights", default=None,
-                   help="none (random init; the CNNs' default), imagenet (CNNs; torchvision, "
-                        "online or cached), pretrained (foundation models' default: "
-                        "$STEXP_WEIGHTS/<encoder>/) or a file/folder")
+    add_encoder_args(i, "resnet18")
     i.add_argument("--mode", choices=("cached", "finetune"), default=None,
                    help="cached (default): frozen backbone, features cached on disk; "
                         "finetune: train the backbone too")

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ._args import add_data_args, add_slide_grid_args
+from ._args import add_data_args, add_encoder_args, add_slide_grid_args
 
 TINY = {"backbone": "tinycnn", "patch_size": 224, "input_size": 48, "epochs": 2,
         "batch_size": 32, "top_k": 50}
@@ -87,12 +87,7 @@ def _train_args(p) -> None:
                    help="finetune: the whole network (the paper); cached: frozen backbone, "
                         "features cached on disk (minutes on a CPU); auto: finetune on a GPU, "
                         "cached on a CPU")
-    g.add_argument("--encoder", "--backbone", dest="backbone", default=None, metavar="NAME",
-                   help="densenet121 (default, paper); " + _encoder_help())
-    g.add_argument("--weights", default=None,
-                   help="none (random init; the CNNs' default), imagenet (CNNs; torchvision, "
-                        "online or cached), pretrained (foundation models' default: "
-                        "$STEXP_WEIGHTS/<encoder>/) or a file/folder")
+    add_encoder_args(g, "densenet121, the paper's")
     g.add_argument("--epochs", type=int, default=None, help="default 10")
     g.add_argument("--batch-size", type=int, default=None, help="default 128 (paper)")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-4)")
@@ -208,12 +203,6 @@ def default_panel(paths, adatas) -> tuple[list[str] | None, str]:
     if all(set(panel) <= set(a.var_names) for a in adatas.values()):
         return panel, f"her2st panel ({len(panel)} genes, her_hvg_cut_1000.npy)"
     return None, "top 1000 variable genes (the her2st panel is not in every section)"
-
-
-def _encoder_help() -> str:
-    from ..models.encoders import encoder_help
-
-    return encoder_help()
 
 
 def _config_overrides(args) -> dict[str, Any]:

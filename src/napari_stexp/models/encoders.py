@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,12 +128,6 @@ ENCODERS: dict[str, EncoderSpec] = {s.name: s for s in (
          files=("pytorch_model.bin", "model.safetensors"), repo="bioptimus/H-optimus-0",
          mean=HOPTIMUS_MEAN, std=HOPTIMUS_STD, params=1134,
          ref="Saillard et al. 2024, bioptimus/H-optimus-0; ViT-g/14, 4 registers, CLS token"),
-    _vit("h-optimus-1", 1536, model="vit_giant_patch14_reg4_dinov2",
-         kwargs={"img_size": 224, "init_values": 1e-5, "num_classes": 0,
-                 "global_pool": "token", "dynamic_img_size": False},
-         files=("pytorch_model.bin", "model.safetensors"), repo="bioptimus/H-optimus-1",
-         mean=HOPTIMUS_MEAN, std=HOPTIMUS_STD, params=1134,
-         ref="bioptimus/H-optimus-1 model card; ViT-g/14, 4 registers, CLS token"),
     _vit("prov-gigapath", 1536, model="vit_giant_patch14_dinov2",
          kwargs={"img_size": 224, "in_chans": 3, "patch_size": 16, "embed_dim": 1536,
                  "depth": 40, "num_heads": 24, "init_values": 1e-5, "mlp_ratio": 5.33334,
@@ -153,6 +147,12 @@ ENCODERS: dict[str, EncoderSpec] = {s.name: s for s in (
          ref="Filiot et al. 2024, arXiv:2409.09173 (Phikon-v2); DINOv2 ViT-L/16 in HF "
              "transformers layout, CLS token"),
 )}
+
+# H-optimus-1: H-optimus-0's architecture and normalisation, new weights
+ENCODERS["h-optimus-1"] = replace(ENCODERS["h-optimus-0"], name="h-optimus-1",
+                                  hf_repo="bioptimus/H-optimus-1",
+                                  reference="bioptimus/H-optimus-1 model card; ViT-g/14, 4 "
+                                            "registers, CLS token")
 
 #: Old names that keep working.
 ALIASES = {"uni2": "uni2-h", "uni-2h": "uni2-h", "hoptimus0": "h-optimus-0",
