@@ -95,3 +95,8 @@ def test_evaluate_model_reports_pca_ridge_and_protocol():
     assert (t["protocol"] == (R.SEEN if same else R.UNSEEN)).all()
     assert np.isfinite(t.loc[t.method == "pca_ridge", ["pcc_acg", "mse"]]).all().all()
     assert "pca_ridge" in res.predictions
+    # the widget's per-section prediction says the same protocol (Qt-free job function)
+    from napari_stexp.widgets.expression import predict_for_sections
+
+    pred = predict_for_sections(m, {"TEST": adatas["TEST"]}, images, device="cpu")[0]
+    assert pred.protocol == (R.SEEN if same else R.UNSEEN)
