@@ -14,17 +14,15 @@ from napari_stexp.errors import InputError
 
 @pytest.fixture(scope="module")
 def cached_model():
+    """A cached-mode model (its frozen training features feed the baselines)."""
     from napari_stexp.models.mclstexp import train_expression_model
 
-    adatas, images = synthetic_pair(n=8, n_genes=12)
-    old = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        return train_expression_model({"TRAIN": adatas["TRAIN"]}, images={
-            "TRAIN": images["TRAIN"]}, epochs=1, backbone="tinycnn", input_size=32,
-            mode="cached", cache_dir=False, device="cpu"), adatas, images
-    finally:
-        torch.set_num_threads(old)
+    adatas, images = synthetic_pair(n=8, n_genes=12)
+    model = train_expression_model({"TRAIN": adatas["TRAIN"]}, mode="cached", epochs=1,
+                                   images={"TRAIN": images["TRAIN"]}, backbone="tinycnn",
+                                   input_size=32, cache_dir=False, device="cpu")
+    return model, adatas, images
 
 
 @pytest.mark.parametrize("baseline", ["ridge", "pca_ridge"])
