@@ -269,10 +269,10 @@ def test_augmentation_keeps_pixels_without_jitter_and_changes_colours_with_it():
 
 def test_feature_cache_hits_and_keys_change_with_data_and_backbone(tmp_path, pair):
     from napari_stexp.data.patches import PatchSpec
-    from napari_stexp.models.backbones import build_image_encoder
-    from napari_stexp.models.mclstexp import section_frozen_features
     from napari_stexp.models import feature_cache as fc
+    from napari_stexp.models.backbones import build_image_encoder
     from napari_stexp.models.feature_cache import backbone_signature
+    from napari_stexp.models.mclstexp import section_frozen_features
 
     adatas, images = pair
     ad, pyr = adatas["TRAIN"][:20].copy(), images["TRAIN"]
