@@ -447,6 +447,7 @@ def bench_selection(args, adatas, panel) -> None:
                              "method": vname if meth == "mclstexp" else meth,
                              "pcc_acg": s.loc[meth, "pcc_acg"],
                              "pcc_heg": s.loc[meth, "pcc_heg"]})
+                emit(name="selected_row", **rows[-1])  # as it goes (long runs)
             m = train_expression_model(train, genes=panel, seed=seed, **common, **kw)
             t = evaluate_model(m, test, cache_dir=args.cache_dir, device="cpu").table
             for _, r in t[t.method != "train_mean"].iterrows():
@@ -454,6 +455,7 @@ def bench_selection(args, adatas, panel) -> None:
                              "seed": seed, "method": vname if r["method"] == "mclstexp"
                              else r["method"], "pcc_acg": r["pcc_acg"],
                              "pcc_heg": r["pcc_heg"]})
+                emit(name="selected_row", **rows[-1])
             if seed == args.seeds[0]:
                 print(baseline_verdict(table)["text"], file=sys.stderr)
     df = pd.DataFrame(rows).drop_duplicates(["protocol", "seed", "method"])
