@@ -846,7 +846,7 @@ def train_classifier(
     val_metrics: dict[str, Any] = {}
     if val.any():
         temperature = fit_temperature(logits[val], y_img[val])
-        from ..evaluation.classification import classification_report
+        from .classification_metrics import classification_report
 
         def rep(t):
             z = logits[val] / t
@@ -940,7 +940,7 @@ def evaluate_classifier(model: BatchAgnosticClassifier, adatas: Mapping[str, Any
     model has one). Only spots labelled with one of the model's classes count; other labels are
     reported in a warning and left out. The second value holds per-class F1 and ECE.
     """
-    from ..evaluation.classification import classification_report
+    from .classification_metrics import classification_report
 
     rows, details = [], {}
     for name, adata in adatas.items():
