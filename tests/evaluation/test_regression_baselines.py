@@ -73,6 +73,12 @@ def test_verdict_says_plainly_when_the_model_loses():
     assert v["beats"] is True and "beats the baselines" in v["text"]
     # better on ACG only is not enough
     assert R.baseline_verdict(_table((0.2, 0.1), (0.158, 0.138), (0.15, 0.14)))["beats"] is False
+    # ridge with the model's own options (smoothing) is the like-for-like baseline when present
+    t = _table((0.195, 0.146), (0.184, 0.111), (0.184, 0.111))
+    opt = t.iloc[[1]].assign(method="ridge+options", pcc_acg=0.2005, pcc_heg=0.123)
+    v = R.baseline_verdict(pd.concat([t, opt], ignore_index=True))
+    assert v["beats"] is False and v["best_baseline"] == "ridge+options"
+    assert "not available" in v["text"]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
