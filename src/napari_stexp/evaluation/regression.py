@@ -230,7 +230,7 @@ def evaluate_model(model, adatas: Mapping[str, Any], *, images: Mapping[str, Any
         check_cancel(cancel, "evaluation")
         report(progress, i, len(adatas), f"evaluating {name}")
         true = panel_targets(adata, model.genes, model.config.target_sum,
-                             source=f"section {name}")
+                             source=f"section {name}", library="panel")
         proto = section_protocol(patient_of(adata), train_patients)
 
         def add(meth, pred, pcc=True, _name=name, _true=true, _proto=proto):
