@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    from .commands._args import apply_value_types
+
+    apply_value_types(parser)  # --epochs 0, --iou 2, --lr nan ... are refused by the parser
     return parser
 
 

@@ -298,6 +298,9 @@ def read_counts_tsv(path: str | os.PathLike) -> tuple[list[str], list[str], np.n
     ids, genes, mat = parsed
     if not ids:
         raise InputError(path, "count table has no rows")
+    from ._validate import check_counts
+
+    check_counts(path, mat, ids, what="count")
     if len(set(ids)) != len(ids):
         dup = pd.Index(ids)[pd.Index(ids).duplicated()][:5]
         raise InputError(path, f"duplicate spot id(s): {', '.join(dup)}")

@@ -75,6 +75,10 @@ def read_voc_boxes(xml_path: str | os.PathLike, *, clip: bool = True) -> pd.Data
         raise InputError(p, f"not a Pascal VOC annotation (root element <{root.tag}>)")
     width = _num(root.findtext("size/width"))
     height = _num(root.findtext("size/height"))
+    for tag, v in (("width", width), ("height", height)):
+        # 0 means "unknown" in many VOC exports; a negative size is a broken file
+        if v is not None and not (v >= 0 and np.isfinite(v)):
+            raise InputError(p, f"<size><{tag}> is {v:g}: an image size must be positive")
     filename = (root.findtext("filename") or "").strip()
     rows, problems = [], []
     for i, obj in enumerate(root.findall("object")):

@@ -121,6 +121,12 @@ def read_10x_h5(path: str | os.PathLike, *, gene_expression_only: bool = True
     if len(barcodes) != n_bc or len(ids) != n_feat or len(indptr) != n_bc + 1:
         raise InputError(path, f"inconsistent matrix: shape {shape}, {len(barcodes)} barcodes, "
                                f"{len(ids)} features, indptr {len(indptr)}")
+    from ._validate import check_compressed, check_counts
+
+    # one column per barcode (CSC): a bad index or indptr would crash scipy or train garbage
+    check_compressed(path, indices, indptr, n_bc, n_feat, n_values=len(data), major="barcode",
+                     minor="feature")
+    check_counts(path, data, what="count")
     try:
         X = sp.csc_matrix((data.astype(np.float32), indices, indptr), shape=shape).T.tocsr()
     except ValueError as exc:
