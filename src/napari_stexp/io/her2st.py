@@ -94,9 +94,16 @@ def _from_manifest(root: Path) -> pd.DataFrame:
         if not sec:
             continue
 
-        def rel(col: str, r=r) -> str | None:
+        def rel(col: str, r=r, sec=sec) -> str | None:
             v = r.get(col, "")
-            return None if _blank(v) else str(root / str(v).strip())
+            if _blank(v):
+                return None
+            q = root / str(v).strip()
+            # the manifest describes this folder: a path leaving it is refused
+            if not q.resolve().is_relative_to(root.resolve()):
+                raise InputError(path, f"section {sec}: {col} {str(v).strip()!r} points outside "
+                                       "the her2st folder")
+            return str(q)
 
         image = rel("image")
         scale = r.get("pixel_scale", "")

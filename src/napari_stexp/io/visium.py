@@ -271,10 +271,20 @@ def read_visium(folder: str | os.PathLike, *, library_id: str | None = None,
     scalefactors: dict[str, float] = {}
     if sf_path.is_file():
         try:
-            scalefactors = {k: float(v) for k, v in json.loads(sf_path.read_text()).items()
-                            if isinstance(v, int | float)}
+            raw = json.loads(sf_path.read_text())
         except (ValueError, json.JSONDecodeError) as exc:
             raise InputError(sf_path, f"invalid JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise InputError(sf_path, f"expected a JSON object, got {type(raw).__name__}")
+        for k, v in raw.items():
+            # the sizes and scales we use must be positive numbers (a string or a negative
+            # value would silently drop the images or flip the spot frame)
+            if k.endswith(("_scalef", "_fullres")) and (
+                    isinstance(v, bool) or not isinstance(v, int | float)
+                    or not np.isfinite(v) or v <= 0):
+                raise InputError(sf_path, f"{k} is {v!r}, not a positive number")
+        scalefactors = {k: float(v) for k, v in raw.items()
+                        if isinstance(v, int | float) and not isinstance(v, bool)}
     else:
         warnings.warn(f"{sf_path}: missing; spot size, µm/px and images unavailable",
                       VisiumWarning, stacklevel=2)

@@ -650,6 +650,13 @@ def _check_complete_pil(p: Path, kind: str) -> None:
         raise InputError(p, "truncated JPEG (no end-of-image marker)")
     if kind == "png" and b"IEND" not in tail[-64:]:
         raise InputError(p, "truncated PNG (no IEND chunk)")
+    if kind == "bmp":
+        with open(p, "rb") as fh:
+            head = fh.read(6)
+        declared = int.from_bytes(head[2:6], "little") if len(head) == 6 else 0
+        if declared > size:
+            raise InputError(p, f"truncated BMP: the header says {declared} bytes, the file "
+                                f"has {size}")
 
 
 def _pil_mpp(info: dict) -> float | None:
