@@ -505,6 +505,12 @@ def her2st_cases(tmp: Path, data: Path) -> list[Case]:
         f / "her_hvg_cut_1000.npy", f / "her_hvg_cut_1000.npy", 0.0, 40), "gene list",
         names="her_hvg_cut_1000.npy", cmds=_train_only)
 
+    def binary_genes(folder):
+        (folder / "genes.txt").write_bytes(bytes(range(256)) * 8)
+
+    variant("genes-file-binary", binary_genes, "binary", names="genes.txt",
+            cmds=lambda p: [_train_only(p)[0] + ["--genes", str(p / "genes.txt")]])
+
     def spots(fn):
         def edit(folder):
             p = folder / "ST-spotfiles" / "A1_selection.tsv"

@@ -58,3 +58,14 @@ def test_visium_matrix_with_out_of_range_index(visium_dir, tmp_path):
         f["matrix/indices"][...] = v
     with pytest.raises(InputError, match="feature index 1000000 outside"):
         read_10x_h5(p)
+
+
+def test_binary_gene_list_is_refused(tmp_path):
+    from napari_stexp.data.genes import load_gene_file
+
+    p = tmp_path / "genes.txt"
+    p.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(InputError, match="genes.txt: not a text gene list"):
+        load_gene_file(p)
+    p.write_text("GATA3\nERBB2\n")
+    assert load_gene_file(p) == ["GATA3", "ERBB2"]
