@@ -35,7 +35,7 @@ SRC = HERE.parents[1] / "src"
 TIMEOUT_S = 150.0  # per input (all its commands); typical inputs take 2-10 s
 PEAK_RSS_MB = 1500  # per child (torch's import alone is ~400 MB)
 ADDRESS_SPACE = 12 * 2**30  # RLIMIT_AS of a child: a runaway allocation fails, never swaps
-WORKERS = 4
+WORKERS = min(4, (os.cpu_count() or 2) + 1)  # children wait on imports and I/O too
 
 
 def _data_root() -> Path | None:
