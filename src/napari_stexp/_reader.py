@@ -29,12 +29,13 @@ def get_reader(path):
 
 def read_paths(path):
     from .io.open import open_path
+    from .viewer.raster import rasterize_large
 
     paths = path if isinstance(path, list | tuple) else [path]
     layers = []
     for p in paths:
         try:
-            layers.extend(open_path(p).layers())
+            layers.extend(rasterize_large(open_path(p).layers()))
         except InputError:
             raise
         except MemoryError as exc:
