@@ -48,6 +48,13 @@ def register(sub) -> None:
     p.add_argument("--diameter", type=float, default=None, help="expected cell diameter (px)")
     p.add_argument("--mode", choices=("cells", "nuclei"), default=None,
                    help="classical: white cells in smears (default) or nuclei in H&E")
+    p.add_argument("--stain", choices=("auto", "purple", "hematoxylin", "dark"), default=None,
+                   help="classical: the channel nuclei are found in (auto: purple for RGB, dark "
+                        "for grey; hematoxylin: colour deconvolution with the slide's own H&E "
+                        "vectors, estimated on tissue)")
+    p.add_argument("--tissue", choices=("auto", "on", "off"), default=None,
+                   help="classical: segment whole slides only inside the tissue mask (auto: "
+                        "H&E nuclei mode on large images)")
     p.add_argument("--score-threshold", type=float, default=None,
                    help="maskrcnn: keep detections scoring at least this")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -67,10 +74,12 @@ def _params(args) -> dict:
     if args.weights is not None:
         key = "pretrained_model" if args.method == "cellpose" else "weights"
         params[key] = args.weights
-    for name in ("backbone", "diameter", "mode", "score_threshold"):
+    for name in ("backbone", "diameter", "mode", "score_threshold", "stain"):
         v = getattr(args, name)
         if v is not None:
             params[name] = v
+    if args.tissue is not None:
+        params["tissue"] = {"auto": "auto", "on": True, "off": False}[args.tissue]
     for item in args.param:
         if "=" not in item:
             raise InputError(None, f"--param expects KEY=VALUE, got '{item}'")
