@@ -221,6 +221,9 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
     finally:
         stop.set()
         th.join(timeout=5)
+    from ..io.hires import hires_image_for
+
+    hires, hires_scalef = hires_image_for(pyr)
     del pyr
     if two_pass:
         from ..models.mclstexp import grid_coordinates
@@ -245,6 +248,8 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
     adata.uns["spatial"] = {name: {
         "images": {}, "metadata": meta,
         "scalefactors": {"spot_diameter_fullres": geo["spot_diameter_px"]}}}
+    adata.uns["spatial"][name]["images"]["hires"] = hires  # for sc.pl.spatial
+    adata.uns["spatial"][name]["scalefactors"]["tissue_hires_scalef"] = hires_scalef
     adata.uns["napari_stexp"] = clean_provenance({
         "kind": "mclstexp_slide_prediction", "model": model.path or "in memory",
         "model_mode": model.config.mode, "backbone": model.config.backbone,

@@ -9,7 +9,10 @@ A first positional argument equal to ``evaluate`` selects the second form (an im
 called ``evaluate`` can be given as ``./evaluate``). Per input image the first form writes
 ``DIR/<image stem>/labels.tif`` (or ``labels.ome.zarr`` with ``--format zarr``) and
 ``DIR/<image stem>/objects.csv`` with columns ``label, y, x, ymin, xmin, ymax, xmax, area,
-score`` (plus ``class`` when the backend knows it), all written atomically.
+score`` (plus ``class`` when the backend knows it) and ``DIR/<image stem>/cells.h5ad`` (one
+observation per cell: centroids in ``obsm['spatial']`` as (x, y) pixels, morphology in ``obs``,
+µm/px and the slide overview in ``uns['spatial']``; ``sc.pl.spatial`` plots it), all written
+atomically.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from ..errors import InputError
 
 METHODS = ("classical", "maskrcnn", "cellpose")
+CELLS_H5AD = "cells.h5ad"
 EVALUATE = "evaluate"
 
 
@@ -165,6 +169,11 @@ def segment_to_folder(image_path: str | Path, dest: str | Path, *, method: str =
         cols = OBJECT_COLUMNS + (["class"] if "class" in res.table else [])
         with atomic_path(dest / "objects.csv") as tmp:
             res.table[cols].to_csv(tmp, index=False)
+        from ..io.export import write_h5ad
+        from ..segmentation.morphology import cells_adata
+
+        write_h5ad(cells_adata(res, library_id=dest.name, mpp=pyr.mpp, pyramid=pyr,
+                               source=str(image_path)), dest / CELLS_H5AD)
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)

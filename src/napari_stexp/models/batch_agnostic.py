@@ -1197,6 +1197,9 @@ def classify_slide(model: BatchAgnosticClassifier, image: Any, *, name: str | No
     adata.uns["spatial"] = {name: {"images": {}, "metadata": meta,
                                    "scalefactors": {"spot_diameter_fullres":
                                                     geo["spot_diameter_px"]}}}
+    from ..io.hires import add_hires_image
+
+    add_hires_image(adata, name, pyr)  # sc.pl.spatial draws the patches over the slide
     adata.uns["napari_stexp"] = clean_provenance({**_provenance_uns(model, "slide"), "slide": str(src),
                                         "slide_shape": [int(pyr.height), int(pyr.width)],
                                         "n_patches": n, "layout": layout,
