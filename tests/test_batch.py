@@ -24,7 +24,7 @@ from napari_stexp import batch
 from napari_stexp.errors import InputError
 
 HERE = Path(__file__).resolve().parent
-THIS = Path(__file__).stem  # workers import the helper tasks below from this module
+THIS = __name__  # workers import the helper tasks below from this module (importlib mode: "tests.test_batch")
 
 
 # --------------------------------------------------------------------------- fixtures

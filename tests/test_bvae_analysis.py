@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from napari_stexp.analysis.alignment import (  # noqa: E402
+from napari_stexp.models.alignment import (  # noqa: E402
     LatentAlignment,
     class_mean_distances,
     fit_alignment,

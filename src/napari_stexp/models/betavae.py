@@ -13,7 +13,7 @@ modalities share, so a cell image can be decoded to an expected expression profi
   per-gene variance): the right choice for log data without raw counts (e.g. pbmc68k-reduced).
 - :func:`train_bvae` trains both through the shared engine (device, seeds, atomic checkpoints,
   resume, cancel, progress), then fits the alignment
-  (:mod:`napari_stexp.analysis.alignment`) and returns a :class:`BVAEModel`, which saves/loads
+  (:mod:`napari_stexp.models.alignment`) and returns a :class:`BVAEModel`, which saves/loads
   as ``config.json`` + ``weights.pt`` and embeds cells as latent means.
 
 This module imports torch at the top; nothing imported at plugin start imports it.
@@ -349,7 +349,7 @@ class BVAEModel:
     gene_vae: GeneVAE | None = None
     genes: list[str] | None = None
     gene_label_key: str | None = None
-    alignment: Any = None  # analysis.alignment.LatentAlignment
+    alignment: Any = None  # models.alignment.LatentAlignment
     class_map: list[tuple[str, str]] | None = None
     classes: list[str] = field(default_factory=list)
     latent_stats: dict = field(default_factory=dict)
@@ -510,8 +510,8 @@ class BVAEModel:
 
     def align(self, cells, genes, class_map) -> Any:
         """(Re)fit the image→gene latent alignment with this model's VAEs (see
-        :func:`napari_stexp.analysis.alignment.fit_alignment`)."""
-        from ..analysis.alignment import fit_alignment, read_class_map
+        :func:`napari_stexp.models.alignment.fit_alignment`)."""
+        from .alignment import fit_alignment, read_class_map
 
         adata, src = read_genes(genes)
         X, names = expression_matrix(adata, src)
@@ -535,7 +535,7 @@ class BVAEModel:
         """Train the gene VAE on ``genes`` (AnnData / .h5ad, log data) and, with ``class_map``
         and the labelled image ``cells``, align the latents: adds the expression side to an
         image-only model. The class map is checked before training."""
-        from ..analysis.alignment import check_class_map, fit_alignment, read_class_map
+        from .alignment import check_class_map, fit_alignment, read_class_map
 
         adata, src = read_genes(genes)
         X, names = expression_matrix(adata, src)
@@ -603,7 +603,7 @@ class BVAEModel:
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str = "cpu") -> BVAEModel:
         """Read a model directory written by :meth:`save`."""
-        from ..analysis.alignment import LatentAlignment
+        from .alignment import LatentAlignment
         from ..training.device import get_device
         from ..training.engine import load_checkpoint
 
@@ -849,7 +849,7 @@ def train_bvae(cells, genes=None, class_map=None, config: BVAEConfig | None = No
     the engine checkpoints to ``out_dir/checkpoints`` (resumable) and the model is saved there.
     """
     from .. import __version__
-    from ..analysis.alignment import check_class_map, read_class_map
+    from .alignment import check_class_map, read_class_map
     from ..data.cells import CellCropDataset, load_cells
 
     config = config or BVAEConfig()
