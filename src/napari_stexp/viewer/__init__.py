@@ -1,0 +1,1 @@
+"""Qt-free viewer logic (napari model objects allowed, no qtpy)."""
