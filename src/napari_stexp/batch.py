@@ -429,7 +429,7 @@ def _run_distributed(res, kind, todo, out, model_dir, options, task, progress, t
 
 def _write_summary(res: BatchResult, kind: str, out: Path, model_dir, options, scheduler,
                    local) -> None:
-    from .training.engine import write_json_atomic
+    from ._provenance import write_json_atomic
 
     summary = {**res.as_dict(), "kind": kind, "model": model_dir, "options": options,
                "scheduler": scheduler or ("in-process" if local else "local cluster"),
