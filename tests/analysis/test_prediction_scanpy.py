@@ -11,22 +11,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from expression_helpers import synthetic_pair  # noqa: E402
+from expression_helpers import untrained_expression_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def untrained():
-    from napari_stexp.models.mclstexp import train_expression_model
-
-    adatas, images = synthetic_pair(n=8, n_genes=12)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train_expression_model({"TRAIN": adatas["TRAIN"]}, images={
-            "TRAIN": images["TRAIN"]}, epochs=0, backbone="tinycnn", input_size=32,
-            cache_dir=False, device="cpu"), images["TEST"]
-    finally:
-        torch.set_num_threads(old)
+    return untrained_expression_model()
 
 
 def test_hires_image_for_a_pyramid():
@@ -46,11 +36,12 @@ def test_sc_pl_spatial_works_on_a_slide_prediction(untrained, tmp_path):
     import matplotlib.pyplot as plt
     import scanpy as sc
 
-    from napari_stexp.analysis.slide_predict import predict_slide, write_prediction
+    from napari_stexp.analysis.slide_predict import predict_slide
+    from napari_stexp.io.export import write_h5ad
 
     model, pyr = untrained
     pred = predict_slide(model, pyr, name="TEST", device="cpu", batch_size=16)
-    path = write_prediction(pred, tmp_path / "pred.h5ad")
+    path = write_h5ad(pred, tmp_path / "pred.h5ad")
     back = ad.read_h5ad(path)
     entry = back.uns["spatial"]["TEST"]
     assert entry["images"]["hires"].ndim == 3
@@ -69,14 +60,10 @@ def test_sc_pl_spatial_works_on_a_slide_classification(tmp_path):
     import matplotlib.pyplot as plt
     import scanpy as sc
 
+    from napari_stexp.analysis.slide_classify import classify_slide
     from napari_stexp.data.synthetic_slide import make_synthetic_slide
     from napari_stexp.io.export import write_h5ad
-    from napari_stexp.models.batch_agnostic import (
-        PREFIX,
-        ClassifierConfig,
-        classify_slide,
-        train_classifier,
-    )
+    from napari_stexp.models.batch_agnostic import PREFIX, ClassifierConfig, train_classifier
 
     slide = make_synthetic_slide(8, 8, mpp=1.4, seed=0)
     torch.set_num_threads(1)
