@@ -11,13 +11,10 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture
-def cli_main(monkeypatch):
-    from napari_stexp import cli
+def cli_main():
+    from napari_stexp.cli import main  # 'segment' is one of cli.COMMAND_MODULES
 
-    mod = "napari_stexp.commands.segment"
-    if mod not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, mod])
-    return cli.main
+    return main
 
 
 def _image():
