@@ -25,7 +25,7 @@ TIERS: list[tuple[str, tuple[str, ...]]] = [
     ("evaluation", ("evaluation",)),
     ("analysis", ("analysis",)),
     ("viewer", ("viewer", "session")),
-    ("batch", ("batch", "batch_tasks")),
+    ("batch", ("batch",)),
     ("app", ("widgets", "commands", "cli", "_reader", "_writer", "_sample_data", "datasets")),
 ]
 

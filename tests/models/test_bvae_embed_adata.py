@@ -46,7 +46,7 @@ def test_embed_adata_without_a_path_column(model_and_cells):
 def test_command_and_batch_task_build_the_same_table(model_and_cells, tmp_path):
     import anndata
 
-    from napari_stexp.batch_tasks import embed_cells_adata
+    from napari_stexp.batch.tasks import embed_cells_adata
     from napari_stexp.commands import bvae as bcmd
     from napari_stexp.data.cells import load_cells
 

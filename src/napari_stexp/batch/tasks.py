@@ -29,20 +29,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 # --------------------------------------------------------------------------- helpers
 
 
 def _open_image(path: Path):
-    from .io.wsi import open_image
+    from ..io.wsi import open_image
 
     return open_image(path)
 
 
 def _provenance(task: str, model: str, model_dir: str | None, options: dict, source: Path,
                 **extra) -> dict:
-    from . import __version__
+    from .. import __version__
 
     return {"task": task, "model": model, "model_dir": str(model_dir) if model_dir else "",
             "version": __version__, "source": str(Path(source).resolve()), "batch": True,
@@ -93,7 +93,7 @@ def segment_params(options: dict, model_dir: str | None = None) -> dict:
 def _segment(image, options: dict, model_dir: str | None = None):
     """``segmentation.segment`` with the batch options (the call ``napari-stexp segment``
     makes)."""
-    from .segmentation import segment
+    from ..segmentation import segment
 
     return segment(image, options.get("method", "classical"),
                    device=options.get("device", "cpu"), tile_size=options.get("tile_size"),
@@ -106,7 +106,7 @@ def _segment(image, options: dict, model_dir: str | None = None):
 def load_segment(model_dir: str | None, options: dict) -> dict:
     """Check the method once per worker (a missing optional backend fails fast; torch
     backends keep their loaded network in their own per-process cache)."""
-    from .segmentation import get_backend
+    from ..segmentation import get_backend
 
     method = options.get("method", "classical")
     backend = get_backend(method)
@@ -118,7 +118,7 @@ def load_segment(model_dir: str | None, options: dict) -> dict:
 def run_segment(loaded: dict, input_path: Path, out_dir: Path, stem: str, options: dict
                 ) -> list[Path]:
     """Segment one slide: labels -> OME-Zarr (µm scale), cells table -> h5ad."""
-    from .io.export import write_h5ad, write_ome_zarr
+    from ..io.export import write_h5ad, write_ome_zarr
 
     img = _open_image(input_path)
     res = _segment(img, options, loaded["model_dir"])
@@ -136,7 +136,7 @@ def run_segment(loaded: dict, input_path: Path, out_dir: Path, stem: str, option
 
 
 def load_bvae(model_dir: str | None, options: dict) -> dict:
-    from .models import open_model
+    from ..models import open_model
 
     if not model_dir:
         raise InputError("--model", "embed needs a β-VAE model folder (napari-stexp bvae train)")
@@ -158,9 +158,9 @@ def run_embed(loaded: dict, input_path: Path, out_dir: Path, stem: str, options:
     """β-VAE latents of one input's cells: a crop folder / crop table as ``bvae embed``, or a
     slide / smear image segmented first (``method``, default classical) with one crop per
     cell, as ``segment`` + ``bvae embed --labels``."""
-    from .data.cells import CellCropDataset, load_cells
-    from .io.export import write_h5ad
-    from .io.open import detect_kind
+    from ..data.cells import CellCropDataset, load_cells
+    from ..io.export import write_h5ad
+    from ..io.open import detect_kind
 
     model = loaded["model"]
     size = model.config.image_size
@@ -196,7 +196,7 @@ def run_embed(loaded: dict, input_path: Path, out_dir: Path, stem: str, options:
 
 def load_expression(model_dir: str | None, options: dict):
     """The mclSTExp model bundle (network + retrieval reference), once per worker."""
-    from .models import open_model
+    from ..models import open_model
 
     if not model_dir:
         raise InputError("--model", "predict needs an mclSTExp model folder "
@@ -204,21 +204,28 @@ def load_expression(model_dir: str | None, options: dict):
     return open_model(model_dir, options.get("device", "cpu"), kind="mclstexp")
 
 
+def _run_slide_grid(fn, model, input_path: Path, out: Path, options: dict, batch_size: int
+                    ) -> list[Path]:
+    """One slide-grid adapter (``predict_slide`` / ``classify_slide``, the one-slide commands'
+    computation) with the batch options, written by ``io.export.write_h5ad``."""
+    from ..io.export import write_h5ad
+
+    adata = fn(model, input_path, name=options.get("name"), pitch_um=options.get("pitch_um"),
+               layout=options.get("layout", "square"),
+               min_tissue=float(options.get("min_tissue", 0.5)),
+               batch_size=int(options.get("batch_size", batch_size)),
+               tile=int(options.get("tile", 2048)), device=options.get("device", "cpu"))
+    adata.uns["napari_stexp"]["batch"] = True
+    return [write_h5ad(adata, out)]
+
+
 def run_expression(model, input_path: Path, out_dir: Path, stem: str, options: dict
                    ) -> list[Path]:
     """Predicted expression over one slide's tissue (``expression predict``'s computation)."""
-    from .analysis.slide_predict import predict_slide
-    from .io.export import write_h5ad
+    from ..analysis.slide_predict import predict_slide
 
-    adata = predict_slide(model, input_path, name=options.get("name"),
-                          pitch_um=options.get("pitch_um"),
-                          layout=options.get("layout", "square"),
-                          min_tissue=float(options.get("min_tissue", 0.5)),
-                          batch_size=int(options.get("batch_size", 32)),
-                          tile=int(options.get("tile", 2048)),
-                          device=options.get("device", "cpu"))
-    adata.uns["napari_stexp"]["batch"] = True
-    return [write_h5ad(adata, out_dir / f"{stem}.h5ad")]
+    return _run_slide_grid(predict_slide, model, input_path, out_dir / f"{stem}.h5ad", options,
+                           32)
 
 
 # --------------------------------------------------------------------------- classify
@@ -226,7 +233,7 @@ def run_expression(model, input_path: Path, out_dir: Path, stem: str, options: d
 
 def load_classifier(model_dir: str | None, options: dict):
     """The batch-agnostic classifier (image encoder + calibrated head), once per worker."""
-    from .models import open_model
+    from ..models import open_model
 
     if not model_dir:
         raise InputError("--model", "classify needs a batch-agnostic classifier folder")
@@ -237,15 +244,7 @@ def run_classify(model, input_path: Path, out_dir: Path, stem: str, options: dic
                  ) -> list[Path]:
     """Classes and calibrated probabilities on a grid over one slide's tissue
     (``classify_slide``, the computation of the one-slide command)."""
-    from .analysis.slide_classify import classify_slide
-    from .io.export import write_h5ad
+    from ..analysis.slide_classify import classify_slide
 
-    adata = classify_slide(model, input_path, name=options.get("name"),
-                           pitch_um=options.get("pitch_um"),
-                           layout=options.get("layout", "square"),
-                           min_tissue=float(options.get("min_tissue", 0.5)),
-                           batch_size=int(options.get("batch_size", 64)),
-                           tile=int(options.get("tile", 2048)),
-                           device=options.get("device", "cpu"))
-    adata.uns["napari_stexp"]["batch"] = True
-    return [write_h5ad(adata, out_dir / f"{stem}.classes.h5ad")]
+    return _run_slide_grid(classify_slide, model, input_path,
+                           out_dir / f"{stem}.classes.h5ad", options, 64)
