@@ -392,6 +392,10 @@ class ExpressionWidget(WorkerMixin, QWidget):
             path = QFileDialog.getExistingDirectory(self, "save the model into a new folder")
         if not path:
             return None
+        from ._save import confirm_overwrite
+
+        if not confirm_overwrite(self, path):
+            return None
         try:
             self.model.save(path)
         except Exception as exc:  # noqa: BLE001 - shown, never a crash
