@@ -37,22 +37,71 @@ def layer_adata(layer) -> Any:
     return (getattr(layer, "metadata", None) or {}).get("adata")
 
 
-def warm_torch() -> None:
-    """Load torch's lazily imported optimiser machinery safely inside napari (GUI thread).
+def _has_nvidia_driver() -> bool:
+    """Whether an NVIDIA driver is present, answered without importing torch."""
+    import os
 
-    ``torch.optim`` imports ``torch._dynamo`` on first use, which imports triton; triton's
-    bundled LLVM clashes with the LLVM of Mesa's software OpenGL that napari's canvas has already
-    loaded, and the process segfaults. Without CUDA triton is never used, so it is hidden
-    (``sys.modules['triton'] = None``, which torch reads as "not installed") before the import.
-    Every widget that trains calls this before starting its worker.
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
+
+
+def guard_torch() -> None:
+    """Make torch safe to import next to Qt/Mesa, at no cost (torch is not imported here).
+
+    ``torch.optim``/``torchvision`` import ``torch._dynamo`` on first use, which imports triton;
+    triton's bundled LLVM clashes with the LLVM of Mesa's software OpenGL that napari's canvas
+    loads, and the process segfaults. Without CUDA triton is never used, so it is hidden
+    (``sys.modules['triton'] = None``, which torch reads as "not installed"). The widgets
+    package calls this on import, so every dock widget (and every torch path behind one) goes
+    through it before anything can import torch.
     """
     import sys
 
-    import torch
-
-    if "triton" not in sys.modules and not torch.cuda.is_available():
+    if "triton" not in sys.modules and not _has_nvidia_driver():
         sys.modules["triton"] = None  # type: ignore[assignment]
+
+
+_warm_lock = None
+_warm_thread = None
+
+
+def warm_torch() -> None:
+    """Import torch and its lazily imported optimiser machinery (idempotent, any thread).
+
+    Called by the workers of every torch path (never needed for safety: :func:`guard_torch`
+    already ran when the widgets package was imported).
+    """
+    guard_torch()
+    import torch
     import torch._dynamo  # noqa: F401
+    import torch.optim  # noqa: F401
+
+    del torch
+
+
+def warm_torch_in_background():
+    """Start importing torch in a daemon thread (once per process), so that the first Train
+    does not import it on the GUI thread; returns the thread."""
+    global _warm_lock, _warm_thread
+    import sys
+    import threading
+
+    if _warm_lock is None:
+        _warm_lock = threading.Lock()
+    with _warm_lock:
+        if _warm_thread is None and "torch._dynamo" not in sys.modules:
+            _warm_thread = threading.Thread(target=_quiet_warm, name="stexp-warm-torch",
+                                            daemon=True)
+            _warm_thread.start()
+    return _warm_thread
+
+
+def _quiet_warm() -> None:
+    try:
+        warm_torch()
+    except Exception:  # noqa: BLE001 - torch missing/broken: the torch path reports it itself
+        pass
 
 
 def start_worker(func, *args, returned=None, errored=None, finished=None, yielded=None,
