@@ -125,6 +125,18 @@ def start_worker(func, *args, returned=None, errored=None, finished=None, yielde
     return create_worker(func, *args, _connect=connect, **kwargs)
 
 
+def _with_torch(func):
+    """``func`` preceded by :func:`warm_torch`, in the thread that runs it."""
+    import functools
+
+    @functools.wraps(func)
+    def run(*args, **kwargs):
+        warm_torch()
+        return func(*args, **kwargs)
+
+    return run
+
+
 class _ProgressSignal(QObject):
     progress = Signal(int, int, str)
 
@@ -166,16 +178,28 @@ class WorkerMixin:
             b.setEnabled(not busy)
         self.cancel_btn.setEnabled(busy)
 
-    def _run(self, func, *args, returned=None, label: str = "working", **kwargs):
+    def _run(self, func, *args, returned=None, label: str = "working", torch: bool = False,
+             **kwargs):
+        """Start ``func(*args)`` in a worker. ``torch=True``: the worker imports torch first
+        (:func:`warm_torch`), never the GUI thread. A :class:`CancelledError` is reported as
+        "cancelled" (an info), not as a failure."""
+        from ..errors import CancelledError
+
         self._cancel.clear()
         self._busy(True)
         self.status.setText(label + " …")
+        if torch:
+            func = _with_torch(func)
 
         def done():
             self._busy(False)
             self._worker = None
 
         def failed(exc):
+            if isinstance(exc, CancelledError):
+                self.status.setText("cancelled")
+                notify_info(f"{label}: cancelled")
+                return
             self.status.setText(f"failed: {exc}")
             notify_error(exc)
 
