@@ -155,6 +155,7 @@ class ModelWidget(WorkerMixin, QWidget):
         form.addRow("preset", self.preset)
         self.fields = build_form(form, self.CONFIG, self.FORM)
         self._build_form_extra(form)
+        self._initial = self.form_options()  # what "custom" goes back to
         lay.addLayout(form)
         row = QHBoxLayout()
         self.train_btn = QPushButton("Train")
@@ -200,7 +201,8 @@ class ModelWidget(WorkerMixin, QWidget):
 
     def apply_preset(self, name: str) -> None:
         """Fill the form with the preset's values (the form then shows what will be used)."""
-        for path, value in self.PRESETS.get(name, {}).items():
+        values = self._initial if name == NO_PRESET else self.PRESETS.get(name, {})
+        for path, value in values.items():
             if path in self.fields:
                 set_value(self.fields[path][0], value)
 
