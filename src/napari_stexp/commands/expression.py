@@ -88,6 +88,7 @@ def _runtime_args(p) -> None:
 
 
 def _train_args(p) -> None:
+    from ..data.panels import TISSUE_MARKERS
     from ..models.mclstexp_config import MclstexpConfig
 
     g = p.add_argument_group("model and training")
@@ -103,11 +104,16 @@ def _train_args(p) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     genes = g.add_mutually_exclusive_group()
     genes.add_argument("--genes", default=None,
-                       help="gene panel: a file (.npy/.txt/.csv) or comma-separated names "
-                            "(default: the her2st 785-gene panel for her2st data, else the top "
-                            "1000 variable genes)")
+                       help="the whole gene panel: a file (.npy/.txt/.csv) or comma-separated "
+                            "names (default: the her2st 785-gene panel for her2st data, else "
+                            "the top 1000 variable genes; + --tissue markers + --add-genes)")
     genes.add_argument("--top-genes", type=int, default=None,
-                       help="use the N most variable genes of the training sections")
+                       help="base panel: the N most variable genes of the training sections")
+    g.add_argument("--add-genes", default=None, metavar="G1,G2",
+                   help="genes added to the default panel (e.g. ERBB2,ESR1)")
+    g.add_argument("--tissue", choices=tuple(TISSUE_MARKERS), default="breast",
+                   help="tissue whose marker genes present in the data are added to the "
+                        "default panel (breast: ERBB2 ESR1 PGR MKI67 KRT19 EPCAM)")
     g.add_argument("--normalize-embeddings", action="store_true",
                    help="L2-normalise embeddings in the loss (option; paper: off)")
     g.add_argument("--learn-temperature", action="store_true",
@@ -170,24 +176,6 @@ def load_sections(paths, sections=None, *, need_images: bool = True, genes=None,
     return adatas
 
 
-def default_panel(paths, adatas) -> tuple[list[str] | None, str]:
-    """The her2st 785-gene panel when every path is her2st and every section has it."""
-    from ..data.genes import load_gene_file
-    from ..errors import InputError
-    from ..io.her2st import find_her2st_root
-    from ..io.st import detect_st_kind
-
-    if not all(detect_st_kind(p) == "her2st" for p in paths):
-        return None, "top 1000 variable genes of the training sections"
-    try:
-        panel = load_gene_file(find_her2st_root(paths[0]) / "her_hvg_cut_1000.npy")
-    except InputError:
-        return None, "top 1000 variable genes of the training sections"
-    if all(set(panel) <= set(a.var_names) for a in adatas.values()):
-        return panel, f"her2st panel ({len(panel)} genes, her_hvg_cut_1000.npy)"
-    return None, "top 1000 variable genes (the her2st panel is not in every section)"
-
-
 def _config_overrides(args) -> dict[str, Any]:
     from ..models.mclstexp_config import PRESETS, MclstexpConfig, resolve_mode
 
@@ -217,14 +205,16 @@ def _config_overrides(args) -> dict[str, Any]:
 
 
 def _panel_args(args, adatas):
+    """The panel: ``--genes`` as given, else THE default panel (``data.panels.default_panel``,
+    the widget's too): base panel + the tissue's markers + ``--add-genes``."""
     from ..data.genes import parse_genes
+    from ..data.panels import default_panel
 
     if args.genes:
         return parse_genes(args.genes), None, "user panel"
-    if args.top_genes:
-        return None, args.top_genes, f"top {args.top_genes} variable genes"
-    panel, how = default_panel(args.data, adatas)
-    return panel, (None if panel else 1000), how
+    panel, how = default_panel(adatas, paths=args.data, add_genes=args.add_genes,
+                               tissue=args.tissue, top_genes=args.top_genes)
+    return panel, None, how
 
 
 def _print_table(table, file=None) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QComboBox,
     QCompleter,
     QHBoxLayout,
     QLabel,
@@ -193,7 +194,16 @@ def _train_job(adatas, images, kw, progress, cancel):
     from ..models.mclstexp import resolve_mode, train_expression_model
 
     kw = {**kw, "mode": resolve_mode(kw.get("mode", "auto"), kw.get("device", "auto"))}
-    return train_expression_model(adatas, images=images, progress=progress, cancel=cancel, **kw)
+    add, tissue = kw.pop("add_genes", None), kw.pop("tissue", "breast")
+    how = "user panel"
+    if kw.get("genes") is None and kw.get("top_genes") is None:
+        from ..data.panels import default_panel  # the CLI's default panel
+
+        kw["genes"], how = default_panel(adatas, add_genes=add, tissue=tissue)
+    model = train_expression_model(adatas, images=images, progress=progress, cancel=cancel,
+                                   **kw)
+    model.provenance["panel"] = how
+    return model
 
 
 def _load_job(path):
@@ -235,6 +245,16 @@ class ExpressionWidget(ModelWidget):
         # "auto" (the CLI's default too): finetune on a GPU, cached on a CPU
         self.mode.insertItem(0, "auto")
         self.mode.setCurrentIndex(0)
+        from ..data.panels import TISSUE_MARKERS
+
+        self.add_genes = QLineEdit()
+        self.add_genes.setPlaceholderText("add genes, e.g. ERBB2,ESR1")
+        self.add_genes.setToolTip(tip("genes"))
+        self.tissue = QComboBox()
+        self.tissue.addItems(list(TISSUE_MARKERS))
+        self.tissue.setToolTip(tip("tissue"))
+        form.addRow("gene panel +", self.add_genes)
+        form.addRow("tissue markers", self.tissue)
 
     def _build_results(self, lay):
         self.predict_btn = self.action_btn
@@ -255,7 +275,9 @@ class ExpressionWidget(ModelWidget):
 
     # ---------------------------------------------------------------- running
     def train_options(self) -> dict:
-        return self.form_options()
+        add = self.add_genes.text().strip()
+        return {**self.form_options(), "add_genes": add or None,
+                "tissue": self.tissue.currentText()}
 
     def make_train_args(self, overrides: dict) -> tuple:
         return ({**self.train_options(), **overrides},)
