@@ -209,6 +209,7 @@ def class_layer_tuples(pred: ClassPrediction, threshold: float = 0.0) -> list:
     face = np.stack([colors[c] for c in pred.predicted]) if len(pred.proba) else \
         np.zeros((0, 4), np.float32)
     shown = feats["shown"].to_numpy(bool)
+    face = faded_colors(face, shown)
     meta = {"kind": "batch_agnostic_classes", "section": pred.name, "classes": pred.classes,
             "class_colors": {c: v.tolist() for c, v in colors.items()},
             "legend": legend_html(pred.classes, colors), "threshold": float(threshold)}
@@ -226,9 +227,23 @@ def class_layer_tuples(pred: ClassPrediction, threshold: float = 0.0) -> list:
     return [cls, conf]
 
 
+#: Face alpha of the points below the confidence threshold: faded, so the threshold is visible
+#: on the canvas (napari 0.9.2 ignores ``Points.shown`` when every dimension is displayed).
+FADED_ALPHA = 0.08
+
+
+def faded_colors(colors: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """``colors`` (n, 4) with alpha 1 where ``shown`` and :data:`FADED_ALPHA` elsewhere."""
+    out = np.array(colors, dtype=np.float32, copy=True)
+    if len(out):
+        out[:, 3] = np.where(shown, 1.0, FADED_ALPHA)
+    return out
+
+
 def apply_threshold(layers, threshold: float) -> int:
-    """Hide rows whose ``confidence`` is below ``threshold`` (``shown`` mask + features column)
-    in each layer; returns how many rows are hidden in the first layer."""
+    """Hide rows whose ``confidence`` is below ``threshold`` (``shown`` mask, features column
+    and a faded face colour, which is what the canvas shows) in each layer; returns how many
+    rows are hidden in the first layer."""
     hidden = 0
     for i, layer in enumerate(layers):
         feats = layer.features.copy()
@@ -236,6 +251,7 @@ def apply_threshold(layers, threshold: float) -> int:
         feats["shown"] = shown
         layer.features = feats
         layer.shown = shown
+        layer.face_color = faded_colors(layer.face_color, shown)
         layer.metadata = {**(layer.metadata or {}), "threshold": float(threshold)}
         if i == 0:
             hidden = int((~shown).sum())
