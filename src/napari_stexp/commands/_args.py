@@ -22,6 +22,37 @@ def add_slide_grid_args(p, out_metavar: str, unit: str) -> None:
                    help=f"keep {unit}es at least this fraction tissue" if unit == "patch"
                    else f"keep {unit}s at least this fraction tissue")
     p.add_argument("--tile", type=int, default=2048, help="read tile size (px)")
+    add_mpp_arg(p)
+
+
+def positive_float(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def add_mpp_arg(p) -> None:
+    """``--mpp``: the image's µm/px when the file does not say (a JPEG/PNG) or says wrong."""
+    p.add_argument("--mpp", type=positive_float, default=None, metavar="UM_PER_PX",
+                   help="µm per pixel of the image (default: from the file; unknown for "
+                        "JPEG/PNG, then said so)")
+
+
+def slide_image(args):
+    """``args.image`` as given, or opened with the user's ``--mpp`` applied."""
+    if getattr(args, "mpp", None) is None:
+        return args.image
+    from ..io.open import apply_user_mpp
+    from ..io.wsi import open_image
+
+    return apply_user_mpp(open_image(args.image), args.mpp)
 
 
 def add_config_args(group, config_cls, paths, *, flags: dict | None = None) -> None:

@@ -18,7 +18,13 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._args import add_config_args, add_data_args, add_slide_grid_args, config_overrides
+from ._args import (
+    add_config_args,
+    add_data_args,
+    add_slide_grid_args,
+    config_overrides,
+    slide_image,
+)
 
 #: Config options that are plain flags (help, default and bounds from ClassifierConfig).
 GENE_FLAGS = ("gene.n_latent", "gene.epochs", "n_top_genes", "gene_sections")
@@ -260,7 +266,7 @@ def run_predict(args) -> int:
     from ..models.batch_agnostic import classify_slide, write_h5ad_atomic
 
     model = _load(args)
-    adata = classify_slide(model, args.image, name=args.name, pitch_um=args.pitch_um,
+    adata = classify_slide(model, slide_image(args), name=args.name, pitch_um=args.pitch_um,
                            layout=args.layout, min_tissue=args.min_tissue, tile=args.tile,
                            progress=_progress(args))
     write_h5ad_atomic(adata, args.out)

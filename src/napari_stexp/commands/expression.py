@@ -19,7 +19,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ._args import add_config_args, add_data_args, add_slide_grid_args, config_overrides
+from ._args import (
+    add_config_args,
+    add_data_args,
+    add_slide_grid_args,
+    config_overrides,
+    slide_image,
+)
 
 #: The config options that are plain flags (help, default and bounds from MclstexpConfig).
 CONFIG_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "temperature", "top_k",
@@ -304,7 +310,7 @@ def run_predict(args) -> int:
     from ..models.mclstexp import ExpressionModel
 
     model = ExpressionModel.load(args.model)
-    adata = predict_slide(model, args.image, name=args.name, pitch_um=args.pitch_um,
+    adata = predict_slide(model, slide_image(args), name=args.name, pitch_um=args.pitch_um,
                           layout=args.layout, min_tissue=args.min_tissue,
                           batch_size=args.batch_size or 32, tile=args.tile, device=args.device,
                           progress=_progress(args))

@@ -42,6 +42,9 @@ from ._tooltips import tip
 
 SLIDE_PREFIX = "slide: "
 NO_PRESET = "custom"
+#: ``metadata['kind']`` of the per-section result layers of the trained-model widgets.
+RESULT_KINDS = frozenset({"mclstexp_gene", "mclstexp_confidence", "batch_agnostic_classes",
+                          "batch_agnostic_confidence"})
 
 
 # ----------------------------------------------------------------------------- forms
@@ -364,6 +367,32 @@ class ModelWidget(WorkerMixin, QWidget):
         return self._run(type(self)._predict_job, self.model, adatas,
                          self._images_for(list(adatas)), slide, self._bridge, self._cancel,
                          returned=self.on_results, label=self.RUN_LABEL, torch=True)
+
+    def show_with_slide(self, section: str, shown=()) -> None:
+        """Show ``section``'s results over ITS slide (issue 17.6): its image layer(s) and the
+        ``shown`` result layers visible; other sections' images, spots and results hidden.
+        A slide prediction's section is the image layer's name."""
+        from napari.layers import Image
+
+        def sec_of(ly):
+            md = ly.metadata or {}
+            if isinstance(ly, Image):
+                return md.get("section") or (ly.name if ly.name in self.predictions else None)
+            if md.get("kind") in RESULT_KINDS or md.get("kind") == "spots":
+                return md.get("section")
+            return None
+
+        own = [ly for ly in self.viewer.layers if isinstance(ly, Image) and sec_of(ly) == section]
+        if not own and section in self.viewer.layers:
+            own = [self.viewer.layers[section]]
+        for ly in self.viewer.layers:
+            sec = sec_of(ly)
+            if ly in own:
+                ly.visible = True
+            elif sec is not None and sec != section:
+                ly.visible = False
+        for ly in shown:
+            ly.visible = True
 
     # jobs (run in the worker thread): subclasses set them as staticmethods
     _train_job = None

@@ -19,6 +19,10 @@ TOOLTIPS: dict[str, str] = {
              "is the her2st 785-gene panel (else the top variable genes) plus the tissue's "
              "markers present in the data",
     "tissue": "tissue type whose marker genes are added to the panel by default",
+    # loader
+    "loader.mpp": "µm per pixel of the image, when the file does not say (JPEG/PNG) or says "
+                  "wrong; leave at 'from the file' otherwise. Unknown µm/px is said in the "
+                  "status line",
     # expression widget
     "expression.sections": "check the sections to train on",
     "expression.target": "a section (measured values shown beside) or an H&E-only slide",

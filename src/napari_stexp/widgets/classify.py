@@ -406,6 +406,7 @@ class ClassifyWidget(ModelWidget):
                 self.session.add_embedding(ref)
         if preds:
             p = preds[-1]
+            self.show_with_slide(p.name, [self.viewer.layers[f"{p.name} classes"]])
             counts = pd.Series(p.predicted).value_counts().to_dict()
             self.legend.setText(legend_html(p.classes, class_colors(p.classes), counts))
         self.status.setText(f"classified {', '.join(p.name for p in preds)}")

@@ -355,6 +355,7 @@ class ExpressionWidget(ModelWidget):
             gene = match[0]
         self.gene_box.setText(gene)
         layers = [self._set_layer(t, add_layer_tuples) for t in gene_layer_tuples(pred, gene)]
+        self.show_with_slide(pred.name, layers)
         i = pred.genes.index(gene)
         if pred.pcc is not None and np.isfinite(pred.pcc[i]):
             self.pcc_label.setText(f"PCC: {pred.pcc[i]:.3f}")
