@@ -210,3 +210,58 @@ class WorkerMixin:
     def cancel(self) -> None:
         self._cancel.set()
         self.status.setText("cancelling …")
+
+
+class StallProbe:
+    """Measures how long the GUI thread stalls: a QTimer ticks every ``interval_ms`` and the
+    largest gap between ticks is recorded (a benchmark figure, never a timed assertion).
+
+    ``with StallProbe() as probe: ...`` then ``probe.max_stall_ms`` / ``probe.ticks``. The
+    stall is the gap minus the interval (0 when the event loop kept up).
+    """
+
+    def __init__(self, interval_ms: int = 20):
+        from qtpy.QtCore import QTimer
+
+        self.interval_ms = int(interval_ms)
+        self.timer = QTimer()
+        self.timer.setInterval(self.interval_ms)
+        self.timer.timeout.connect(self._tick)
+        self.ticks = 0
+        self.max_gap_ms = 0.0
+        self.long_gaps: list[tuple[float, float]] = []  # (end time, gap ms) of gaps > 200 ms
+        self._last: float | None = None
+
+    def _tick(self) -> None:
+        import time
+
+        now = time.perf_counter()
+        if self._last is not None:
+            gap = (now - self._last) * 1000.0
+            self.max_gap_ms = max(self.max_gap_ms, gap)
+            if gap > 200:
+                self.long_gaps.append((now, gap))
+        self._last = now
+        self.ticks += 1
+
+    @property
+    def max_stall_ms(self) -> float:
+        return max(0.0, self.max_gap_ms - self.interval_ms)
+
+    def start(self) -> StallProbe:
+        import time
+
+        self._last = time.perf_counter()
+        self.timer.start()
+        return self
+
+    def stop(self) -> dict:
+        self._tick()
+        self.timer.stop()
+        return {"max_stall_ms": round(self.max_stall_ms, 1), "ticks": self.ticks}
+
+    def __enter__(self) -> StallProbe:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
