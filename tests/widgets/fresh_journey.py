@@ -43,6 +43,7 @@ def main(name: str, model: str | None = None) -> int:
                 "Expression (mclSTExp)"):
         viewer.open_sample("napari-stexp", "synthetic_slide")
     _, w = viewer.window.add_plugin_dock_widget("napari-stexp", name)
+    print("torch at dock:", "torch" in sys.modules)
     _draw(viewer, 2)
     if name == "Segment cells":
         viewer.add_image(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8),

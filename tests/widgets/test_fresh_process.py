@@ -78,3 +78,6 @@ def test_widget_torch_path_in_a_fresh_process(name, model_folders):
     assert r.returncode == 0, (f"{name}: exit {r.returncode} (-11/139 = segfault)\n"
                                f"{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
     assert "torch imported:" in r.stdout
+    if name in ("Expression (mclSTExp)", "Tissue classifier"):
+        # the form comes from torch-free configs: docking imports no torch (issue 17.9)
+        assert "torch at dock: False" in r.stdout, r.stdout

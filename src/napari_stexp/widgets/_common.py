@@ -141,23 +141,57 @@ class _ProgressSignal(QObject):
     progress = Signal(int, int, str)
 
 
+def _phase_key(message: str) -> str:
+    """What stays the same within one phase of a message ("epoch 3/10, loss 0.41" -> "epoch,
+    loss"): numbers and punctuation removed."""
+    import re
+
+    return " ".join(re.sub(r"[\d.,:;/%()+\-=]+", " ", message).split())
+
+
 class ProgressBridge:
     """A ``progress(done, total, message)`` callback usable from a worker thread: it emits a Qt
-    signal that updates ``bar`` and ``label`` in the GUI thread."""
+    signal that updates ``bar`` and ``label`` in the GUI thread.
+
+    One overall bar across phases: a job's compute reports each phase (features, epochs,
+    reference …) from 0 to its total; a new phase starts when the message changes kind or the
+    count goes back. The bar shows ``(finished phases + this phase's fraction) / phases`` and
+    never moves backwards; the label says which phase runs. :meth:`begin` takes the expected
+    number of phases (grown when a job reports more)."""
+
+    SCALE = 1000
 
     def __init__(self, bar, label):
         self.sig = _ProgressSignal()
         self.sig.progress.connect(self._update)
         self.bar, self.label = bar, label
+        self.begin(1)
+
+    def begin(self, phases: int = 1) -> None:
+        self.expected, self.phase = max(int(phases), 1), 0
+        self._key: str | None = None
+        self._done = 0
+        self.bar.setMaximum(self.SCALE)
+        self.bar.setValue(0)
+
+    def finish(self) -> None:
+        self.bar.setValue(self.SCALE)
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         self.sig.progress.emit(int(done), int(total), str(message))
 
     def _update(self, done, total, message):
-        self.bar.setMaximum(max(total, 1))
-        self.bar.setValue(min(done, max(total, 1)))
+        key = _phase_key(message)
+        if self._key is not None and (key != self._key or done < self._done):
+            self.phase += 1
+        self._key, self._done = key, done
+        expected = max(self.expected, self.phase + 1)
+        frac = min(max(done / max(total, 1), 0.0), 1.0)
+        overall = (self.phase + frac) / expected
+        self.bar.setValue(max(self.bar.value(), int(round(overall * self.SCALE))))
         if message:
-            self.label.setText(message)
+            self.label.setText(f"{message} (phase {self.phase + 1}/{expected})"
+                               if expected > 1 else message)
 
 
 class WorkerMixin:
@@ -179,7 +213,7 @@ class WorkerMixin:
         self.cancel_btn.setEnabled(busy)
 
     def _run(self, func, *args, returned=None, label: str = "working", torch: bool = False,
-             **kwargs):
+             phases: int = 1, **kwargs):
         """Start ``func(*args)`` in a worker. ``torch=True``: the worker imports torch first
         (:func:`warm_torch`), never the GUI thread. A :class:`CancelledError` is reported as
         "cancelled" (an info), not as a failure."""
@@ -188,12 +222,17 @@ class WorkerMixin:
         self._cancel.clear()
         self._busy(True)
         self.status.setText(label + " …")
+        bridge = getattr(self, "_bridge", None)
+        if bridge is not None:
+            bridge.begin(phases)
         if torch:
             func = _with_torch(func)
 
         def done():
             self._busy(False)
             self._worker = None
+            if bridge is not None and not self._cancel.is_set():
+                bridge.finish()
 
         def failed(exc):
             if isinstance(exc, CancelledError):

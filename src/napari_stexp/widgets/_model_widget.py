@@ -128,6 +128,7 @@ class ModelWidget(WorkerMixin, QWidget):
     SECTIONS_LABEL = "Training sections:"
     ACTION = "Predict"
     RUN_LABEL = "predicting"
+    TRAIN_PHASES = 1  # expected phases of a training run (one overall progress bar)
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -302,7 +303,8 @@ class ModelWidget(WorkerMixin, QWidget):
             return None
         return self._run(type(self)._train_job, {n: secs[n] for n in names},
                          self._images_for(names), *args, self._bridge, self._cancel,
-                         returned=self.set_model, label="training", torch=True)
+                         returned=self.set_model, label="training", torch=True,
+                         phases=self.TRAIN_PHASES)
 
     def load(self, path: str | None = None):
         """Open a model folder in a worker (the one load path of the widget)."""

@@ -318,6 +318,7 @@ class ClassifyWidget(ModelWidget):
     SECTIONS_LABEL = "Training sections (ST; labels on sections with H&E):"
     ACTION = "Classify"
     RUN_LABEL = "classifying"
+    TRAIN_PHASES = 4  # gene VAE, image features, contrastive epochs, classifier
     QUICK = "quick"
     _train_job = staticmethod(_train_job)
     _load_job = staticmethod(_load_job)

@@ -233,6 +233,7 @@ class ExpressionWidget(ModelWidget):
     SECTIONS_LABEL = "Training sections (ST with H&E):"
     ACTION = "Predict"
     RUN_LABEL = "predicting"
+    TRAIN_PHASES = 3  # patch features, epochs, reference embeddings
     _train_job = staticmethod(_train_job)
     _load_job = staticmethod(_load_job)
     _predict_job = staticmethod(_predict_job)
