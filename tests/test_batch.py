@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_stexp import batch
+from napari_stexp.batch import engine as batch
 from napari_stexp.errors import InputError
 
 HERE = Path(__file__).resolve().parent
-THIS = Path(__file__).stem  # workers import the helper tasks below from this module
+THIS = __name__  # workers import the helper tasks below from this module (importlib mode: "tests.test_batch")
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -85,7 +85,7 @@ def run_dies_once(model, input_path, out_dir, stem, options):
         flag.write_text(str(os.getpid()))
         (Path(out_dir) / f".{stem}.labels.ome.zarr.tmp-crash").mkdir(exist_ok=True)
         os._exit(1)
-    from napari_stexp.batch_tasks import run_segment
+    from napari_stexp.batch.tasks import run_segment
 
     return run_segment(model, input_path, out_dir, stem, options)
 
@@ -95,12 +95,12 @@ def run_slow_while_flag(model, input_path, out_dir, stem, options):
     if stem in options["slow"] and Path(options["slow_flag"]).exists():
         (Path(out_dir) / f".{stem}.cells.h5ad.tmp-inflight").write_bytes(b"partial")
         time.sleep(300)
-    from napari_stexp.batch_tasks import run_segment
+    from napari_stexp.batch.tasks import run_segment
 
     return run_segment(model, input_path, out_dir, stem, options)
 
 
-LOAD = "napari_stexp.batch_tasks:load_segment"
+LOAD = "napari_stexp.batch.tasks:load_segment"
 LOADS: list = []
 
 
@@ -227,7 +227,7 @@ def test_interrupted_run_resumes_without_redoing(slides, cluster, tmp_path):
     opts = {"slow": slow, "slow_flag": str(slow_flag)}
     task = (LOAD, f"{THIS}:run_slow_while_flag")
     script = textwrap.dedent(f"""
-        from napari_stexp import batch
+        from napari_stexp.batch import engine as batch
         if __name__ == "__main__":
             batch.run_batch("segment", {[str(p) for p in slides]!r}, {str(out)!r},
                             n_workers=2, options={opts!r}, task={task!r})

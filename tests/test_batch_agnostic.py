@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from napari_stexp.analysis.slide_classify import classify_slide
 from napari_stexp.errors import InputError
 from napari_stexp.models.batch_agnostic import (
     PREFIX,
@@ -17,7 +18,6 @@ from napari_stexp.models.batch_agnostic import (
     ClassifierConfig,
     ClassifierWarning,
     class_guided_loss,
-    classify_slide,
     embed_sections,
     evaluate_classifier,
     fit_temperature,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_stexp import batch
+from napari_stexp.batch import engine as batch
 
 pytest.importorskip("torch")
 

@@ -150,7 +150,9 @@ def test_save_load_round_trip_gives_identical_embeddings(tmp_path, synth_cells):
     model = train_bvae(synth_cells, config=BVAEConfig.tiny(epochs=2), out_dir=tmp_path / "m")
     assert (tmp_path / "m" / "config.json").is_file()
     assert (tmp_path / "m" / "weights.pt").is_file()
-    assert (tmp_path / "m" / "checkpoints" / "image" / "last.pt").is_file()
+    # issue 16: checkpoints live beside the folder while training, never inside it
+    assert not (tmp_path / "m" / "checkpoints").exists()
+    assert not (tmp_path / "m.ckpt").exists()
     again = BVAEModel.load(tmp_path / "m")
     z1, z2 = model.embed(synth_cells), again.embed(synth_cells)
     assert z1.shape == (len(synth_cells), 8)

@@ -10,16 +10,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from napari_stexp.analysis.alignment import (  # noqa: E402
+from napari_stexp.analysis.trajectory import gp_path, latent_trajectory  # noqa: E402
+from napari_stexp.analysis.traversal import latent_traversal  # noqa: E402
+from napari_stexp.data.cells import CellCropDataset, synthetic_cell_images  # noqa: E402
+from napari_stexp.errors import InputError  # noqa: E402
+from napari_stexp.models.alignment import (  # noqa: E402
     LatentAlignment,
     class_mean_distances,
     fit_alignment,
     read_class_map,
 )
-from napari_stexp.analysis.trajectory import gp_path, latent_trajectory  # noqa: E402
-from napari_stexp.analysis.traversal import latent_traversal  # noqa: E402
-from napari_stexp.data.cells import CellCropDataset, synthetic_cell_images  # noqa: E402
-from napari_stexp.errors import InputError  # noqa: E402
 from napari_stexp.models.betavae import BVAEConfig, BVAEModel, train_bvae  # noqa: E402
 
 PBMC_MAP = {"class0": "CD14+ Monocyte", "class1": "CD19+ B", "class2": "CD56+ NK"}

@@ -64,9 +64,11 @@ def test_single_process_defaults(monkeypatch):
 
 def test_private_out_for_other_ranks():
     argv = ["expression", "train", "--out", "/results", "--epochs", "2"]
-    same, tmp = D._private_out(argv, "--out", 0)
+    from napari_stexp.commands.ddp import _private_out
+
+    same, tmp = _private_out(argv, "--out", 0)
     assert same == argv and tmp is None
-    other, tmp = D._private_out(argv, "--out", 1)
+    other, tmp = _private_out(argv, "--out", 1)
     try:
         assert other[3] == tmp and tmp != "/results" and os.path.isdir(tmp)
     finally:
@@ -117,11 +119,11 @@ def test_engine_non_main_rank_writes_nothing(tmp_path):
 
 @pytest.fixture(scope="module")
 def torchrun_check(tmp_path_factory):
-    """One 2-process gloo run of ``-m napari_stexp.training.distributed check`` (torchrun)."""
+    """One 2-process gloo run of ``-m napari_stexp.commands.ddp check`` (torchrun)."""
     out = tmp_path_factory.mktemp("ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-           "--nproc_per_node=2", "-m", "napari_stexp.training.distributed", "--backend",
+           "--nproc_per_node=2", "-m", "napari_stexp.commands.ddp", "--backend",
            "gloo", "--device", "cpu", "check", "--epochs", "8", "--items", "96",
            "--global-batch", "24", "--json-dir", str(out / "json"),
            "--checkpoint-dir", str(out / "ckpt")]
@@ -201,7 +203,7 @@ def test_ddp_subcommand_single_process(monkeypatch, capsys):
 def _torchrun(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-           "--nproc_per_node=2", "-m", "napari_stexp.training.distributed", "--backend",
+           "--nproc_per_node=2", "-m", "napari_stexp.commands.ddp", "--backend",
            "gloo", "--device", "cpu", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 

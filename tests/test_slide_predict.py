@@ -65,6 +65,7 @@ def test_truncated_jpeg_is_one_input_error_naming_the_file(untrained, tmp_path):
 def test_an_error_while_decoding_in_the_background_surfaces(untrained, monkeypatch):
     """The whole-image decode runs in a thread beside the tissue mask: its InputError (a file
     that opens but cannot be decoded) is raised by predict_slide, not lost in the thread."""
+    from napari_stexp.analysis import slide_grid as sg
     from napari_stexp.analysis import slide_predict as sp
 
     model, pyr = untrained
@@ -72,10 +73,10 @@ def test_an_error_while_decoding_in_the_background_surfaces(untrained, monkeypat
     def broken(pyramid, read_px, out_size):
         raise InputError("slide.jpg", "cannot decode JPEG image; the file is corrupt")
 
-    monkeypatch.setattr(sp, "_warm_level", broken)
+    monkeypatch.setattr(sg, "_warm_level", broken)
     with pytest.raises(InputError, match="slide.jpg: cannot decode"):
         sp.predict_slide(model, pyr, device="cpu", batch_size=16)
-    box = sp._Background(lambda: 41 + 1)
+    box = sg._Background(lambda: 41 + 1)
     assert box.result() == 42
 
 

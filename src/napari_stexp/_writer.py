@@ -17,6 +17,7 @@ def write_points_h5ad(path: str, data, meta: dict) -> list[str]:
     import anndata as ad
 
     from .io.export import write_h5ad
+    from .io.frame import rc_to_xy
 
     md = meta.get("metadata") or {}
     features = pd.DataFrame(meta.get("features") or {}).reset_index(drop=True)
@@ -30,18 +31,26 @@ def write_points_h5ad(path: str, data, meta: dict) -> list[str]:
     else:
         scale = np.asarray(meta.get("scale") or (1.0, 1.0), dtype=float)[-2:]
         out = ad.AnnData(obs=features.set_axis([str(i) for i in range(len(features))]))
-        out.obsm["spatial"] = (coords[:, -2:] * scale)[:, ::-1]
+        out.obsm["spatial"] = rc_to_xy(coords[:, -2:] * scale)
     out.uns["napari_stexp"] = {"layer": meta.get("name", ""), "written_by": "napari-stexp"}
     write_h5ad(out, path)
     return [str(path)]
+
+
+def _scale_um(meta: dict) -> tuple[float, float] | None:
+    """The layer's µm/px as an OME-Zarr scale (None when unknown: see io.frame.mpp_from_layer)."""
+    from .io.frame import mpp_from_layer
+
+    mpp = mpp_from_layer(meta)
+    return None if mpp is None else (mpp, mpp)
 
 
 def write_labels_ome_zarr(path: str, data, meta: dict) -> list[str]:
     from .io.export import write_ome_zarr
 
     arr = data[0] if isinstance(data, list) else data
-    scale = tuple(float(s) for s in (meta.get("scale") or (1.0, 1.0))[-2:])
-    write_ome_zarr(Path(path), arr, kind="labels", scale_um=scale, name=meta.get("name"))
+    write_ome_zarr(Path(path), arr, kind="labels", scale_um=_scale_um(meta),
+                   name=meta.get("name"))
     return [str(path)]
 
 
@@ -49,8 +58,7 @@ def write_image_ome_zarr(path: str, data, meta: dict) -> list[str]:
     from .io.export import write_ome_zarr
 
     arr = data[0] if isinstance(data, list) else data
-    scale = tuple(float(s) for s in (meta.get("scale") or (1.0, 1.0))[-2:])
     axes = "yxc" if meta.get("rgb") else "yx"
-    write_ome_zarr(Path(path), arr, kind="image", scale_um=scale, axes=axes,
+    write_ome_zarr(Path(path), arr, kind="image", scale_um=_scale_um(meta), axes=axes,
                    name=meta.get("name"))
     return [str(path)]

@@ -6,7 +6,7 @@
   to the machine, with it an existing cluster (``dask scheduler`` / ``dask worker``); ``--local``
   runs in this process. A rerun skips complete slides. Exit status 1 when a slide failed.
 - ``torchrun --nproc_per_node=2 --no-python napari-stexp ddp bvae train ...`` (or
-  ``torchrun ... -m napari_stexp.training.distributed bvae train ...``): data-parallel training
+  ``torchrun ... -m napari_stexp.commands.ddp bvae train ...``): data-parallel training
   (see docs/scaling.md).
 """
 
@@ -125,7 +125,7 @@ def run(args) -> int:
 
 
 def run_ddp(args) -> int:
-    from ..training.distributed import main
+    from .ddp import main
 
     argv = ["--device", args.device, f"--out-option={args.out_option}"]
     if args.backend:

@@ -11,7 +11,6 @@ one crop image, or a smear image together with ``--labels LABELS.tif`` (segmenta
 from __future__ import annotations
 
 import json
-import sys
 
 
 def register(sub) -> None:
@@ -104,40 +103,16 @@ def run_train(args) -> int:
 
 
 def run_embed(args) -> int:
-    import anndata
-    import numpy as np
-    import pandas as pd
-
-    from .. import __version__
     from ..data.cells import load_cells
     from ..io.export import write_h5ad
-    from ..models.betavae import BVAEModel
+    from ..models import open_model
 
-    model = BVAEModel.load(args.model, device=args.device)
+    model = open_model(args.model, args.device, kind="bvae")
     cells = load_cells(args.cells, size=model.config.image_size, labels=args.labels,
                        progress=_progress())
-    z = model.embed(cells)
-    obs = pd.DataFrame(index=pd.Index([f"cell{i}" for i in range(len(cells))]))
-    obs["cell_id"] = cells.ids
-    obs["path"] = cells.table["path"].astype(str).to_numpy()
-    labels = cells.labels
-    if any(v is not None for v in labels):
-        obs["label"] = pd.Categorical([v if v is not None else "unknown" for v in labels])
-    X = np.zeros((len(cells), 0), np.float32)
-    var = None
-    if args.expression:
-        expr = model.expression_from_latent(z)
-        X, var = expr.to_numpy(np.float32), pd.DataFrame(index=pd.Index(model.genes))
-    adata = anndata.AnnData(X=X, obs=obs, var=var)
-    adata.obsm["X_bvae"] = z
-    if model.alignment is not None:
-        adata.obsm["X_bvae_gene"] = model.alignment.transform(z)
-    adata.uns["napari_stexp"] = {
-        "model": "bvae", "model_dir": str(args.model), "version": __version__,
-        "command": " ".join(["napari-stexp", *sys.argv[1:]]) if sys.argv else "",
-        "parameters": json.dumps(model.config.to_dict()), "seed": model.config.seed,
-        "cells": str(args.cells), "skipped_cells": len(cells.skipped),
-    }
+    adata = model.embed_adata(cells, model_dir=args.model, source=args.cells,
+                              expression=bool(args.expression))
+    z = adata.obsm["X_bvae"]
     write_h5ad(adata, args.out)
     print(json.dumps({"out": str(args.out), "cells": len(cells), "skipped": len(cells.skipped),
                       "latent_dim": int(z.shape[1])}))
@@ -149,9 +124,9 @@ def run_traverse(args) -> int:
 
     from ..analysis.traversal import latent_traversal, traversal_table
     from ..io._atomic import atomic_path
-    from ..models.betavae import BVAEModel
+    from ..models import open_model
 
-    model = BVAEModel.load(args.model, device=args.device)
+    model = open_model(args.model, args.device, kind="bvae")
     trav = latent_traversal(model, args.cell, n_steps=args.steps, span=args.span,
                             sigma=args.sigma, top=args.dims)
     grid = trav.grid()

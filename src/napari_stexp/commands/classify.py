@@ -185,13 +185,11 @@ def run_train(args) -> int:
     import shutil
 
     from ..data.genes import parse_genes
-    from ..errors import InputError
+    from ..models._folder import check_model_out
     from ..models.batch_agnostic import train_classifier
 
     cfg = build_config(args)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "exists and is not a folder")
+    out = check_model_out(args.out, claim=True)  # not a file; one training into it at once
     adatas = _read(args)
     genes = parse_genes(args.genes) if args.genes else None
     ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name +
@@ -215,9 +213,9 @@ def run_train(args) -> int:
 
 
 def _load(args):
-    from ..models.batch_agnostic import BatchAgnosticClassifier
+    from ..models import open_model
 
-    model = BatchAgnosticClassifier.load(args.model)
+    model = open_model(args.model, "cpu", kind="batch-agnostic-classifier")
     model.config.device = args.device
     if model.gene_model is not None and hasattr(model.gene_model, "config"):
         model.gene_model.config.device = args.device
@@ -242,7 +240,7 @@ def run_evaluate(args) -> int:
     with atomic_path(out) as tmp:
         report.to_csv(tmp, index=False)
     if args.details:
-        from ..training.engine import write_json_atomic
+        from .._provenance import write_json_atomic
 
         write_json_atomic(details, args.details)
     print(report.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -250,12 +248,13 @@ def run_evaluate(args) -> int:
 
 
 def run_embed(args) -> int:
-    from ..models.batch_agnostic import embed_sections, write_h5ad_atomic
+    from ..io.export import write_h5ad
+    from ..models.batch_agnostic import embed_sections
 
     model = _load(args)
     adatas = _read(args)
     emb = embed_sections(model, adatas, cache_dir=_cache(args), progress=_progress(args))
-    write_h5ad_atomic(emb, args.out)
+    write_h5ad(emb, args.out)
     print(f"{args.out}: {emb.n_obs} spots, X_gene_latent "
           f"{emb.obsm['X_gene_latent'].shape[1] if 'X_gene_latent' in emb.obsm else 0}-d, "
           f"{int(emb.obs['has_image'].sum())} with an image embedding", file=sys.stdout)
@@ -263,13 +262,14 @@ def run_embed(args) -> int:
 
 
 def run_predict(args) -> int:
-    from ..models.batch_agnostic import classify_slide, write_h5ad_atomic
+    from ..analysis.slide_classify import classify_slide
+    from ..io.export import write_h5ad
 
     model = _load(args)
     adata = classify_slide(model, slide_image(args), name=args.name, pitch_um=args.pitch_um,
                            layout=args.layout, min_tissue=args.min_tissue, tile=args.tile,
                            progress=_progress(args))
-    write_h5ad_atomic(adata, args.out)
+    write_h5ad(adata, args.out)
     counts = adata.obs["batch_agnostic_class"].value_counts().to_dict()
     print(f"{args.out}: {adata.n_obs} patches; " +
           ", ".join(f"{k}: {v}" for k, v in counts.items()))

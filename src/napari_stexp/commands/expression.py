@@ -239,8 +239,10 @@ def _print_table(table, file=None) -> None:
 def run_train(args) -> int:
     import shutil
 
+    from ..models._folder import check_model_out
     from ..models.mclstexp import train_expression_model
 
+    check_model_out(args.out, claim=True)  # before any work: not a file, one writer at once
     adatas = load_sections(args.data, args.sections, quiet=args.quiet)
     genes, top, how = _panel_args(args, adatas)
     kw = _config_overrides(args)
@@ -263,9 +265,9 @@ def run_train(args) -> int:
 
 def run_evaluate(args) -> int:
     from ..evaluation.regression import evaluate_model
-    from ..models.mclstexp import ExpressionModel
+    from ..models import open_model
 
-    model = ExpressionModel.load(args.model)
+    model = open_model(args.model, "cpu", kind="mclstexp")
     adatas = load_sections(args.data, args.sections, quiet=args.quiet)
     model.check_genes(adatas)
     res = evaluate_model(model, adatas, baselines=() if args.no_baselines else
@@ -306,15 +308,16 @@ def _finish(args, res) -> None:
 
 
 def run_predict(args) -> int:
-    from ..analysis.slide_predict import predict_slide, write_prediction
-    from ..models.mclstexp import ExpressionModel
+    from ..analysis.slide_predict import predict_slide
+    from ..io.export import write_h5ad
+    from ..models import open_model
 
-    model = ExpressionModel.load(args.model)
+    model = open_model(args.model, "cpu", kind="mclstexp")
     adata = predict_slide(model, slide_image(args), name=args.name, pitch_um=args.pitch_um,
                           layout=args.layout, min_tissue=args.min_tissue,
                           batch_size=args.batch_size or 32, tile=args.tile, device=args.device,
                           progress=_progress(args))
-    write_prediction(adata, args.out)
+    write_h5ad(adata, args.out)
     prov = adata.uns["napari_stexp"]
     print(f"wrote {args.out}: {adata.n_obs} pseudo-spots × {adata.n_vars} genes "
           f"({prov['mpp_handling']}; {prov['seconds']:.1f} s)")

@@ -143,9 +143,10 @@ def segment_to_folder(image_path: str | Path, dest: str | Path, *, method: str =
         if fmt == "zarr":
             from ..io.export import write_ome_zarr
 
-            mpp = pyr.mpp or 1.0
+            mpp = pyr.mpp  # None (unknown) stays unknown in the file
             write_ome_zarr(dest / "labels.ome.zarr", res.labels, kind="labels",
-                           scale_um=(mpp, mpp), name="cells", progress=progress, cancel=cancel)
+                           scale_um=(mpp, mpp) if mpp else None, name="cells",
+                           progress=progress, cancel=cancel)
         else:
             import tifffile
 

@@ -8,8 +8,8 @@ the network always sees the same µm per pixel. ``input_size`` may be smaller th
 (e.g. 64 px for quick CPU runs: the same field, downsampled). When an image's µm/px is unknown it
 is assumed to equal the training µm/px (recorded in the dataset's ``notes``).
 
-Spot centres come from ``obsm['spatial']`` through the shared µm frame
-(:func:`~napari_stexp.io.spatial.spots_rc_um` / ``ImagePyramid.mpp``), so sections whose image is
+Spot centres come from ``obsm['spatial']`` through the slide frame
+(:func:`~napari_stexp.io.frame.spots_rc_px` with the image's pyramid), so sections whose image is
 a downscaled copy (``image_scale`` ≠ 1) line up too.
 
 **Decoded once.** Patches are cut tile by tile (each image region is read once, not once per
@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..io.frame import array_grid as spot_positions
+from ..io.frame import mpp_known, spot_pitch_px, spots_rc_px
 from ..io.image import ImagePyramid
-from ..io.spatial import spots_rc_um
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
 
 
@@ -52,25 +53,17 @@ class PatchSpec:
         return None if self.target_mpp is None else self.patch_size * self.target_mpp
 
 
-def image_mpp_known(pyramid: ImagePyramid) -> bool:
-    meta = pyramid.metadata or {}
-    return pyramid.mpp is not None and meta.get("mpp_from") != "fullres pixels"
+image_mpp_known = mpp_known  # kept name; the rule lives in io/frame
 
 
 def read_size_px(pyramid: ImagePyramid, spec: PatchSpec) -> float:
     """Side (level-0 px of ``pyramid``) of the region that covers one patch's field of view."""
-    if spec.target_mpp is None or not image_mpp_known(pyramid):
+    if spec.target_mpp is None or not mpp_known(pyramid):
         return float(spec.patch_size)
     return float(spec.patch_size) * float(spec.target_mpp) / float(pyramid.mpp)
 
 
-def spot_centres_px(adata, pyramid: ImagePyramid, section: str | None = None) -> np.ndarray:
-    """Spot centres as (row, col) in the pyramid's level-0 pixels (via the shared µm frame)."""
-    rc_um = spots_rc_um(adata, section)
-    mpp = pyramid.mpp if pyramid.mpp else None
-    if mpp is None:  # image without a scale: assume level 0 = full-resolution pixels
-        return np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, 1::-1].copy()
-    return rc_um / float(mpp)
+spot_centres_px = spots_rc_px  # (adata, pyramid, section): centres in the pyramid's level-0 px
 
 
 def check_geometry(pyramid: ImagePyramid, centres: np.ndarray, read_px: float,
@@ -204,42 +197,11 @@ def _patch_key(pyramid: ImagePyramid, centres: np.ndarray, read_px: float, out_s
 
 
 # ----------------------------------------------------------------------------- positions
+# spot_pitch_px and spot_positions (= io.frame.array_grid) are imported from io/frame above.
 
-
-def spot_pitch_px(adata) -> float:
-    """Centre-to-centre spot distance in full-resolution px (median nearest-neighbour)."""
-    from scipy.spatial import cKDTree
-
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
-    if len(xy) < 2:
-        raise InputError(_name(adata), "need at least 2 spots to measure the spot pitch")
-    d, _ = cKDTree(xy).query(xy, k=2)
-    d = d[:, 1][d[:, 1] > 0]
-    if d.size == 0:
-        raise InputError(_name(adata), "all spots share one position")
-    return float(np.median(d))
-
-
-def spot_positions(adata) -> np.ndarray:
-    """Integer array coordinates ``(n, 2)`` = (x, y) used by the position embeddings.
-
-    ``obs['array_x']``/``obs['array_y']`` when present; otherwise derived from ``obsm['spatial']``
-    by dividing by the spot pitch (for data written without array coordinates).
-    """
-    obs = adata.obs
-    if "array_x" in obs and "array_y" in obs:
-        a = obs[["array_x", "array_y"]].to_numpy(dtype=np.float64)
-        if np.isfinite(a).all():
-            return np.round(a).astype(np.int64)
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
-    pitch = spot_pitch_px(adata)
-    return np.round((xy - xy.min(axis=0)) / pitch).astype(np.int64)
-
-
-def _name(adata) -> str:
-    if "section" in adata.obs and adata.n_obs:
-        return str(adata.obs["section"].iloc[0])
-    return "AnnData"
+__all__ = ["PatchSpec", "SpotPatchDataset", "augment_batch", "check_geometry", "extract_patches",
+           "image_mpp_known", "iter_patch_tiles", "open_section_image", "read_size_px",
+           "spot_centres_px", "spot_pitch_px", "spot_positions", "to_float_nchw"]
 
 
 # ----------------------------------------------------------------------------- dataset

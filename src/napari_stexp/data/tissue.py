@@ -5,16 +5,19 @@ light, so the optical density relative to the glass colour (estimated from the o
 scans are often tinted) is high on pink stroma and purple cellular tissue alike and ~0 on glass;
 Otsu's threshold on it separates them; very dark pixels (painted-black backgrounds, e.g. the
 her2st app PNGs, slide labels) are excluded, and the mask is cleaned (gaps closed, small specks
-removed, small holes filled). The pseudo-spot grid lays spots at the training spot pitch (square like ST v1, or
-hexagonal like Visium) and keeps those whose disk is mostly tissue.
+removed, small holes filled). The pseudo-spot grid (:func:`napari_stexp.io.frame.pseudo_spot_grid`,
+re-exported here) lays spots at the training spot pitch (square like ST v1, or hexagonal like
+Visium) and keeps those whose disk is mostly tissue.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
+from ..io.frame import frame_scale, pseudo_spot_grid
 from ..io.image import ImagePyramid
+
+__all__ = ["background_rgb", "od_threshold", "pseudo_spot_grid", "tissue_mask"]
 
 
 def _coarse_rgb(pyramid: ImagePyramid, max_size: int) -> tuple[np.ndarray, float]:
@@ -96,7 +99,7 @@ def tissue_mask(pyramid: ImagePyramid, max_size: int = 1024, min_object_um2: flo
     od = np.zeros(mx.shape, np.float32)
     for c, plane in enumerate((r, g, b)):
         od += np.maximum(np.float32(np.log10(bg[c])) - lut[plane], 0)
-    px_um = (pyramid.mpp or 1.0) * ds
+    px_um = frame_scale(pyramid) * ds  # µm (frame units when µm/px is unknown) per mask px
     od = ndi.gaussian_filter(od, max(smooth_um / px_um, 0.5))
     t = od_threshold(od[valid])
     if t is None:
@@ -118,53 +121,3 @@ def tissue_mask(pyramid: ImagePyramid, max_size: int = 1024, min_object_um2: flo
         small[0] = False
         mask = mask | small[lab]
     return mask, ds
-
-
-def pseudo_spot_grid(mask: np.ndarray, downsample: float, shape: tuple[int, int],
-                     pitch_px: float, spot_diameter_px: float | None = None, *,
-                     min_tissue: float = 0.5, layout: str = "square"
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pseudo-spots over tissue: ``(centres (n, 2) level-0 (row, col), grid (n, 2) integer
-    (x, y) array coordinates, tissue fraction (n,))``.
-
-    Spots are ``pitch_px`` apart (square grid, or hexagonal with rows ``pitch·√3/2`` apart and
-    every other row shifted by half a pitch); a spot is kept when at least ``min_tissue`` of its
-    disk (``spot_diameter_px``, default half the pitch) is tissue.
-    """
-
-    H, W = int(shape[0]), int(shape[1])
-    if pitch_px <= 0:
-        raise InputError("pitch", f"spot pitch must be positive, got {pitch_px}")
-    if layout not in ("square", "hex"):
-        raise InputError("layout", f"unknown grid layout '{layout}' (square or hex)")
-    row_step = pitch_px * (np.sqrt(3) / 2 if layout == "hex" else 1.0)
-    rows = np.arange(pitch_px / 2, H, row_step)
-    centres, grid = [], []
-    for i, r in enumerate(rows):
-        shift = pitch_px / 2 if (layout == "hex" and i % 2) else 0.0
-        cols = np.arange(pitch_px / 2 + shift, W, pitch_px)
-        centres.append(np.column_stack([np.full(len(cols), r), cols]))
-        gx = np.arange(len(cols)) * (2 if layout == "hex" else 1) + (1 if shift else 0)
-        grid.append(np.column_stack([gx, np.full(len(cols), i)]))
-    if not centres:
-        return np.empty((0, 2)), np.empty((0, 2), np.int64), np.empty(0)
-    c = np.concatenate(centres)
-    g = np.concatenate(grid).astype(np.int64)
-    diam = float(spot_diameter_px or pitch_px / 2) / downsample
-    rad = max(diam / 2, 0.5)
-    yy, xx = np.mgrid[-int(np.ceil(rad)):int(np.ceil(rad)) + 1,
-                      -int(np.ceil(rad)):int(np.ceil(rad)) + 1]
-    disk = (yy * yy + xx * xx) <= rad * rad
-    mr = np.clip((c[:, 0] / downsample).astype(int), 0, mask.shape[0] - 1)
-    mc = np.clip((c[:, 1] / downsample).astype(int), 0, mask.shape[1] - 1)
-    # Tissue fraction sampled at the spot centres only (same as correlating the mask with the
-    # disk, zero outside, but costs spots × disk instead of image × disk).
-    m = mask.astype(bool)
-    hits = np.zeros(len(c), np.float64)
-    for dy, dx in zip(yy[disk], xx[disk], strict=True):
-        r, q = mr + dy, mc + dx
-        ok = (r >= 0) & (r < m.shape[0]) & (q >= 0) & (q < m.shape[1])
-        hits[ok] += m[r[ok], q[ok]]
-    frac = hits / disk.sum()
-    keep = frac >= min_tissue
-    return c[keep], g[keep], frac[keep].astype(np.float32)

@@ -269,9 +269,9 @@ class SlideCollection:
 
             out.image = open_image(item.image)
             if out.adata is not None and not out.image.mpp:
-                from .spatial import mpp_fullres
+                from .frame import mpp_of
 
-                out.image.mpp = mpp_fullres(out.adata, item.section)
+                out.image.set_mpp(mpp_of(out.adata, item.section), "spots")
         elif out.adata is not None and item.has("image"):
             from .st import section_image
 
@@ -280,7 +280,7 @@ class SlideCollection:
             out.cells = _open_cells(item)
             ref = out.image
             if ref is not None and ref.mpp and not out.cells.mpp:
-                out.cells.mpp = ref.mpp
+                out.cells.set_mpp(ref.mpp, ref.mpp_source)
         return out
 
     # -- thumbnails

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .._provenance import clean_provenance  # noqa: F401 - re-exported (analysis.slide_predict)
 from ..errors import CancelledError, InputError
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
 from ._atomic import atomic_path
@@ -97,23 +98,6 @@ def _safe_uns(value: Any) -> Any:
     return str(value)
 
 
-def clean_provenance(d: dict) -> dict:
-    """A provenance dict made h5ad-writable as plain values: ``None`` becomes ``""`` (also in
-    lists), tuples become lists, numpy scalars Python scalars, nested dicts likewise."""
-    out = {}
-    for k, v in d.items():
-        if v is None:
-            v = ""
-        elif isinstance(v, dict):
-            v = clean_provenance(v)
-        elif isinstance(v, tuple | list):
-            v = ["" if x is None else x for x in v]
-        elif isinstance(v, np.generic):
-            v = v.item()
-        out[k] = v
-    return out
-
-
 def h5ad_safe(adata: Any) -> Any:
     """A new AnnData sharing ``adata``'s arrays whose obs/var/obsm frames and uns can be written
     to h5ad (object columns with mixed types -> categorical strings, etc.); ``adata`` is not
@@ -158,13 +142,14 @@ def write_h5ad(adata: Any, path: str | os.PathLike, *, compression: str | None =
 # --------------------------------------------------------------------------- OME-Zarr write
 
 
-def _axes_meta(axes: str) -> list[dict]:
+def _axes_meta(axes: str, unit: bool = True) -> list[dict]:
+    """NGFF axes; ``unit=False`` (µm/px unknown): space axes without a unit."""
     out = []
     for a in axes:
         if a == "c":
             out.append({"name": "c", "type": "channel"})
         else:
-            out.append({"name": a, "type": "space", "unit": "micrometer"})
+            out.append({"name": a, "type": "space", **({"unit": "micrometer"} if unit else {})})
     return out
 
 
@@ -222,7 +207,7 @@ def _downsample_band(block: np.ndarray, how: str) -> np.ndarray:
 
 
 def _write_multiscale(group: Any, data: Any, *, target: Path, kind: str, axes: str,
-                      scale_um: tuple[float, float], n_levels: int | None, chunk: int,
+                      scale_um: tuple[float, float] | None, n_levels: int | None, chunk: int,
                       name: str, progress: ProgressFn | None, cancel: CancelFlag | None,
                       extra_attrs: dict | None = None) -> list[tuple]:
     import numcodecs
@@ -265,6 +250,8 @@ def _write_multiscale(group: Any, data: Any, *, target: Path, kind: str, axes: s
             z[..., y0:y1, :] = block
             done += 1
             report(progress, done, total, f"writing OME-Zarr level {lvl}")
+    known = scale_um is not None
+    scale_um = scale_um if known else (1.0, 1.0)
     datasets = []
     for lvl in range(len(shapes)):
         f = 2.0 ** lvl
@@ -272,7 +259,7 @@ def _write_multiscale(group: Any, data: Any, *, target: Path, kind: str, axes: s
         datasets.append({"path": str(lvl),
                          "coordinateTransformations": [{"type": "scale", "scale": scale}]})
     attrs: dict[str, Any] = {"multiscales": [{
-        "version": NGFF_VERSION, "name": name, "axes": _axes_meta(axes), "datasets": datasets,
+        "version": NGFF_VERSION, "name": name, "axes": _axes_meta(axes, unit=known), "datasets": datasets,
         "type": "nearest" if labels else "mean",
         "metadata": {"method": "napari_stexp.io.export.write_ome_zarr",
                      "description": "nearest neighbour (every 2nd pixel)" if labels
@@ -330,7 +317,7 @@ def write_ome_zarr(
     data: Any,
     *,
     kind: str = "image",
-    scale_um: tuple[float, float] = (1.0, 1.0),
+    scale_um: tuple[float, float] | None = (1.0, 1.0),
     axes: str = "yx",
     name: str | None = None,
     n_levels: int | None = None,
@@ -342,7 +329,8 @@ def write_ome_zarr(
 
     ``data``: numpy or dask array (dask is written band by band: bounded memory) with ``axes``
     'yx', 'cyx' or 'yxc' (stored as 'cyx', as NGFF requires channel before space).
-    ``scale_um``: (y, x) µm per pixel at level 0; level k has 2**k times that. Levels halve
+    ``scale_um``: (y, x) µm per pixel at level 0 (``None``: µm/px unknown, written as a
+    unit-less scale of 1 so it reopens as unknown); level k has 2**k times that. Levels halve
     until the image fits one chunk (or ``n_levels``). ``kind='labels'``: integer ids (bool ->
     uint8; integral floats -> int32; NaN or fractional values -> InputError), nearest-neighbour
     pyramid and ``image-label`` metadata so napari opens it as a Labels layer.
@@ -351,7 +339,7 @@ def write_ome_zarr(
 
     target = Path(path)
     data, axes = _prepare(data, target, kind, axes)
-    scale = _check_scale(target, scale_um)
+    scale = None if scale_um is None else _check_scale(target, scale_um)
     name = name or target.name.split(".")[0]
     extra = {"image-label": {"version": NGFF_VERSION}} if kind == "labels" else None
     with atomic_path(target, directory=True) as tmp:
@@ -394,7 +382,7 @@ def add_ome_zarr_labels(
     if tuple(data.shape) != (img.height, img.width):
         raise InputError(target, f"labels shape {tuple(data.shape)} differs from the image's "
                                  f"(Y, X) = {(img.height, img.width)}")
-    mpp = img.metadata.get("scale_um") or (1.0, 1.0)
+    mpp = img.metadata.get("scale_um") if img.mpp is not None else None  # None: unknown
     label_attrs: dict[str, Any] = {"version": NGFF_VERSION, "source": {"image": "../../"}}
     if colors:
         label_attrs["colors"] = [
@@ -407,7 +395,7 @@ def add_ome_zarr_labels(
         with atomic_path(target, directory=True) as tmp:
             g = zarr.open_group(str(tmp), mode="w", zarr_format=2)
             _write_multiscale(g, data, target=target, kind="labels", axes="yx",
-                              scale_um=tuple(mpp), n_levels=n_levels, chunk=int(chunks),
+                              scale_um=None if mpp is None else tuple(mpp), n_levels=n_levels, chunk=int(chunks),
                               name=name, progress=progress, cancel=cancel,
                               extra_attrs={"image-label": label_attrs})
         zattrs = labels_dir / ".zattrs"

@@ -13,8 +13,11 @@ class ImagePyramid:
     """A (possibly multiscale) 2-D image, largest level first, read lazily.
 
     ``levels`` are dask arrays shaped ``(Y, X)`` or ``(Y, X, C)``; nothing is decoded until a
-    region is computed. ``mpp`` is micrometres per pixel at level 0 (``None`` if unknown).
-    ``downsamples`` gives each level's (row) downsample factor relative to level 0.
+    region is computed. ``mpp`` is micrometres per pixel at level 0 (``None`` if unknown, the
+    one encoding of unknown) and ``mpp_source`` where it came from (``file``, ``spots``, ``user``,
+    ``assumed`` or ``unknown``; see :mod:`napari_stexp.io.frame`; by default ``file`` when a
+    reader gave an ``mpp``, else ``unknown``). ``downsamples`` gives each level's (row) downsample
+    factor relative to level 0.
     """
 
     levels: list[Any]
@@ -23,11 +26,28 @@ class ImagePyramid:
     mpp: float | None = None
     downsamples: list[float] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    mpp_source: str = ""
 
     def __post_init__(self):
+        self.set_mpp(self.mpp, self.mpp_source or None)
         if not self.downsamples:
             h0 = self.levels[0].shape[0]
             self.downsamples = [h0 / lvl.shape[0] for lvl in self.levels]
+
+    def set_mpp(self, mpp: float | None, source: str | None = None) -> None:
+        """Set µm/px and where it came from (``None`` → unknown; ``source`` defaults to
+        ``file`` for a known value)."""
+        from .frame import MPP_SOURCES, clean_mpp
+
+        self.mpp = clean_mpp(mpp)
+        if self.mpp is None:
+            self.mpp_source = "unknown"
+            return
+        src = source or "file"
+        if src not in MPP_SOURCES or src == "unknown":
+            raise ValueError(f"mpp_source must be one of {MPP_SOURCES[:-1]} for a known µm/px, "
+                             f"got {src!r}")
+        self.mpp_source = src
 
     @property
     def shape(self) -> tuple[int, ...]:

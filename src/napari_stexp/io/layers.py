@@ -1,7 +1,8 @@
 """Layer data tuples for napari (no Qt, no napari import): images, spots, boxes, cells.
 
 Every layer of a slide shares one physical frame in micrometres (``scale`` = µm/px), so spots,
-masks and gene maps overlay exactly. When µm/px is unknown, pixels are the unit (scale 1).
+masks and gene maps overlay exactly. When µm/px is unknown, full-resolution pixels are the unit
+(:mod:`napari_stexp.io.frame` decides both).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .frame import layer_scale, mpp_of, spot_diameter_um, spots_rc_um
 from .image import ImagePyramid
-from .spatial import counts_matrix, mpp_fullres, spot_diameter_fullres, spots_rc_um
+from .spatial import counts_matrix
 
 LayerDataTuple = tuple[Any, dict, str]
 
@@ -24,11 +26,16 @@ CATEGORY_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c56
 def image_layer(pyr: ImagePyramid, name: str | None = None, *, mpp: float | None = None,
                 **kwargs) -> LayerDataTuple:
     """A (multiscale) Image layer tuple from a lazy pyramid; level 0 is never read whole."""
-    m = mpp if mpp is not None else pyr.mpp
-    s = float(m) if m else 1.0
-    meta = {"path": pyr.path, "mpp": m, "kind": "image", **pyr.metadata}
+    if mpp is not None:
+        m, source, scale = mpp, "user", layer_scale(mpp)
+    else:
+        m, source, scale = pyr.mpp, pyr.mpp_source, layer_scale(pyr)
+    meta = {"path": pyr.path, "kind": "image", **pyr.metadata}
+    if "mpp_source" in meta:  # the reader's detail (tiff tag, dpi, ...)
+        meta["mpp_detail"] = meta.pop("mpp_source")
+    meta.update({"mpp": m, "mpp_source": source})
     data = pyr.levels if pyr.multiscale else pyr.levels[0]
-    attrs = {"name": name or pyr.name, "scale": (s, s), "multiscale": pyr.multiscale,
+    attrs = {"name": name or pyr.name, "scale": scale, "multiscale": pyr.multiscale,
              "rgb": pyr.rgb, "metadata": meta}
     attrs.update(kwargs)
     return data, attrs, "image"
@@ -58,9 +65,8 @@ def spots_layer(adata, name: str | None = None, *, section: str | None = None,
                 color_by: str | None = None, **kwargs) -> LayerDataTuple:
     """A Points layer tuple: spot centres in µm (row, col), size = spot diameter in µm."""
     coords = spots_rc_um(adata, section)
-    mpp = mpp_fullres(adata, section)
-    diam_px = spot_diameter_fullres(adata, section)
-    size = diam_px * mpp if diam_px else max(float(np.median(_nn_dist(coords))) * 0.5, 1.0)
+    mpp = mpp_of(adata, section)
+    size = spot_diameter_um(adata, section) or 1.0
     features = spot_features(adata)
     if color_by is None:
         labelled = "label" in features and (features["label"].astype(str) != "unknown").any()
@@ -95,12 +101,3 @@ def boxes_layer(boxes: pd.DataFrame, name: str = "boxes", *, scale: float = 1.0,
         attrs["edge_color"] = "name"
     attrs.update(kwargs)
     return rects, attrs, "shapes"
-
-
-def _nn_dist(coords: np.ndarray) -> np.ndarray:
-    if len(coords) < 2:
-        return np.array([1.0])
-    from scipy.spatial import cKDTree
-
-    d, _ = cKDTree(coords).query(coords, k=2)
-    return d[:, 1]

@@ -74,10 +74,7 @@ def apply_user_mpp(pyr, mpp: float | None):
         return pyr
     if not float(mpp) > 0:
         raise InputError("mpp", f"must be a positive number, got {mpp}")
-    pyr.mpp = float(mpp)
-    pyr.metadata = {**(pyr.metadata or {}), "mpp_source": "user"}
-    if hasattr(pyr, "mpp_source"):
-        pyr.mpp_source = "user"
+    pyr.set_mpp(float(mpp), "user")
     return pyr
 
 

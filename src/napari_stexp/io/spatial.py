@@ -11,8 +11,9 @@ Every ST reader (her2st, Visium, h5ad) returns AnnData built or checked here:
   the full-resolution image for lazy access, ``image_scale``: image px per full-res px,
   ``mpp_fullres``: µm per full-resolution pixel).
 
-napari wants (row, col): :func:`spots_rc_um` converts to micrometres so every layer of a slide
-shares one physical frame.
+µm/px, spot centres in every frame, spot size and grids live in :mod:`napari_stexp.io.frame`
+(``spots_rc_um`` is re-exported here): napari wants (row, col) in micrometres so every layer of a
+slide shares one physical frame.
 """
 
 from __future__ import annotations
@@ -25,6 +26,21 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
+from .frame import clean_mpp, mpp_of, recorded_spot_diameter_px, spots_rc_um
+from .keys import (
+    IMAGE_SCALE,
+    IMAGES,
+    METADATA,
+    MPP_FULLRES,
+    SCALEFACTORS,
+    SOURCE_IMAGE_PATH,
+    SPATIAL,
+    SPOT_DIAMETER_FULLRES,
+)
+
+__all__ = ["SPOT_COLUMNS", "build_st_adata", "counts_matrix", "library_id", "library_ids",
+           "mpp_fullres", "normalize_log1p", "spatial_info", "split_sections",
+           "spot_diameter_fullres", "spots_rc_um", "validate_st_adata"]
 
 SPOT_COLUMNS = ("section", "patient", "label", "array_x", "array_y")
 
@@ -48,14 +64,24 @@ def build_st_adata(
     source: str | os.PathLike | None = None,
     extra_obs: pd.DataFrame | None = None,
     var: pd.DataFrame | None = None,
+    x_is_counts: bool = True,
+    metadata: dict[str, Any] | None = None,
 ):
-    """Assemble an ST AnnData following the conventions above (and validate it)."""
+    """Assemble an ST AnnData following the conventions above (and validate it).
+
+    ``x_is_counts=False`` (model results over spots: predictions, classes): ``counts`` is
+    kept as ``X`` as given and there is no ``layers['counts']``. ``metadata`` adds entries to
+    ``uns['spatial'][section]['metadata']``. ``mpp_fullres=None`` (unknown) stays absent.
+    """
     import anndata as ad
 
-    X = counts if sp.issparse(counts) else sp.csr_matrix(np.asarray(counts))
-    X = sp.csr_matrix(X)
-    if X.dtype.kind == "f" and X.nnz and np.allclose(X.data, np.round(X.data)):
-        X = X.astype(np.float32)
+    if x_is_counts:
+        X = counts if sp.issparse(counts) else sp.csr_matrix(np.asarray(counts))
+        X = sp.csr_matrix(X)
+        if X.dtype.kind == "f" and X.nnz and np.allclose(X.data, np.round(X.data)):
+            X = X.astype(np.float32)
+    else:
+        X = counts
     obs = pd.DataFrame(index=pd.Index([str(o) for o in obs_names], name=None))
     if extra_obs is not None:
         obs = obs.join(extra_obs)
@@ -71,23 +97,25 @@ def build_st_adata(
         obs["array_y"] = np.round(a[:, 1]).astype(np.int64)
     var_df = var if var is not None else pd.DataFrame(index=pd.Index([str(v) for v in var_names]))
     adata = ad.AnnData(X=X, obs=obs, var=var_df)
-    adata.layers["counts"] = X.copy()
-    adata.obsm["spatial"] = np.asarray(spatial_xy, dtype=np.float64)
+    if x_is_counts:
+        adata.layers["counts"] = X.copy()
+    adata.obsm[SPATIAL] = np.asarray(spatial_xy, dtype=np.float64)
     images = {}
     scalef: dict[str, float] = {}
     if hires_image is not None:
         images["hires"] = hires_image
         scalef["tissue_hires_scalef"] = float(hires_scalef if hires_scalef is not None else image_scale)
     if spot_diameter_fullres is not None:
-        scalef["spot_diameter_fullres"] = float(spot_diameter_fullres)
-    meta: dict[str, Any] = {"image_scale": float(image_scale)}
+        scalef[SPOT_DIAMETER_FULLRES] = float(spot_diameter_fullres)
+    meta: dict[str, Any] = {IMAGE_SCALE: float(image_scale)}
     if image_path is not None:
-        meta["source_image_path"] = str(image_path)
-    if mpp_fullres is not None:
-        meta["mpp_fullres"] = float(mpp_fullres)
+        meta[SOURCE_IMAGE_PATH] = str(image_path)
+    if clean_mpp(mpp_fullres) is not None:
+        meta[MPP_FULLRES] = float(mpp_fullres)
     if source is not None:
         meta["source"] = str(source)
-    adata.uns["spatial"] = {str(section): {"images": images, "scalefactors": scalef, "metadata": meta}}
+    meta.update(metadata or {})
+    adata.uns[SPATIAL] = {str(section): {IMAGES: images, SCALEFACTORS: scalef, METADATA: meta}}
     validate_st_adata(adata, source or section)
     return adata
 
@@ -95,9 +123,9 @@ def build_st_adata(
 def validate_st_adata(adata, source: Any = None) -> None:
     """Raise :class:`InputError` naming ``source`` when ``adata`` breaks the ST conventions."""
     src = source if source is not None else "AnnData"
-    if "spatial" not in adata.obsm:
+    if SPATIAL not in adata.obsm:
         raise InputError(src, "no spot coordinates: obsm['spatial'] is missing")
-    xy = np.asarray(adata.obsm["spatial"])
+    xy = np.asarray(adata.obsm[SPATIAL])
     if xy.ndim != 2 or xy.shape[1] < 2 or xy.shape[0] != adata.n_obs:
         raise InputError(src, f"obsm['spatial'] must be (n_spots, 2), got {xy.shape}")
     bad = ~np.isfinite(xy[:, :2]).all(axis=1)
@@ -110,7 +138,7 @@ def validate_st_adata(adata, source: Any = None) -> None:
 
 
 def library_ids(adata) -> list[str]:
-    return list(adata.uns.get("spatial", {}).keys())
+    return list(adata.uns.get(SPATIAL, {}).keys())
 
 
 def library_id(adata, section: str | None = None) -> str | None:
@@ -123,31 +151,26 @@ def library_id(adata, section: str | None = None) -> str | None:
 def spatial_info(adata, section: str | None = None) -> dict:
     """The ``uns['spatial'][lib]`` entry (empty dict-like parts if absent)."""
     lib = library_id(adata, section)
-    entry = adata.uns.get("spatial", {}).get(lib, {}) if lib else {}
+    entry = adata.uns.get(SPATIAL, {}).get(lib, {}) if lib else {}
     return {
         "library_id": lib,
-        "images": entry.get("images", {}) or {},
-        "scalefactors": entry.get("scalefactors", {}) or {},
-        "metadata": entry.get("metadata", {}) or {},
+        IMAGES: entry.get(IMAGES, {}) or {},
+        SCALEFACTORS: entry.get(SCALEFACTORS, {}) or {},
+        METADATA: entry.get(METADATA, {}) or {},
     }
 
 
-def mpp_fullres(adata, section: str | None = None, default: float = 1.0) -> float:
-    """µm per full-resolution pixel; ``default`` (1.0: pixels as units) when unknown."""
-    meta = spatial_info(adata, section)["metadata"]
-    v = meta.get("mpp_fullres")
-    return float(v) if v else float(default)
+def mpp_fullres(adata, section: str | None = None, default: float | None = None
+                ) -> float | None:
+    """µm per full-resolution pixel; ``default`` (None: unknown) when the data do not say.
+    Same as :func:`napari_stexp.io.frame.mpp_of`."""
+    v = mpp_of(adata, section)
+    return v if v is not None else default
 
 
 def spot_diameter_fullres(adata, section: str | None = None) -> float | None:
-    v = spatial_info(adata, section)["scalefactors"].get("spot_diameter_fullres")
-    return float(v) if v else None
-
-
-def spots_rc_um(adata, section: str | None = None) -> np.ndarray:
-    """Spot centres as napari (row, col) in micrometres (pixels if µm/px is unknown)."""
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
-    return xy[:, ::-1] * mpp_fullres(adata, section)
+    """The recorded spot diameter in full-resolution px (None when absent)."""
+    return recorded_spot_diameter_px(adata, section)
 
 
 def split_sections(adata) -> dict[str, Any]:
@@ -158,9 +181,9 @@ def split_sections(adata) -> dict[str, Any]:
     out = {}
     for sec in pd.unique(adata.obs["section"].astype(str)):
         sub = adata[adata.obs["section"].astype(str) == sec].copy()
-        spatial = adata.uns.get("spatial", {})
+        spatial = adata.uns.get(SPATIAL, {})
         if sec in spatial:
-            sub.uns["spatial"] = {sec: spatial[sec]}
+            sub.uns[SPATIAL] = {sec: spatial[sec]}
         out[sec] = sub
     return out
 

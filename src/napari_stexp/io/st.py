@@ -24,7 +24,17 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from .spatial import mpp_fullres, spatial_info
+from .frame import mpp_of
+from .keys import (
+    IMAGE_SCALE,
+    IMAGES,
+    METADATA,
+    SCALEFACTORS,
+    SOURCE_IMAGE_PATH,
+    SPATIAL,
+    SPOT_DIAMETER_FULLRES,
+)
+from .spatial import spatial_info
 
 ST_KINDS = ("her2st", "visium", "h5ad")
 
@@ -87,10 +97,10 @@ def restrict_genes(adata, genes: Sequence[str], source: Any):
 
 def _rename_section(adata, old: str, new: str) -> None:
     adata.obs["section"] = pd.Categorical([new] * adata.n_obs)
-    spatial = dict(adata.uns.get("spatial") or {})
+    spatial = dict(adata.uns.get(SPATIAL) or {})
     if old in spatial:
         spatial = {(new if k == old else k): v for k, v in spatial.items()}
-        adata.uns["spatial"] = spatial
+        adata.uns[SPATIAL] = spatial
 
 
 def _dataset_name(root: Path) -> str:
@@ -156,7 +166,7 @@ def read_st(paths: str | os.PathLike | Sequence[str | os.PathLike],
             data = read_st_h5ad(root)
             if not images:
                 for s, a in data.items():
-                    a.uns["spatial"][s]["images"] = {}
+                    a.uns[SPATIAL][s][IMAGES] = {}
         for s, a in data.items():
             if genes is not None:
                 a = restrict_genes(a, genes, root)
@@ -212,57 +222,34 @@ def _is_blank(arr: np.ndarray) -> bool:
     return bool(rgb.size == 0 or rgb.max() == rgb.min())
 
 
-def _open_source_image(path: str):
-    try:
-        from .wsi import open_image
-    except ImportError:  # wsi reader unavailable: decode the plain image lazily, whole
-        import dask
-        import dask.array as da
-
-        from .her2st import image_size
-        from .image import ImagePyramid
-
-        def _load(p=path):
-            from PIL import Image
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(p) as im:
-                    return np.asarray(im.convert("RGB"))
-
-        w, h = image_size(path)
-        arr = da.from_delayed(dask.delayed(_load)(), shape=(h, w, 3), dtype=np.uint8)
-        return ImagePyramid(levels=[arr], path=str(path), name=Path(path).stem)
-    return open_image(path)
-
-
 def section_image(adata, section: str | None = None):
     """The section's H&E as an :class:`~napari_stexp.io.image.ImagePyramid` (lazy), or None.
 
-    ``mpp`` is set so that image and spots share one µm frame: the source image (``metadata
-    ['source_image_path']``, ``image_scale`` image px per full-res px) gets
-    ``mpp_fullres / image_scale``; without one, the in-memory ``hires`` (else ``lowres``) image is
-    wrapped as one level with ``mpp_fullres / tissue_<res>_scalef``. When µm/px is unknown, mpp is
-    in full-resolution pixels (like :func:`~napari_stexp.io.spatial.spots_rc_um`).
+    ``mpp`` is set so that image and spots share one µm frame (:mod:`napari_stexp.io.frame`):
+    the source image (``metadata['source_image_path']``, ``image_scale`` image px per full-res
+    px) gets ``mpp_fullres / image_scale``; without one, the in-memory ``hires`` (else
+    ``lowres``) image is wrapped as one level with ``mpp_fullres / tissue_<res>_scalef``
+    (``mpp_source = "spots"``). When the spots' µm/px is unknown, ``mpp`` is ``None``
+    (``mpp_source = "unknown"``) and ``metadata['image_scale']`` keeps the image in the spots'
+    full-resolution pixel frame (:func:`~napari_stexp.io.frame.frame_scale`).
     """
     import dask.array as da
 
     from .image import ImagePyramid
+    from .wsi import open_image
 
     info = spatial_info(adata, section)
-    meta, sf, images = info["metadata"], info["scalefactors"], info["images"]
-    mpp0 = mpp_fullres(adata, info["library_id"])
-    known = bool(meta.get("mpp_fullres"))
-    src = meta.get("source_image_path")
+    meta, sf, images = info[METADATA], info[SCALEFACTORS], info[IMAGES]
+    mpp0 = mpp_of(adata, info["library_id"])
+    src = meta.get(SOURCE_IMAGE_PATH)
     if src:
         if Path(src).is_file():
-            pyr = _open_source_image(src)
-            scale = float(meta.get("image_scale") or 1.0)
+            pyr = open_image(src)
+            scale = float(meta.get(IMAGE_SCALE) or 1.0)
             file_mpp = pyr.mpp
-            pyr.mpp = mpp0 / scale
+            pyr.set_mpp(None if mpp0 is None else mpp0 / scale, "spots")
             pyr.metadata = dict(pyr.metadata or {})
-            pyr.metadata.update({"mpp_from": "spots" if known else "fullres pixels",
-                                 "file_mpp": file_mpp, "image_scale": scale,
+            pyr.metadata.update({"file_mpp": file_mpp, IMAGE_SCALE: scale,
                                  "section": info["library_id"]})
             w_exp = meta.get("image_width")
             if w_exp and int(w_exp) != pyr.width:
@@ -279,9 +266,9 @@ def section_image(adata, section: str | None = None):
         arr = _as_display(img)
         return ImagePyramid(levels=[da.from_array(arr, chunks=(1024, 1024) + arr.shape[2:])],
                             path=None, name=f"{info['library_id']} {res}",
-                            mpp=mpp0 / float(f),
-                            metadata={"mpp_from": "spots" if known else "fullres pixels",
-                                      "resolution": res, "scalef": float(f),
+                            mpp=None if mpp0 is None else mpp0 / float(f), mpp_source="spots",
+                            metadata={"resolution": res, "scalef": float(f),
+                                      IMAGE_SCALE: float(f),
                                       "section": info["library_id"]})
     return None
 
@@ -292,7 +279,7 @@ def section_image(adata, section: str | None = None):
 def section_summary(adata, section: str | None = None) -> dict[str, Any]:
     """What a reader found for one section (CLI ``info`` and the loader widget)."""
     info = spatial_info(adata, section)
-    meta, sf, images = info["metadata"], info["scalefactors"], info["images"]
+    meta, sf, images = info[METADATA], info[SCALEFACTORS], info[IMAGES]
     obs = adata.obs
     if section is not None and "section" in obs:
         obs = obs[obs["section"].astype(str) == section]
@@ -302,12 +289,12 @@ def section_summary(adata, section: str | None = None) -> dict[str, Any]:
     if "label" in obs:
         label_counts = {str(k): int(v) for k, v in
                         obs["label"].dropna().astype(str).value_counts().items()}
-    known = bool(meta.get("mpp_fullres"))
-    mpp0 = float(meta["mpp_fullres"]) if known else None
+    mpp0 = mpp_of(adata, info["library_id"])
+    known = mpp0 is not None
     image = image_size = image_mpp = None
-    if meta.get("source_image_path"):
-        image = str(meta["source_image_path"])
-        scale = float(meta.get("image_scale") or 1.0)
+    if meta.get(SOURCE_IMAGE_PATH):
+        image = str(meta[SOURCE_IMAGE_PATH])
+        scale = float(meta.get(IMAGE_SCALE) or 1.0)
         if meta.get("image_width") and meta.get("image_height"):
             image_size = (int(meta["image_height"]), int(meta["image_width"]))
         image_mpp = mpp0 / scale if known else None
@@ -320,7 +307,7 @@ def section_summary(adata, section: str | None = None) -> dict[str, Any]:
                 image_size = tuple(int(v) for v in np.shape(img)[:2])
                 image_mpp = mpp0 / float(f) if known else None
                 break
-    diam = sf.get("spot_diameter_fullres")
+    diam = sf.get(SPOT_DIAMETER_FULLRES)
     patient = None
     if "patient" in obs and len(obs):
         patient = str(obs["patient"].iloc[0])

@@ -29,7 +29,6 @@ Torch is imported inside functions only.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -43,16 +42,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._provenance import clean_provenance, run_signature, version
 from ..errors import InputError
-from ..io.export import clean_provenance
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
 from ..training.engine import discard_stale_checkpoint
-from ..training.engine import json_default as _json_default
+from ._folder import section_source
 from ._options import option
 from .gene_vae import GeneVAEConfig, clean_labels
 
 FORMAT = "napari-stexp/batch-agnostic-classifier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the model-folder contract (digests, nested gene VAE); 1 opens
 MODES = ("cached", "finetune")
 LOSSES = ("infonce", "soft")
 OBJECTIVES = ("contrastive", "supervised")
@@ -347,13 +346,14 @@ class BatchAgnosticClassifier:
                         progress: ProgressFn | None = None,
                         cancel: CancelFlag | None = None) -> np.ndarray:
         """uint8 patches of a section's spots at this model's geometry."""
-        from ..data.patches import extract_patches, read_size_px, spot_centres_px
+        from ..data.patches import extract_patches, read_size_px
+        from ..io.frame import spots_rc_px
 
         pyr = image if image is not None else _image_of(adata, name)
         if pyr is None:
             raise InputError(f"section {name}", "has no H&E image")
         spec = self.patch_spec
-        return extract_patches(pyr, spot_centres_px(adata, pyr), read_size_px(pyr, spec),
+        return extract_patches(pyr, spots_rc_px(adata, pyr), read_size_px(pyr, spec),
                                spec.input_size, source=f"section {name}",
                                cache_dir=None if cache_dir is False else cache_dir,
                                progress=progress, cancel=cancel)
@@ -446,85 +446,69 @@ class BatchAgnosticClassifier:
     # -- persistence
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write MODEL_DIR atomically: ``config.json`` (config, panel, batches, classes,
-        provenance, history), ``model.pt`` (network incl. backbone), the gene encoder."""
-        import torch
+        provenance, history), ``model.pt`` (network incl. backbone), the gene encoder (a
+        nested gene-VAE model folder ``gene_encoder/``)."""
+        from ._folder import write_model_folder
 
-        from ..io._atomic import atomic_path
-
-        out = Path(out_dir)
-        with atomic_path(out, directory=True) as tmp:
-            torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-                       tmp / "model.pt")
-            gm = self.gene_model
-            gene_meta: dict[str, Any] = {"kind": "none"}
-            if gm is not None and hasattr(gm, "save"):
-                gm.save(tmp / "gene_encoder")
-                gene_meta = {"kind": "vae", "folder": "gene_encoder",
-                             "n_latent": gm.n_latent}
-            elif gm is not None:
-                gene_meta = gm.meta()
-            meta = {
-                "format": FORMAT, "format_version": FORMAT_VERSION,
-                "config": self.config.to_dict(), "classes": self.classes,
-                "genes": self.genes, "batches": self.batches,
-                "feature_dim": self.feature_dim, "gene_encoder": gene_meta,
-                "provenance": self.provenance, "history": self.history,
-            }
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+        gm = self.gene_model
+        gene_meta: dict[str, Any] = {"kind": "none"}
+        folders = {}
+        if gm is not None and hasattr(gm, "save"):
+            folders["gene_encoder"] = lambda p: gm.save(p, atomic=False)
+            gene_meta = {"kind": "vae", "folder": "gene_encoder", "n_latent": gm.n_latent}
+        elif gm is not None:
+            gene_meta = gm.meta()
+        out = write_model_folder(
+            out_dir, format=FORMAT, version=FORMAT_VERSION, config=self.config.to_dict(),
+            state_dicts={"model.pt": self.net.state_dict()}, folders=folders,
+            panel={"genes": self.genes, "classes": self.classes},
+            meta={"classes": self.classes, "genes": self.genes, "batches": self.batches,
+                  "feature_dim": self.feature_dim, "gene_encoder": gene_meta,
+                  "history": self.history},
+            provenance=self.provenance)
         self.path = str(out)
         return out
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: Any = "cpu") -> BatchAgnosticClassifier:
         """Load a MODEL_DIR written by :meth:`save` (InputError for anything wrong)."""
-        import torch
-
+        from ._folder import load_into, read_model_folder, str_list
         from .backbones import build_image_encoder
         from .gene_vae import FittedGeneVAE, ObsmLatent
 
-        d = Path(model_dir)
-        if not d.is_dir():
-            raise InputError(d, "model folder not found")
-        for f in ("config.json", "model.pt"):
-            if not (d / f).is_file():
-                raise InputError(d, f"not a classifier model folder: {f} is missing")
-        try:
-            meta = json.loads((d / "config.json").read_text())
-        except ValueError as exc:
-            raise InputError(d / "config.json", f"not valid JSON ({exc})") from exc
-        if meta.get("format") != FORMAT:
-            raise InputError(d / "config.json", f"not a batch-agnostic classifier (format "
-                                                f"{meta.get('format')!r})")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise InputError(d, f"model format {meta['format_version']} is newer than this "
-                                f"napari-stexp understands ({FORMAT_VERSION})")
-        cfg = ClassifierConfig.from_dict(meta["config"])
+        f = read_model_folder(model_dir, FORMAT)
+        d, src = f.path, f.config_path
+        f.file("model.pt")
+        cfg = f.config(ClassifierConfig)
+        meta = f.meta
+        classes = f.panel("classes", str_list(meta.get("classes"), src, "classes"))
+        genes = f.panel("genes", str_list(meta.get("genes", []), src, "genes"))
+        batches = str_list(meta.get("batches", []), src, "batches")
+        feature_dim = meta.get("feature_dim")
+        if not isinstance(feature_dim, int) or isinstance(feature_dim, bool) or feature_dim < 1:
+            raise InputError(src, f"feature_dim must be a positive integer, got {feature_dim!r}")
         gmeta = meta.get("gene_encoder", {"kind": "none"})
+        if not isinstance(gmeta, dict):
+            raise InputError(src, "'gene_encoder' must be a JSON object")
         gene_model: Any = None
         n_latent = 0
         if gmeta.get("kind") == "vae":
-            gene_model = FittedGeneVAE.load(d / gmeta.get("folder", "gene_encoder"))
+            sub = gmeta.get("folder", "gene_encoder")
+            if not isinstance(sub, str) or Path(sub).name != sub:
+                raise InputError(src, f"gene_encoder.folder must be a folder name, got {sub!r}")
+            gene_model = FittedGeneVAE.from_folder(f.folder(sub, "gene-vae"))
             n_latent = gene_model.n_latent
         elif gmeta.get("kind") == "obsm":
-            gene_model = ObsmLatent(gmeta["key"], gmeta.get("n_latent"))
+            gene_model = ObsmLatent(str(gmeta["key"]), gmeta.get("n_latent"))
             n_latent = int(gmeta.get("n_latent") or 0)
         encoder, _ = build_image_encoder(cfg.backbone, None)  # weights come from model.pt
-        net = _build_net(int(meta["feature_dim"]), n_latent if cfg.objective == "contrastive"
-                         else 0, len(meta["classes"]), cfg, encoder)
-        try:
-            state = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise InputError(d / "model.pt", "weights do not match config.json "
-                                             f"({str(exc).splitlines()[0]})") from exc
-        except Exception as exc:  # noqa: BLE001 - truncated/corrupt
-            raise InputError(d / "model.pt", f"cannot read weights ({type(exc).__name__}: "
-                                             f"{exc})") from exc
+        net = _build_net(feature_dim, n_latent if cfg.objective == "contrastive" else 0,
+                         len(classes), cfg, encoder)
+        load_into(net, f.state("model.pt"), d / "model.pt")
         net.eval()
-        return cls(net=net, config=cfg, classes=list(meta["classes"]), gene_model=gene_model,
-                   genes=list(meta.get("genes", [])), batches=list(meta.get("batches", [])),
-                   feature_dim=int(meta["feature_dim"]),
-                   provenance=meta.get("provenance", {}), history=meta.get("history", {}),
+        return cls(net=net, config=cfg, classes=classes, gene_model=gene_model,
+                   genes=genes, batches=batches, feature_dim=feature_dim,
+                   provenance=meta.get("provenance") or {}, history=meta.get("history") or {},
                    path=str(d))
 
 
@@ -596,8 +580,9 @@ def train_classifier(
     """
     import torch
 
-    from ..data.patches import PatchSpec, spot_pitch_px, spot_positions
-    from ..io.spatial import mpp_fullres, spot_diameter_fullres, validate_st_adata
+    from ..data.patches import PatchSpec
+    from ..io.frame import array_grid, median_spot_geometry
+    from ..io.spatial import validate_st_adata
     from ..training.distributed import all_gather_tensor, all_gather_with_grad
     from ..training.engine import TrainConfig, fit, seed_everything
     from ..training.feature_cache import backbone_signature, resolve_cache_dir
@@ -654,13 +639,9 @@ def train_classifier(
 
     if cfg.target_mpp is None:
         cfg.target_mpp = target_mpp_of(imgs)
-    pitches = [spot_pitch_px(adatas[n]) * mpp_fullres(adatas[n]) for n in img_names
-               if adatas[n].n_obs > 1]
-    cfg.spot_pitch_um = float(np.median(pitches)) if pitches else cfg.spot_pitch_um
-    diam = [(spot_diameter_fullres(adatas[n]) or 0.0) * mpp_fullres(adatas[n])
-            for n in img_names]
-    diam = [d for d in diam if d > 0]
-    cfg.spot_diameter_um = float(np.median(diam)) if diam else cfg.spot_diameter_um
+    pitch, diam = median_spot_geometry([adatas[n] for n in img_names])
+    cfg.spot_pitch_um = pitch or cfg.spot_pitch_um
+    cfg.spot_diameter_um = diam or cfg.spot_diameter_um
     spec = PatchSpec(cfg.patch_size, cfg.input_size, cfg.target_mpp)
     stages = 3 if cfg.objective == "contrastive" else 2
 
@@ -712,12 +693,13 @@ def train_classifier(
         for p in encoder.parameters():
             p.requires_grad_(False)
     else:
-        from ..data.patches import extract_patches, read_size_px, spot_centres_px
+        from ..data.patches import extract_patches, read_size_px
+        from ..io.frame import spots_rc_px
 
         pl = []
         for n in img_names:
             pyr = imgs[n]
-            pl.append(extract_patches(pyr, spot_centres_px(adatas[n], pyr),
+            pl.append(extract_patches(pyr, spots_rc_px(adatas[n], pyr),
                                       read_size_px(pyr, spec), spec.input_size,
                                       source=f"section {n}", cache_dir=cdir, progress=sp_prog,
                                       cancel=cancel))
@@ -726,7 +708,7 @@ def train_classifier(
         net.z_mean.copy_(torch.from_numpy(z_img.mean(0)))
         net.z_std.copy_(torch.from_numpy(z_img.std(0) + 1e-6))
     sections_img = np.concatenate([[n] * adatas[n].n_obs for n in img_names])
-    xy_img = np.concatenate([spot_positions(adatas[n]) for n in img_names]).astype(np.float64)
+    xy_img = np.concatenate([array_grid(adatas[n]) for n in img_names]).astype(np.float64)
     N = len(y_img)
 
     # ---- validation split (spatial blocks) for calibration
@@ -863,7 +845,7 @@ def train_classifier(
     val_metrics: dict[str, Any] = {}
     if val.any():
         temperature = fit_temperature(logits[val], y_img[val])
-        from ..evaluation.classification import classification_report
+        from .classification_metrics import classification_report
 
         def rep(t):
             z = logits[val] / t
@@ -881,14 +863,14 @@ def train_classifier(
     report(progress, 1, 1, "training done")
 
     prov = {
-        "software": "napari-stexp", "version": _version(), "torch": torch.__version__,
+        "software": "napari-stexp", "version": version(), "torch": torch.__version__,
         "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "seed": cfg.seed, "device": str(dev), "mode": cfg.mode, "objective": cfg.objective,
         "sections": names, "image_sections": img_names, "gene_sections": gene_sec_names,
         "n_image_spots": int(N), "n_labelled_image_spots": int((y_img >= 0).sum()),
         "n_validation_spots": int(val.sum()),
         "label_counts": {c: int((y_img == i).sum()) for i, c in enumerate(classes)},
-        "data": {n: _section_source(adatas[n]) for n in names},
+        "data": {n: section_source(adatas[n]) for n in names},
         "validation": val_metrics,
         "seconds_total": time.perf_counter() - t_start,
         "seconds_image_training": time.perf_counter() - t_fit,
@@ -937,30 +919,10 @@ def _stage_dir(ckpt: Path | None, stage: str, sig: str) -> Path | None:
 
 def _run_signature(cfg: ClassifierConfig, sections: Sequence[str], n: int,
                    classes: Sequence[str]) -> str:
-    import hashlib
-
     d = asdict(cfg)
     d.pop("device", None)
-    blob = json.dumps({"cfg": d, "sections": list(sections), "n": int(n),
-                       "classes": list(classes)}, sort_keys=True, default=_json_default)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def _section_source(adata) -> dict:
-    from ..io.spatial import spatial_info
-
-    meta = spatial_info(adata)["metadata"]
-    return {"source": meta.get("source"), "image": meta.get("source_image_path"),
-            "n_spots": int(adata.n_obs)}
-
-
-def _version() -> str:
-    try:
-        from .. import __version__
-
-        return str(__version__)
-    except Exception:  # noqa: BLE001
-        return "unknown"
+    return run_signature({"cfg": d, "sections": list(sections), "n": int(n),
+                          "classes": list(classes)})
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -977,7 +939,7 @@ def evaluate_classifier(model: BatchAgnosticClassifier, adatas: Mapping[str, Any
     model has one). Only spots labelled with one of the model's classes count; other labels are
     reported in a warning and left out. The second value holds per-class F1 and ECE.
     """
-    from ..evaluation.classification import classification_report
+    from .classification_metrics import classification_report
 
     rows, details = [], {}
     for name, adata in adatas.items():
@@ -1081,11 +1043,11 @@ def embed_sections(model: BatchAgnosticClassifier, adatas: Mapping[str, Any], *,
     out.obs[f"{PREFIX}_class"] = pd.Categorical(out.obs[f"{PREFIX}_class"].astype(object),
                                                 categories=model.classes)
     out.uns[f"{PREFIX}_classes"] = list(model.classes)
-    out.uns["napari_stexp"] = _provenance_uns(model, "embed")
+    out.uns["napari_stexp"] = provenance_uns(model, "embed")
     return out
 
 
-def _provenance_uns(model: BatchAgnosticClassifier, kind: str) -> dict:
+def provenance_uns(model: BatchAgnosticClassifier, kind: str) -> dict:
     c = model.config
     return clean_provenance({"kind": f"batch_agnostic_{kind}", "model": model.path or "in memory",
                    "backbone": c.backbone, "weights": str(c.weights), "mode": c.mode,
@@ -1093,125 +1055,11 @@ def _provenance_uns(model: BatchAgnosticClassifier, kind: str) -> dict:
                    "gene_latent": c.gene_latent,
                    "batch_conditioning": bool(c.gene.batch_conditioning),
                    "n_latent": int(c.gene.n_latent), "classes": list(model.classes),
-                   "version": model.provenance.get("version", _version()),
+                   "version": model.provenance.get("version", version()),
                    "calibration_temperature": float(model.net.calibration_temperature),
                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
-# ----------------------------------------------------------------------------- whole slide
-
-
-def classify_slide(model: BatchAgnosticClassifier, image: Any, *, name: str | None = None,
-                   pitch_um: float | None = None, layout: str = "square",
-                   min_tissue: float = 0.5, batch_size: int = 64, tile: int = 2048,
-                   device: Any = None, mask_max_size: int | None = None,
-                   progress: ProgressFn | None = None, cancel: CancelFlag | None = None):
-    """Classify patches on a grid over the tissue of an H&E slide (streamed, tile by tile).
-
-    Returns an AnnData: ``obs['batch_agnostic_class']`` (categorical over the model's classes),
-    ``obs['batch_agnostic_confidence']`` (top probability), ``obsm['batch_agnostic_proba']``
-    (calibrated, rows sum to 1; class names in ``uns['batch_agnostic_classes']``),
-    ``obsm['X_image']`` (image embeddings), ``obsm['spatial']`` (patch centres, slide px (x, y)),
-    ``uns['spatial']`` and provenance in ``uns['napari_stexp']``. Memory: one tile + one batch.
-    ``mask_max_size`` (long side of the tissue mask, px) defaults to ~8 mask px per spot.
-    """
-    import anndata as ad
-
-    from ..analysis.slide_predict import slide_geometry
-    from ..data.patches import check_geometry, iter_patch_tiles
-    from ..data.tissue import pseudo_spot_grid, tissue_mask
-    from ..io.image import ImagePyramid
-
-    t0 = time.perf_counter()
-    if isinstance(image, ImagePyramid):
-        pyr = image
-    else:
-        from ..io.wsi import open_image
-
-        pyr = open_image(image)
-    name = name or pyr.name or "slide"
-    src = pyr.path or name
-    geo = slide_geometry(model, pyr, pitch_um)
-    if min(pyr.height, pyr.width) < geo["read_px"]:
-        raise InputError(src, f"slide is {pyr.height}×{pyr.width} px, smaller than one patch "
-                              f"({int(round(geo['read_px']))} px at its µm/px)")
-    report(progress, 0, 1, "tissue mask")
-    if mask_max_size is None:  # a spot ~8 mask px across: fine enough, and the grid's disk
-        # filter (cost ~ mask px x disk px) stays cheap
-        ds_want = max(geo["spot_diameter_px"] / 8.0, 1.0)
-        mask_max_size = int(np.clip(max(pyr.height, pyr.width) / ds_want, 256, 1024))
-    mask, ds = tissue_mask(pyr, max_size=mask_max_size)
-    centres, grid, frac = pseudo_spot_grid(mask, ds, (pyr.height, pyr.width), geo["pitch_px"],
-                                           geo["spot_diameter_px"], min_tissue=min_tissue,
-                                           layout=layout)
-    if len(centres) == 0:
-        raise InputError(src, f"no tissue found (no patch is at least {min_tissue:.0%} "
-                              "tissue); is this an H&E slide?")
-    check_geometry(pyr, centres, geo["read_px"], src)
-    n, k, D = len(centres), len(model.classes), model.config.projection_dim
-    proba = np.empty((n, k), np.float32)
-    emb = np.empty((n, D), np.float32)
-    done = 0
-    buf_i: list[np.ndarray] = []
-    buf_p: list[np.ndarray] = []
-
-    def flush(final: bool = False):
-        nonlocal done, buf_i, buf_p
-        if not buf_i:
-            return
-        idx, pat = np.concatenate(buf_i), np.concatenate(buf_p)
-        take = len(idx) if final else (len(idx) // batch_size) * batch_size
-        for s in range(0, take, batch_size):
-            check_cancel(cancel, "slide classification")
-            e = model.embed_patches(pat[s:s + batch_size], batch_size=batch_size, device=device)
-            ii = idx[s:s + batch_size]
-            emb[ii] = e
-            proba[ii] = model.proba_from_embeddings(e)
-            done += len(ii)
-            report(progress, done, n, f"classifying {name}")
-        buf_i, buf_p = ([idx[take:]], [pat[take:]]) if take < len(idx) else ([], [])
-
-    for idx, pat in iter_patch_tiles(pyr, centres, geo["read_px"], geo["input_size"],
-                                     tile=tile, cancel=cancel):
-        buf_i.append(idx)
-        buf_p.append(pat)
-        if sum(len(b) for b in buf_i) >= batch_size:
-            flush()
-    flush(final=True)
-
-    cls = np.asarray(model.classes, dtype=object)[proba.argmax(1)]
-    obs = pd.DataFrame({
-        "section": pd.Categorical([name] * n), "patient": pd.Categorical([name] * n),
-        "array_x": grid[:, 0], "array_y": grid[:, 1],
-        f"{PREFIX}_class": pd.Categorical(cls, categories=model.classes),
-        f"{PREFIX}_confidence": proba.max(1), "tissue_fraction": frac},
-        index=[f"{x}x{y}" for x, y in grid])
-    adata = ad.AnnData(X=np.zeros((n, 0), np.float32), obs=obs)
-    adata.obsm[f"{PREFIX}_proba"] = proba
-    adata.obsm["X_image"] = emb
-    adata.obsm["spatial"] = centres[:, ::-1].astype(np.float64)
-    adata.uns[f"{PREFIX}_classes"] = list(model.classes)
-    mpp = geo["mpp"] or 1.0
-    meta = {"image_scale": 1.0, "mpp_fullres": float(mpp), "format": "batch-agnostic-classes"}
-    if pyr.path:
-        meta["source_image_path"] = str(Path(pyr.path).resolve())
-    adata.uns["spatial"] = {name: {"images": {}, "metadata": meta,
-                                   "scalefactors": {"spot_diameter_fullres":
-                                                    geo["spot_diameter_px"]}}}
-    adata.uns["napari_stexp"] = clean_provenance({**_provenance_uns(model, "slide"), "slide": str(src),
-                                        "slide_shape": [int(pyr.height), int(pyr.width)],
-                                        "n_patches": n, "layout": layout,
-                                        "min_tissue": min_tissue, **geo,
-                                        "seconds": time.perf_counter() - t0})
-    report(progress, n, n, "slide classification done")
-    return adata
-
-
-def write_h5ad_atomic(adata, path: str | os.PathLike) -> Path:
-    """Write ``adata`` to ``.h5ad`` atomically."""
-    from ..io._atomic import atomic_path
-
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        adata.write_h5ad(tmp)
-    return path
+# Whole-slide classification: napari_stexp.analysis.slide_classify.classify_slide (the slide-grid
+# pipeline lives in the analysis tier; models do not import it). Results are written with
+# napari_stexp.io.export.write_h5ad.

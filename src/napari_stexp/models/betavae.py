@@ -13,7 +13,7 @@ modalities share, so a cell image can be decoded to an expected expression profi
   per-gene variance): the right choice for log data without raw counts (e.g. pbmc68k-reduced).
 - :func:`train_bvae` trains both through the shared engine (device, seeds, atomic checkpoints,
   resume, cancel, progress), then fits the alignment
-  (:mod:`napari_stexp.analysis.alignment`) and returns a :class:`BVAEModel`, which saves/loads
+  (:mod:`napari_stexp.models.alignment`) and returns a :class:`BVAEModel`, which saves/loads
   as ``config.json`` + ``weights.pt`` and embeds cells as latent means.
 
 This module imports torch at the top; nothing imported at plugin start imports it.
@@ -39,8 +39,8 @@ from torch.nn import functional as F
 from ..errors import InputError
 from ..progress import CancelFlag, ProgressFn, report
 
-FORMAT = "napari-stexp.bvae"
-FORMAT_VERSION = 1
+FORMAT = "napari-stexp/bvae"  # before the model-folder contract: "napari-stexp.bvae"
+FORMAT_VERSION = 2  # 2: the model-folder contract (digests of every file); 1 opens
 GENE_LABEL_KEYS = ("label", "cell_type", "celltype", "bulk_labels", "louvain", "leiden")
 
 
@@ -349,7 +349,7 @@ class BVAEModel:
     gene_vae: GeneVAE | None = None
     genes: list[str] | None = None
     gene_label_key: str | None = None
-    alignment: Any = None  # analysis.alignment.LatentAlignment
+    alignment: Any = None  # models.alignment.LatentAlignment
     class_map: list[tuple[str, str]] | None = None
     classes: list[str] = field(default_factory=list)
     latent_stats: dict = field(default_factory=dict)
@@ -501,6 +501,46 @@ class BVAEModel:
         expr = self.decode_genes(self.alignment.transform(np.atleast_2d(z_image)))
         return pd.DataFrame(expr, columns=self.genes)
 
+    def embed_adata(self, cells, *, model_dir: Any = None, source: Any = None,
+                    expression: bool = False, obs_names=None, provenance: dict | None = None):
+        """The embedding AnnData (``bvae embed`` and the batch embed task): latent means in
+        ``obsm['X_bvae']`` (and ``X_bvae_gene`` for aligned models), ``obs`` cell_id / path
+        (``source`` for a table without paths) / label, expected expression in ``X`` with
+        ``expression``, provenance in ``uns['napari_stexp']`` (plus ``provenance``)."""
+        import sys
+
+        import anndata
+        import pandas as pd
+
+        from .. import __version__
+
+        z = self.embed(cells)
+        names = obs_names if obs_names is not None else [f"cell{i}" for i in range(len(cells))]
+        obs = pd.DataFrame(index=pd.Index(list(names)))
+        obs["cell_id"] = cells.ids
+        obs["path"] = (cells.table["path"].astype(str).to_numpy()
+                       if "path" in cells.table.columns else str(source))
+        labels = cells.labels
+        if any(v is not None for v in labels):
+            obs["label"] = pd.Categorical([v if v is not None else "unknown" for v in labels])
+        X = np.zeros((len(cells), 0), np.float32)
+        var = None
+        if expression:
+            expr = self.expression_from_latent(z)
+            X, var = expr.to_numpy(np.float32), pd.DataFrame(index=pd.Index(self.genes))
+        adata = anndata.AnnData(X=X, obs=obs, var=var)
+        adata.obsm["X_bvae"] = z
+        if self.alignment is not None:
+            adata.obsm["X_bvae_gene"] = self.alignment.transform(z)
+        adata.uns["napari_stexp"] = {
+            **(provenance or {}), "model": "bvae", "model_dir": str(model_dir),
+            "version": __version__,
+            "command": " ".join(["napari-stexp", *sys.argv[1:]]) if sys.argv else "",
+            "parameters": json.dumps(self.config.to_dict()), "seed": self.config.seed,
+            "cells": str(source), "skipped_cells": len(cells.skipped),
+        }
+        return adata
+
     def predict_expression(self, cells):
         """Cells (dataset or path) -> expected expression profiles (DataFrame cells × genes)."""
         ds = self._cells(cells)
@@ -510,8 +550,8 @@ class BVAEModel:
 
     def align(self, cells, genes, class_map) -> Any:
         """(Re)fit the image→gene latent alignment with this model's VAEs (see
-        :func:`napari_stexp.analysis.alignment.fit_alignment`)."""
-        from ..analysis.alignment import fit_alignment, read_class_map
+        :func:`napari_stexp.models.alignment.fit_alignment`)."""
+        from .alignment import fit_alignment, read_class_map
 
         adata, src = read_genes(genes)
         X, names = expression_matrix(adata, src)
@@ -535,7 +575,7 @@ class BVAEModel:
         """Train the gene VAE on ``genes`` (AnnData / .h5ad, log data) and, with ``class_map``
         and the labelled image ``cells``, align the latents: adds the expression side to an
         image-only model. The class map is checked before training."""
-        from ..analysis.alignment import check_class_map, fit_alignment, read_class_map
+        from .alignment import check_class_map, fit_alignment, read_class_map
 
         adata, src = read_genes(genes)
         X, names = expression_matrix(adata, src)
@@ -574,90 +614,73 @@ class BVAEModel:
 
     # --- persistence
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``weights.pt`` then ``config.json`` (each atomically; the config records the
-        weights' sha256, so a stale pair is detected at load)."""
-        from .. import __version__
-        from ..training.engine import save_checkpoint, write_json_atomic
+        """Write the model folder atomically: ``weights.pt`` (image and gene VAE tensors) and
+        ``config.json`` (records the weights' sha256, so a stale pair is detected at load)."""
+        from ._folder import write_model_folder
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        state = {"image": {k: v.detach().cpu() for k, v in self.image_vae.state_dict().items()}}
+        state = {"image": self.image_vae.state_dict()}
         if self.gene_vae is not None:
-            state["gene"] = {k: v.detach().cpu() for k, v in self.gene_vae.state_dict().items()}
-        save_checkpoint(state, d / "weights.pt")
-        meta = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "napari_stexp_version": __version__,
-            "config": self.config.to_dict(),
-            "weights_sha256": _sha256(d / "weights.pt"),
-            "genes": self.genes, "gene_label_key": self.gene_label_key,
-            "n_genes": None if self.genes is None else len(self.genes),
-            "alignment": None if self.alignment is None else self.alignment.to_dict(),
-            "class_map": self.class_map, "classes": self.classes,
-            "latent_stats": self.latent_stats, "history": self.history,
-            "provenance": self.provenance,
-        }
-        write_json_atomic(meta, d / "config.json")
-        return d
+            state["gene"] = self.gene_vae.state_dict()
+        panel = {"classes": self.classes}
+        if self.genes is not None:
+            panel["genes"] = self.genes
+        return write_model_folder(
+            directory, format=FORMAT, version=FORMAT_VERSION, config=self.config.to_dict(),
+            state_dicts={"weights.pt": state}, panel=panel,
+            meta={"genes": self.genes, "gene_label_key": self.gene_label_key,
+                  "n_genes": None if self.genes is None else len(self.genes),
+                  "alignment": None if self.alignment is None else self.alignment.to_dict(),
+                  "class_map": self.class_map, "classes": self.classes,
+                  "latent_stats": self.latent_stats, "history": self.history},
+            provenance=self.provenance)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str = "cpu") -> BVAEModel:
         """Read a model directory written by :meth:`save`."""
-        from ..analysis.alignment import LatentAlignment
         from ..training.device import get_device
-        from ..training.engine import load_checkpoint
+        from ._folder import load_into, read_model_folder, str_list
+        from .alignment import LatentAlignment
 
         d = Path(directory)
-        cfg_path, w_path = d / "config.json", d / "weights.pt"
-        if not d.is_dir():
-            raise InputError(d, "model directory not found")
-        if not cfg_path.is_file() or not w_path.is_file():
+        if d.is_dir() and not ((d / "config.json").is_file() and (d / "weights.pt").is_file()):
             raise InputError(d, "not a β-VAE model directory (config.json and weights.pt needed)")
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except Exception as exc:
-            raise InputError(cfg_path, f"cannot read model config ({exc})") from exc
-        if meta.get("format") != FORMAT:
-            raise InputError(cfg_path, f"not a β-VAE model (format {meta.get('format')!r})")
-        if meta.get("weights_sha256") and meta["weights_sha256"] != _sha256(w_path):
-            raise InputError(w_path, "weights do not match config.json (written by another "
-                                     "run?)")
-        config = BVAEConfig.from_dict(meta["config"])
+        f = read_model_folder(d, FORMAT)
+        meta, src = f.meta, f.config_path
+        w_path = f.file("weights.pt")
+        state = f.state("weights.pt")  # tensors only: a pickle with code is refused here
+        if f.legacy and meta.get("weights_sha256"):  # the one digest of the old layout
+            from .._provenance import sha256_file
+
+            if meta["weights_sha256"] != sha256_file(w_path):
+                raise InputError(w_path, "weights do not match config.json (written by "
+                                         "another run?)")
+        config = f.config(BVAEConfig)
+        config.check()
+        genes = meta.get("genes")
+        if genes is not None:
+            genes = f.panel("genes", str_list(genes, src, "genes"))
+        classes = f.panel("classes", str_list(meta.get("classes") or [], src, "classes"))
         dev = get_device(device)
-        state = load_checkpoint(w_path, "cpu")
+        if not isinstance(state.get("image"), dict):
+            raise InputError(w_path, "weights do not match config.json (no image β-VAE)")
         image_vae = ImageBetaVAE(config.latent_dim, config.base_channels, config.image_size,
                                  config.roi_dim)
-        _load_state(image_vae, state["image"], w_path)
+        load_into(image_vae, state["image"], w_path)
         gene_vae = None
-        if "gene" in state and meta.get("genes"):
-            gene_vae = GeneVAE(len(meta["genes"]), config.latent_dim, config.gene_hidden)
-            _load_state(gene_vae, state["gene"], w_path)
+        if "gene" in state and genes:
+            gene_vae = GeneVAE(len(genes), config.latent_dim, config.gene_hidden)
+            load_into(gene_vae, state["gene"], w_path)
             gene_vae.to(dev).eval()
         image_vae.to(dev).eval()
-        return cls(config=config, image_vae=image_vae, gene_vae=gene_vae, genes=meta.get("genes"),
+        return cls(config=config, image_vae=image_vae, gene_vae=gene_vae, genes=genes,
                    gene_label_key=meta.get("gene_label_key"),
                    alignment=(LatentAlignment.from_dict(meta["alignment"])
                               if meta.get("alignment") else None),
                    class_map=[tuple(r) for r in meta["class_map"]] if meta.get("class_map")
                    else None,
-                   classes=list(meta.get("classes") or []),
+                   classes=classes,
                    latent_stats=meta.get("latent_stats") or {},
                    history=meta.get("history") or {}, provenance=meta.get("provenance") or {})
-
-
-def _load_state(module: nn.Module, state: dict, source: Path) -> None:
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as exc:
-        raise InputError(source, f"weights do not fit the configured network ({exc})") from exc
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- training
@@ -688,20 +711,11 @@ def _stage_progress(progress: ProgressFn | None, offset: int, total: int, label:
 
 def _prepare_checkpoints(ckpt_dir: Path | None, signature: str, resume: bool) -> None:
     """Drop a checkpoint that belongs to another configuration (or when not resuming)."""
-    if ckpt_dir is None:
-        return
-    last = ckpt_dir / "last.pt"
-    if not last.exists():
-        return
-    ok = False
-    if resume:
-        try:
-            ok = torch.load(last, map_location="cpu", weights_only=False).get(
-                "bvae_signature") == signature
-        except Exception:
-            ok = False
-    if not ok:
-        last.unlink()
+    if ckpt_dir is not None:
+        from ..training.engine import discard_stale_checkpoint
+
+        discard_stale_checkpoint(ckpt_dir / "last.pt", signature, key="bvae_signature",
+                                 resume=resume)
 
 
 def _signature(*parts) -> str:
@@ -839,18 +853,41 @@ def latent_statistics(model: ImageBetaVAE, cells, batch_size: int = 64) -> dict:
 
 def train_bvae(cells, genes=None, class_map=None, config: BVAEConfig | None = None,
                out_dir: str | os.PathLike | None = None, *, resume: bool = True,
+               checkpoint_dir: str | os.PathLike | None = None,
                progress: ProgressFn | None = None, cancel: CancelFlag | None = None,
                ) -> BVAEModel:
+    """See :func:`_train_bvae`; with ``out_dir`` the folder is claimed for the whole run (a
+    second training into it, in another process, is refused with an InputError)."""
+    from ._folder import check_model_out
+
+    if out_dir is None:
+        return _train_bvae(cells, genes, class_map, config, None, resume=resume,
+                           checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel)
+    from ..io._atomic import target_lock
+
+    check_model_out(out_dir)
+    with target_lock(out_dir, wait=False):
+        return _train_bvae(cells, genes, class_map, config, out_dir, resume=resume,
+                           checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel)
+
+
+def _train_bvae(cells, genes=None, class_map=None, config: BVAEConfig | None = None,
+                out_dir: str | os.PathLike | None = None, *, resume: bool = True,
+                checkpoint_dir: str | os.PathLike | None = None,
+                progress: ProgressFn | None = None, cancel: CancelFlag | None = None,
+                ) -> BVAEModel:
     """Train the image β-VAE on ``cells`` (a :class:`CellCropDataset` or a path for
     :func:`~napari_stexp.data.cells.load_cells`); with ``genes`` (AnnData / .h5ad) also the gene
     VAE, and with ``class_map`` (CSV / DataFrame / dict image_class → gene_class) the alignment.
 
     The class map is checked against both label sets *before* any training. With ``out_dir``
-    the engine checkpoints to ``out_dir/checkpoints`` (resumable) and the model is saved there.
+    the engine checkpoints to ``checkpoint_dir`` (default: the sibling ``OUT_DIR.ckpt``,
+    resumable after a kill, removed after the model folder is written atomically) and the
+    model is saved there; the model folder never holds checkpoints or a half-written state.
     """
     from .. import __version__
-    from ..analysis.alignment import check_class_map, read_class_map
     from ..data.cells import CellCropDataset, load_cells
+    from .alignment import check_class_map, read_class_map
 
     config = config or BVAEConfig()
     config.check()
@@ -874,7 +911,8 @@ def train_bvae(cells, genes=None, class_map=None, config: BVAEConfig | None = No
             check_class_map(cmap, ds.classes, sorted(set(g_labels)))
 
     out = Path(out_dir) if out_dir else None
-    ckpt_root = out / "checkpoints" if out else None
+    ckpt_root = Path(checkpoint_dir) if checkpoint_dir else (
+        checkpoint_sibling(out) if out else None)
     bs = max(1, min(config.batch_size, len(ds)))
     img_total = config.epochs * max(1, len(ds) // bs)
     gene_total = 0 if X is None else config.gene_epochs * math.ceil(
@@ -904,9 +942,20 @@ def train_bvae(cells, genes=None, class_map=None, config: BVAEConfig | None = No
     report(progress, total, total, "done")
     if out is not None:
         model.save(out)
+        if checkpoint_dir is None:
+            remove_checkpoints(out)
     return model
 
 
+def checkpoint_sibling(out_dir: str | os.PathLike) -> Path:
+    """Where a training into ``out_dir`` keeps its resumable checkpoints: ``OUT_DIR.ckpt``
+    beside it (as ``expression train`` does), never inside the model folder."""
+    out = Path(out_dir)
+    return out.with_name(out.name + ".ckpt")
+
+
 def remove_checkpoints(out_dir: str | os.PathLike) -> None:
-    """Delete the resumable checkpoints of a finished run (the model files stay)."""
+    """Delete the resumable checkpoints of a finished run into ``out_dir`` (the sibling
+    ``OUT_DIR.ckpt``; also a ``checkpoints/`` folder left inside by older versions)."""
+    shutil.rmtree(checkpoint_sibling(out_dir), ignore_errors=True)
     shutil.rmtree(Path(out_dir) / "checkpoints", ignore_errors=True)

@@ -18,7 +18,6 @@ Torch is imported inside functions (never at plugin start-up).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -38,6 +37,10 @@ from ._options import option
 
 #: Label values that mean "no label".
 MISSING_LABELS = frozenset({"", "nan", "none", "na", "unknown", "undetermined"})
+
+
+FORMAT = "napari-stexp/gene-vae"
+FORMAT_VERSION = 2  # 2: the model-folder contract; 1 = gene_vae.pt {state_dict, meta}
 
 
 class GeneVAEWarning(UserWarning):
@@ -463,17 +466,20 @@ class FittedGeneVAE:
         return self._run(self._tensors(adatas), "proba")[1]
 
     # -- persistence
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``gene_vae.pt`` and ``gene_vae.json`` into ``directory`` (caller makes it
-        atomic, e.g. inside :func:`~napari_stexp.io._atomic.atomic_path`)."""
-        import torch
+    def save(self, directory: str | os.PathLike, *, atomic: bool = True) -> Path:
+        """Write a gene-VAE model folder: ``config.json`` (panel, batches, classes, history,
+        provenance) and ``gene_vae.pt`` (tensors). ``atomic=False`` inside an outer atomic
+        write (the classifier's nested ``gene_encoder/``)."""
+        from ._folder import write_model_folder
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         meta = self.meta()
-        torch.save({"state_dict": self.module.state_dict(), "meta": meta}, d / "gene_vae.pt")
-        (d / "gene_vae.json").write_text(json.dumps(meta, indent=2, default=str))
-        return d
+        config = meta.pop("config")
+        meta.pop("provenance")
+        return write_model_folder(directory, format=FORMAT, version=FORMAT_VERSION,
+                                  config=config,
+                                  state_dicts={"gene_vae.pt": self.module.state_dict()},
+                                  panel={"genes": self.genes, "classes": self.classes},
+                                  meta=meta, provenance=self.provenance, atomic=atomic)
 
     def meta(self) -> dict:
         return {"kind": "gene_vae", "config": asdict(self.config), "genes": self.genes,
@@ -482,28 +488,33 @@ class FittedGeneVAE:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str = "cpu") -> FittedGeneVAE:
-        import torch
+        from ._folder import read_model_folder
 
-        d = Path(directory)
-        path = d / "gene_vae.pt"
-        if not path.is_file():
-            raise InputError(d, "no gene_vae.pt in this folder (not a gene-encoder model)")
-        try:
-            state = torch.load(path, map_location=device, weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            raise InputError(path, f"cannot read the gene encoder ({exc})") from exc
-        meta = state["meta"]
-        cfg = GeneVAEConfig(**meta["config"])
-        sd = state["state_dict"]
-        module = _build_module(len(meta["genes"]), len(meta["batches"]),
-                               len(meta["classes"]), cfg, sd["lib_mean"].cpu().numpy(),
-                               sd["lib_var"].cpu().numpy())
-        module.load_state_dict(sd)
+        return cls.from_folder(read_model_folder(directory, FORMAT))
+
+    @classmethod
+    def from_folder(cls, f) -> FittedGeneVAE:
+        """From a validated :class:`~napari_stexp.models._folder.ModelFolder` (also a legacy
+        folder: ``gene_vae.pt`` holding ``{state_dict, meta}``)."""
+        from ._folder import load_into, str_list
+
+        meta = f.meta
+        src = f.config_path if not f.legacy else f.path / "gene_vae.pt"
+        cfg = f.config(GeneVAEConfig)
+        genes = f.panel("genes", str_list(meta.get("genes"), src, "genes"), src)
+        batches = str_list(meta.get("batches"), src, "batches")
+        classes = f.panel("classes", str_list(meta.get("classes", []), src, "classes"), src)
+        sd = f.legacy_state if f.legacy_state is not None else f.state("gene_vae.pt")
+        w = f.path / "gene_vae.pt"
+        if "lib_mean" not in sd or "lib_var" not in sd:
+            raise InputError(w, "weights do not match config.json (no library statistics)")
+        module = _build_module(len(genes), len(batches), len(classes), cfg,
+                               sd["lib_mean"].cpu().numpy(), sd["lib_var"].cpu().numpy())
+        load_into(module, sd, w)
         module.eval()
-        return cls(module=module, config=cfg, genes=list(meta["genes"]),
-                   batches=list(meta["batches"]), classes=list(meta["classes"]),
-                   history=list(meta.get("history", [])),
-                   provenance=dict(meta.get("provenance", {})))
+        return cls(module=module, config=cfg, genes=genes, batches=batches, classes=classes,
+                   history=list(meta.get("history") or []),
+                   provenance=dict(meta.get("provenance") or {}))
 
 
 # ----------------------------------------------------------------------------- training
@@ -602,16 +613,13 @@ def fit_gene_vae(adatas: Any, genes: Sequence[str] | None = None,
 
 
 def _run_signature(cfg: GeneVAEConfig, genes: Sequence[str], inputs: GeneInputs) -> str:
-    import hashlib
+    from .._provenance import run_signature
 
     d = asdict(cfg)
     d.pop("device", None)
-    h = hashlib.sha256(json.dumps({"cfg": d, "genes": list(genes), "batches": inputs.batches,
-                                   "classes": inputs.classes}, sort_keys=True).encode())
-    h.update(np.ascontiguousarray(inputs.counts.sum(axis=1)).tobytes())
-    h.update(inputs.batch.tobytes())
-    h.update(inputs.labels.tobytes())
-    return h.hexdigest()[:24]
+    return run_signature({"cfg": d, "genes": list(genes), "batches": inputs.batches,
+                          "classes": inputs.classes}, inputs.counts.sum(axis=1), inputs.batch,
+                         inputs.labels)
 
 
 # ----------------------------------------------------------------------------- existing latent

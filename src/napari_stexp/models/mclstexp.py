@@ -29,7 +29,6 @@ This module imports torch at the top; nothing imported at plugin start imports i
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -44,10 +43,23 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._provenance import run_signature, version
 from ..errors import InputError
+from ..io.frame import (
+    array_grid,
+    median_spot_geometry,
+    mpp_of,
+    neighbour_graph,
+    neighbour_mean,
+    section_grid,
+    spots_rc_px,
+)
+from ..io.frame import (
+    grid_coordinates as grid_coordinates,  # re-exported: the grid functions' old home
+)
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
 from ..training.engine import discard_stale_checkpoint
-from ..training.engine import json_default as _json_default
+from ._folder import section_source
 from .heads import ProjectionHead
 from .mclstexp_config import (  # noqa: F401 - re-exported: the config's home is torch-free
     CONTEXT_MODES,
@@ -58,7 +70,7 @@ from .mclstexp_config import (  # noqa: F401 - re-exported: the config's home is
 )
 
 FORMAT = "napari-stexp/mclstexp"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the model-folder contract (digests); 1 still opens
 
 # ----------------------------------------------------------------------------- network
 
@@ -184,79 +196,8 @@ def position_table_sizes(positions: np.ndarray, margin: int = 8) -> tuple[int, i
 # ----------------------------------------------------------------------------- spatial context
 
 
-def grid_coordinates(array_xy: np.ndarray, layout: str = "auto") -> np.ndarray:
-    """Spot centres in units of the spot pitch from integer array coordinates ``(n, 2)`` (x, y).
-
-    ``square`` (ST v1, her2st): as is. ``hex`` (Visium ``array_col``/``array_row``, or the
-    whole-slide pseudo-spot grid with ``layout='hex'``: x steps by 2 along a row, rows offset by
-    1): ``(x / 2, y · √3 / 2)``. ``auto``: hex when every ``x + y`` has the same parity (a
-    hexagonal grid), square otherwise.
-    """
-    a = np.asarray(array_xy, dtype=np.float64).reshape(-1, 2)
-    if layout == "auto":
-        par = np.round(a.sum(axis=1)).astype(np.int64) % 2
-        layout = "hex" if len(a) > 1 and (par == par[0]).all() else "square"
-    if layout == "square":
-        return a.copy()
-    if layout == "hex":
-        return np.column_stack([a[:, 0] / 2.0, a[:, 1] * (np.sqrt(3.0) / 2.0)])
-    raise InputError("layout", f"unknown grid layout '{layout}' (square, hex or auto)")
-
-
-def section_grid(adata) -> np.ndarray:
-    """A section's spot centres in spot pitches: its array coordinates (square or hexagonal,
-    see :func:`grid_coordinates`), else ``obsm['spatial']`` divided by the measured pitch."""
-    obs = adata.obs
-    if "array_x" in obs and "array_y" in obs:
-        a = obs[["array_x", "array_y"]].to_numpy(dtype=np.float64)
-        if np.isfinite(a).all():
-            return grid_coordinates(a, "auto")
-    from ..data.patches import spot_pitch_px
-
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
-    return xy / spot_pitch_px(adata) if len(xy) > 1 else np.zeros((len(xy), 2))
-
-
-def neighbour_graph(grid: np.ndarray, radius: float = 1.5, groups: np.ndarray | None = None):
-    """Row-normalised neighbour matrix (scipy CSR, ``n × n``): row i averages the spots whose
-    centres lie within ``radius`` (in the units of ``grid``, normally spot pitches) of spot i,
-    itself excluded, and in the same group (section) only. A spot with no neighbour gets a
-    row with 1 on the diagonal (it is its own context)."""
-    from scipy import sparse
-    from scipy.spatial import cKDTree
-
-    g = np.asarray(grid, dtype=np.float64).reshape(-1, 2)
-    n = len(g)
-    labels = np.zeros(n, np.int64) if groups is None else np.unique(
-        np.asarray(groups).astype(str), return_inverse=True)[1].reshape(-1)
-    if len(labels) != n:
-        raise InputError("groups", f"{len(labels)} group labels for {n} spots")
-    rows, cols = [], []
-    for lab in np.unique(labels):
-        idx = np.flatnonzero(labels == lab)
-        if len(idx) > 1:
-            pairs = cKDTree(g[idx]).query_pairs(float(radius) + 1e-9, output_type="ndarray")
-            if len(pairs):
-                rows += [idx[pairs[:, 0]], idx[pairs[:, 1]]]
-                cols += [idx[pairs[:, 1]], idx[pairs[:, 0]]]
-    r = np.concatenate(rows) if rows else np.empty(0, np.int64)
-    c = np.concatenate(cols) if cols else np.empty(0, np.int64)
-    lone = np.setdiff1d(np.arange(n), r)
-    r, c = np.concatenate([r, lone]), np.concatenate([c, lone])
-    A = sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(n, n))
-    deg = np.asarray(A.sum(axis=1)).reshape(-1)
-    return sparse.diags(1.0 / np.maximum(deg, 1.0)) @ A
-
-
-def neighbour_mean(values: np.ndarray, grid_or_graph: Any, radius: float = 1.5,
-                   groups: np.ndarray | None = None) -> np.ndarray:
-    """Mean of each spot's neighbours' ``values`` (``(n, …)``; a lone spot keeps its own).
-    ``grid_or_graph``: grid coordinates ``(n, 2)`` or a :func:`neighbour_graph`."""
-    v = np.asarray(values)
-    A = (grid_or_graph if hasattr(grid_or_graph, "tocsr")
-         else neighbour_graph(grid_or_graph, radius, groups))
-    flat = v.reshape(len(v), -1).astype(np.float64)
-    return np.asarray(A @ flat).reshape(v.shape).astype(np.float32)
+# grid_coordinates, section_grid, neighbour_graph and neighbour_mean live in io/frame (the slide
+# frame) and are imported at the top of this module.
 
 
 def smooth_predictions(pred: np.ndarray, grid_or_graph: Any, weight: float, *,
@@ -464,16 +405,11 @@ class ExpressionModel:
                         progress: ProgressFn | None = None, cancel: CancelFlag | None = None
                         ) -> np.ndarray:
         """Patches of a section at this model's geometry (image from ``section_image``)."""
-        from ..data.patches import (
-            extract_patches,
-            open_section_image,
-            read_size_px,
-            spot_centres_px,
-        )
+        from ..data.patches import extract_patches, open_section_image, read_size_px
 
         pyr = image if image is not None else open_section_image(adata, name)
         spec = self.patch_spec
-        return extract_patches(pyr, spot_centres_px(adata, pyr), read_size_px(pyr, spec),
+        return extract_patches(pyr, spots_rc_px(adata, pyr), read_size_px(pyr, spec),
                                spec.input_size, source=f"section {name}", cache_dir=cache_dir,
                                progress=progress, cancel=cancel)
 
@@ -515,87 +451,63 @@ class ExpressionModel:
 
     # -- persistence
     def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write ``config.json``, ``genes.txt``, ``model.pt``, ``reference.npz`` atomically."""
-        from ..io._atomic import atomic_path
+        """Write ``config.json``, ``genes.txt``, ``model.pt``, ``reference.npz`` atomically
+        (a model folder, :mod:`napari_stexp.models._folder`)."""
+        from ._folder import write_model_folder
 
-        out = Path(out_dir)
         ref = self.reference
-        with atomic_path(out, directory=True) as tmp:
-            torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-                       tmp / "model.pt")
-            arrays = {"embeddings": ref.embeddings.astype(np.float32),
-                      "expression": ref.expression.astype(np.float32),
-                      "sections": np.asarray(ref.sections, dtype=str),
-                      "obs_names": np.asarray(ref.obs_names, dtype=str),
-                      "positions": np.asarray(ref.positions, dtype=np.int64)}
-            if ref.frozen_features is not None:
-                arrays["frozen_features"] = ref.frozen_features.astype(np.float32)
-            if ref.grid is not None:
-                arrays["grid"] = np.asarray(ref.grid, np.float64)
-            np.savez(tmp / "reference.npz", **arrays)
-            (tmp / "genes.txt").write_text("\n".join(self.genes) + "\n")
-            meta = {
-                "format": FORMAT, "format_version": FORMAT_VERSION,
-                "config": asdict(self.config),
-                "n_genes": len(self.genes), "genes_file": "genes.txt",
-                "normalisation": {"kind": "library_size_log1p", "target_sum":
-                                  self.config.target_sum, "library": "sum over panel genes"},
-                "reference": {"n_spots": int(len(ref.embeddings)),
-                              "sections": ref.section_names},
-                "provenance": self.provenance, "history": self.history,
-            }
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+        arrays = {"embeddings": ref.embeddings.astype(np.float32),
+                  "expression": ref.expression.astype(np.float32),
+                  "sections": np.asarray(ref.sections, dtype=str),
+                  "obs_names": np.asarray(ref.obs_names, dtype=str),
+                  "positions": np.asarray(ref.positions, dtype=np.int64)}
+        if ref.frozen_features is not None:
+            arrays["frozen_features"] = ref.frozen_features.astype(np.float32)
+        if ref.grid is not None:
+            arrays["grid"] = np.asarray(ref.grid, np.float64)
+        out = write_model_folder(
+            out_dir, format=FORMAT, version=FORMAT_VERSION, config=asdict(self.config),
+            state_dicts={"model.pt": self.net.state_dict()},
+            extra_files={"genes.txt": "\n".join(self.genes) + "\n"},
+            arrays={"reference.npz": arrays}, panel={"genes": self.genes},
+            meta={"n_genes": len(self.genes), "genes_file": "genes.txt",
+                  "normalisation": {"kind": "library_size_log1p", "target_sum":
+                                    self.config.target_sum, "library": "sum over panel genes"},
+                  "reference": {"n_spots": int(len(ref.embeddings)),
+                                "sections": ref.section_names},
+                  "history": self.history},
+            provenance=self.provenance)
         self.path = str(out)
         return out
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: Any = "cpu") -> ExpressionModel:
         """Load a MODEL_DIR written by :meth:`save` (clear InputError for anything wrong)."""
-        d = Path(model_dir)
-        if not d.is_dir():
-            raise InputError(d, "model folder not found")
-        for f in ("config.json", "genes.txt", "model.pt", "reference.npz"):
-            if not (d / f).is_file():
-                raise InputError(d, f"not an mclSTExp model folder: {f} is missing")
-        try:
-            meta = json.loads((d / "config.json").read_text())
-        except ValueError as exc:
-            raise InputError(d / "config.json", f"not valid JSON ({exc})") from exc
-        if meta.get("format") != FORMAT:
-            raise InputError(d / "config.json", f"not an mclSTExp model (format "
-                                                f"{meta.get('format')!r})")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise InputError(d, f"model format {meta['format_version']} is newer than this "
-                                f"napari-stexp understands ({FORMAT_VERSION}); upgrade")
-        cfg = MclstexpConfig.from_dict(meta.get("config", {}))
-        genes = [g for g in (d / "genes.txt").read_text().splitlines() if g]
-        if len(genes) != int(meta.get("n_genes", len(genes))):
+        from ._folder import load_into, read_model_folder
+
+        f = read_model_folder(model_dir, FORMAT)
+        d = f.path
+        for name in ("genes.txt", "model.pt", "reference.npz"):
+            f.file(name)
+        cfg = f.config(MclstexpConfig)
+        genes = f.panel("genes", f.lines("genes.txt"), d / "genes.txt")
+        n_genes = f.meta.get("n_genes", len(genes))
+        if not isinstance(n_genes, int) or len(genes) != n_genes:
             raise InputError(d / "genes.txt", f"{len(genes)} genes, config.json says "
-                                              f"{meta.get('n_genes')}")
+                                              f"{n_genes!r}")
         net = MclstexpNet(len(genes), cfg, load_weights=False)
-        try:
-            state = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise InputError(d / "model.pt", "weights do not match config.json/genes.txt "
-                                             f"({str(exc).splitlines()[0]})") from exc
-        except Exception as exc:  # noqa: BLE001 - truncated/corrupt file
-            raise InputError(d / "model.pt", f"cannot read weights ({type(exc).__name__}: "
-                                             f"{exc})") from exc
-        try:
-            with np.load(d / "reference.npz", allow_pickle=False) as z:
-                ref = Reference(z["embeddings"], z["expression"], z["sections"], z["obs_names"],
-                                z["positions"], z["frozen_features"] if "frozen_features" in z
-                                else None, z["grid"] if "grid" in z else None)
-        except Exception as exc:  # noqa: BLE001
-            raise InputError(d / "reference.npz", f"cannot read the reference "
-                                                  f"({type(exc).__name__}: {exc})") from exc
-        if ref.expression.shape[1] != len(genes) or len(ref.embeddings) != len(ref.expression):
+        load_into(net, f.state("model.pt"), d / "model.pt")
+        z = f.arrays("reference.npz", ("embeddings", "expression", "sections", "obs_names",
+                                       "positions"))
+        ref = Reference(z["embeddings"], z["expression"], z["sections"], z["obs_names"],
+                        z["positions"], z.get("frozen_features"), z.get("grid"))
+        if ref.expression.ndim != 2 or ref.expression.shape[1] != len(genes) \
+                or len(ref.embeddings) != len(ref.expression):
             raise InputError(d / "reference.npz", "reference does not match the gene panel")
         net.to(_device(device)).eval()
         return cls(net=net, config=cfg, genes=genes, reference=ref,
-                   provenance=meta.get("provenance", {}), history=meta.get("history", []),
-                   path=str(d))
+                   provenance=f.meta.get("provenance") or {},
+                   history=f.meta.get("history") or [], path=str(d))
 
     def frozen_encoder(self):
         """The frozen backbone the ridge baseline uses: this model's encoder in cached mode, the
@@ -640,9 +552,7 @@ def _embed_spots(net: MclstexpNet, expression: np.ndarray, positions: np.ndarray
 
 def target_mpp_of(images: Mapping[str, Any]) -> float | None:
     """Training µm/px: the median of the sections' image µm/px (None if none is known)."""
-    from ..data.patches import image_mpp_known
-
-    vals = [float(p.mpp) for p in images.values() if image_mpp_known(p)]
+    vals = [m for p in images.values() if (m := mpp_of(p)) is not None]
     return float(np.median(vals)) if vals else None
 
 
@@ -653,7 +563,7 @@ def section_frozen_features(encoder, backbone_sig: dict, adata, name: str, image
                             progress: ProgressFn | None = None, cancel: CancelFlag | None = None
                             ) -> np.ndarray:
     """Frozen-backbone features ``(views, n, D)`` of a section's spots, cached on disk."""
-    from ..data.patches import check_geometry, extract_patches, read_size_px, spot_centres_px
+    from ..data.patches import check_geometry, extract_patches, read_size_px
     from ..training.feature_cache import (
         cache_key,
         cached_features,
@@ -661,7 +571,7 @@ def section_frozen_features(encoder, backbone_sig: dict, adata, name: str, image
         data_signature,
     )
 
-    centres = spot_centres_px(adata, image)
+    centres = spots_rc_px(adata, image)
     read_px = read_size_px(image, spec)
     check_geometry(image, centres, read_px, f"section {name}")
     box: dict[str, np.ndarray] = {} if patches is None else {"p": patches}
@@ -705,17 +615,14 @@ _LATER_DEFAULTS = {"context_neighbours": "none", "context_radius": 1.5, "smooth_
 
 def _run_signature(cfg: MclstexpConfig, genes: Sequence[str], sections: Sequence[str],
                    n_spots: int) -> str:
-    import hashlib
-
     d = asdict(cfg)
     d.pop("epochs", None)
     d.pop("device", None)
     for k, v in _LATER_DEFAULTS.items():  # options added later: at their defaults, the
         if d.get(k) == v:  # signature of an existing run is unchanged (it still resumes)
             d.pop(k)
-    blob = json.dumps({"cfg": d, "genes": list(genes), "sections": list(sections),
-                       "n": int(n_spots)}, sort_keys=True, default=_json_default)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    return run_signature({"cfg": d, "genes": list(genes), "sections": list(sections),
+                          "n": int(n_spots)})
 
 
 def train_expression_model(
@@ -748,10 +655,7 @@ def train_expression_model(
         PatchSpec,
         SpotPatchDataset,
         open_section_image,
-        spot_pitch_px,
-        spot_positions,
     )
-    from ..io.spatial import mpp_fullres, spot_diameter_fullres
     from ..training.distributed import all_gather_tensor, all_gather_with_grad
     from ..training.engine import TrainConfig, fit, seed_everything
     from ..training.feature_cache import backbone_signature, resolve_cache_dir
@@ -779,16 +683,14 @@ def train_expression_model(
     imgs = {n: (images or {}).get(n) or open_section_image(adatas[n], n) for n in names}
     if cfg.target_mpp is None:
         cfg.target_mpp = target_mpp_of(imgs)
-    pitches = [spot_pitch_px(a) * mpp_fullres(a) for a in adatas.values() if a.n_obs > 1]
-    cfg.spot_pitch_um = float(np.median(pitches)) if pitches else cfg.spot_pitch_um
-    diam = [(spot_diameter_fullres(a) or 0.0) * mpp_fullres(a) for a in adatas.values()]
-    diam = [d for d in diam if d > 0]
-    cfg.spot_diameter_um = float(np.median(diam)) if diam else cfg.spot_diameter_um
+    pitch, diam = median_spot_geometry(adatas)
+    cfg.spot_pitch_um = pitch or cfg.spot_pitch_um
+    cfg.spot_diameter_um = diam or cfg.spot_diameter_um
     spec = PatchSpec(cfg.patch_size, cfg.input_size, cfg.target_mpp)
 
     expression = np.concatenate([panel_targets(adatas[n], panel, cfg.target_sum,
                                                source=f"section {n}") for n in names])
-    positions = np.concatenate([spot_positions(adatas[n]) for n in names])
+    positions = np.concatenate([array_grid(adatas[n]) for n in names])
     sections = np.concatenate([[n] * adatas[n].n_obs for n in names]).astype(object)
     obs_names = np.concatenate([np.asarray(adatas[n].obs_names, dtype=object) for n in names])
     grid = np.concatenate([section_grid(adatas[n]) for n in names])
@@ -922,11 +824,11 @@ def train_expression_model(
                     obs_names=obs_names.astype(str), positions=positions,
                     frozen_features=frozen, grid=grid)
     prov = {
-        "software": "napari-stexp", "version": _version(), "torch": torch.__version__,
+        "software": "napari-stexp", "version": version(), "torch": torch.__version__,
         "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "seed": cfg.seed, "device": str(device), "mode": cfg.mode,
         "sections": names, "n_spots": int(n), "n_genes": len(panel),
-        "data": {nm: _section_source(adatas[nm]) for nm in names},
+        "data": {nm: section_source(adatas[nm]) for nm in names},
         "initial_backbone_digest": initial_digest,
         "n_parameters": int(sum(p.numel() for p in net.parameters())),
         "seconds_total": time.perf_counter() - t_start, "seconds_training": fit_seconds,
@@ -937,20 +839,3 @@ def train_expression_model(
     report(progress, 1, 1, "training done")
     return ExpressionModel(net=net, config=cfg, genes=list(panel), reference=ref,
                            provenance=prov, history=history.epochs if history else [])
-
-
-def _section_source(adata) -> dict:
-    from ..io.spatial import spatial_info
-
-    meta = spatial_info(adata)["metadata"]
-    return {"source": meta.get("source"), "image": meta.get("source_image_path"),
-            "n_spots": int(adata.n_obs)}
-
-
-def _version() -> str:
-    try:
-        from .. import __version__
-
-        return str(__version__)
-    except ImportError:  # pragma: no cover
-        return "unknown"

@@ -356,7 +356,7 @@ def masks_from_boxes(image: np.ndarray, boxes: pd.DataFrame, **classical_params:
     """Instance masks (n, Y, X) bool for VOC boxes: inside each box, the classical cell
     segment overlapping it most (clipped to the box); an inscribed ellipse where the classical
     foreground does not fit the box (IoU of its bbox with the box < 0.3)."""
-    from ..evaluation.detection import box_iou
+    from .boxes import box_iou
     from .classical import segment_classical
 
     img = as_rgb_or_grey(image)

@@ -8,7 +8,6 @@ and cancel the same way.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -38,7 +37,11 @@ def seed_everything(seed: int) -> None:
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temp file, then rename: a crash never leaves a broken checkpoint."""
+    """``torch.save`` to a temp file, then rename: a crash never leaves a broken checkpoint.
+
+    ``state`` must hold only what ``torch.load(weights_only=True)`` reads back: tensors,
+    numbers, strings, ``None`` and lists/tuples/dicts of them (the RNG states are stored as
+    tensors, see :func:`_get_rng`)."""
     import torch
 
     path = Path(path)
@@ -48,15 +51,38 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, device: Any = "cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True``: a file holding other Python objects (a
+    crafted pickle) is refused with an InputError and never runs code."""
+    import pickle
+
     import torch
 
     path = Path(path)
     if not path.exists():
         raise InputError(path, "checkpoint file not found")
     try:
-        return torch.load(path, map_location=device, weights_only=False)
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc) or "Unsupported global" in str(exc):
+            raise InputError(path, "refused: the checkpoint holds Python objects other than "
+                                   "tensors and plain values (loading it could run code)") \
+                from exc
+        raise InputError(path, "cannot read checkpoint (truncated or corrupt)") from exc
     except Exception as exc:  # truncated/corrupt file
-        raise InputError(path, f"cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise InputError(path, f"cannot read checkpoint ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+
+
+def _numpy_array_globals() -> list:
+    """The numpy array reconstructors (no other callable) that checkpoints of napari-stexp
+    0.1.0 need: they stored numpy's RNG state as an array. Allowlisting them keeps those
+    checkpoints resumable under ``weights_only=True``; they build arrays, never run code."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 @dataclass
@@ -222,51 +248,41 @@ def _batch_len(batch) -> int:
 
 
 def _get_rng() -> dict:
+    """python, numpy and torch RNG states as tensors and plain values (``weights_only``-safe)."""
     import torch
 
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": [str(name), torch.from_numpy(np.asarray(keys, np.int64)), int(pos),
+                      int(has_gauss), float(cached)],
             "torch": torch.get_rng_state()}
 
 
 def _set_rng(state: dict) -> None:
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    keys = npst[1].numpy() if hasattr(npst[1], "numpy") else np.asarray(npst[1])
+    np.random.set_state((npst[0], keys.astype(np.uint32), int(npst[2]), int(npst[3]),
+                         float(npst[4])))
     torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
 
 
-def discard_stale_checkpoint(last: str | os.PathLike, run_signature: str) -> None:
-    """Delete checkpoint ``last`` when it belongs to another run (its ``'run'`` entry differs
-    from ``run_signature``) or cannot be read, so :func:`fit` starts over instead of resuming."""
+def discard_stale_checkpoint(last: str | os.PathLike, run_signature: str, *, key: str = "run",
+                             resume: bool = True) -> None:
+    """Delete checkpoint ``last`` when it belongs to another run (its ``key`` entry differs
+    from ``run_signature``), cannot be read (also: holds objects other than tensors), or
+    ``resume`` is False, so :func:`fit` starts over instead of resuming."""
     last = Path(last)
     if not last.exists():
         return
-    import torch
-
-    try:
-        old = torch.load(last, map_location="cpu", weights_only=False).get("run")
-    except Exception:  # noqa: BLE001 - unreadable: start over
-        old = None
+    old = None
+    if resume:
+        try:
+            old = load_checkpoint(last, "cpu").get(key)
+        except (InputError, AttributeError):  # unreadable or refused: start over
+            old = None
     if old != run_signature:
         last.unlink()
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=json_default))
-    return path
-
-
-def json_default(o):
-    """``json.dumps(default=...)`` for numpy scalars/arrays and paths."""
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, set | frozenset):
-        return sorted(o, key=str)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

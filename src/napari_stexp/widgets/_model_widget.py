@@ -265,7 +265,7 @@ class ModelWidget(WorkerMixin, QWidget):
         section's ``source_image_path`` (left to the compute, which opens it lazily)."""
         from napari.layers import Image
 
-        from .expression import pyramid_from_layer
+        from ..io.frame import pyramid_from_layer
 
         out = {n: self.session.images[n] for n in names if n in self.session.images}
         for layer in self.viewer.layers:
@@ -275,7 +275,7 @@ class ModelWidget(WorkerMixin, QWidget):
         return out
 
     def _slide(self, lname: str):
-        from .expression import pyramid_from_layer
+        from ..io.frame import pyramid_from_layer
 
         if lname not in self.viewer.layers:
             raise KeyError(f"{lname}: no such image layer")

@@ -557,9 +557,9 @@ def _train_job(cells, genes, cmap, config, out, progress, cancel):
 
 
 def _load_job(path):
-    from ..models.betavae import BVAEModel
+    from ..models import open_model
 
-    return BVAEModel.load(path)
+    return open_model(path, "cpu", kind="bvae")
 
 
 def _embed_job(kind, model, *args):

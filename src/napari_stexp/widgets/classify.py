@@ -109,13 +109,14 @@ class ClassPrediction:
 def classify_slide_layers(model, pyramid, name: str, *, progress=None, cancel=None,
                           device: str | None = None) -> ClassPrediction:
     """Classify a grid of patches over the slide's tissue (streamed, see ``classify_slide``)."""
-    from ..models.batch_agnostic import PREFIX, classify_slide
+    from ..analysis.slide_classify import classify_slide
+    from ..models.batch_agnostic import PREFIX
 
     ad = classify_slide(model, pyramid, name=name, progress=progress, cancel=cancel,
                         device=device)
-    layer_mpp = float(pyramid.mpp) if pyramid.mpp else 1.0  # the image layer's µm/px
-    coords = np.asarray(ad.obsm["spatial"])[:, ::-1] * layer_mpp
-    size = float(ad.uns["spatial"][name]["scalefactors"]["spot_diameter_fullres"]) * layer_mpp
+    from ..io.frame import layer_coords, layer_spot_size
+
+    coords, size = layer_coords(ad, pyramid), layer_spot_size(ad, pyramid)  # the slide's layer
     extra = pd.DataFrame({"patient": [name] * ad.n_obs, "section": [name] * ad.n_obs})
     return ClassPrediction(name=name, coords_um=coords, size_um=size,
                            classes=list(model.classes),
@@ -126,23 +127,12 @@ def classify_slide_layers(model, pyramid, name: str, *, progress=None, cancel=No
                            adata=ad)
 
 
-def _spot_size_um(adata) -> float:
-    from ..io.spatial import mpp_fullres, spot_diameter_fullres
-
-    d = spot_diameter_fullres(adata)
-    if d:
-        return float(d) * mpp_fullres(adata)
-    from ..data.patches import spot_pitch_px
-
-    return 0.5 * spot_pitch_px(adata) * mpp_fullres(adata)
-
-
 def classify_section_layers(model, adata, name: str, image=None, *, progress=None,
                             cancel=None, device: str | None = None) -> ClassPrediction:
     """Classify the spots of an ST section: from its H&E when it has one, else from its
     expression (the gene encoder's head). The gene latent is added when the model has one."""
     from ..errors import InputError
-    from ..io.spatial import spots_rc_um
+    from ..io.frame import layer_spot_size, spots_rc_um
     from ..models.batch_agnostic import _image_of
     from ..models.gene_vae import clean_labels
 
@@ -171,7 +161,7 @@ def classify_section_layers(model, adata, name: str, image=None, *, progress=Non
                     else [name] * adata.n_obs),
         "section": [name] * adata.n_obs,
         "label": [v if v is not None else "unknown" for v in labels]})
-    return ClassPrediction(name=name, coords_um=spots_rc_um(adata), size_um=_spot_size_um(adata),
+    return ClassPrediction(name=name, coords_um=spots_rc_um(adata), size_um=layer_spot_size(adata),
                            classes=list(model.classes), proba=np.asarray(proba, np.float32),
                            source=source, obs_names=list(map(str, adata.obs_names)),
                            image_embedding=emb, gene_latent=z, extra=extra)
@@ -281,9 +271,9 @@ def _train_job(adatas, images, config, progress, cancel):
 
 
 def _load_job(path):
-    from ..models.batch_agnostic import BatchAgnosticClassifier
+    from ..models import open_model
 
-    return BatchAgnosticClassifier.load(path)
+    return open_model(path, "cpu", kind="batch-agnostic-classifier")
 
 
 def _classify_job(model, adatas, images, slide, progress, cancel):

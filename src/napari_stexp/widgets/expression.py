@@ -67,24 +67,13 @@ class SectionPrediction:
             raise InputError(gene, "not in the model's gene panel") from None
 
 
-def _spot_size_um(adata) -> float:
-    from ..io.spatial import mpp_fullres, spot_diameter_fullres
-
-    d = spot_diameter_fullres(adata)
-    if d:
-        return float(d) * mpp_fullres(adata)
-    from ..data.patches import spot_pitch_px
-
-    return 0.5 * spot_pitch_px(adata) * mpp_fullres(adata)
-
-
 def predict_for_sections(model, adatas: dict, images: dict | None = None, *, progress=None,
                          cancel=None, device: str = "auto") -> list[SectionPrediction]:
     """Predict every spot of ST sections; measured values and per-gene PCC when the section has
     the model's genes."""
     from ..data.genes import panel_targets
     from ..evaluation.regression import gene_pcc
-    from ..io.spatial import spots_rc_um
+    from ..io.frame import layer_spot_size, spots_rc_um
 
     out = []
     refs = set(model.reference.section_names)
@@ -97,7 +86,7 @@ def predict_for_sections(model, adatas: dict, images: dict | None = None, *, pro
             measured = panel_targets(adata, model.genes, model.config.target_sum)
             pcc = gene_pcc(res["predicted"], measured)
         out.append(SectionPrediction(
-            name=name, coords_um=spots_rc_um(adata), size_um=_spot_size_um(adata),
+            name=name, coords_um=spots_rc_um(adata), size_um=layer_spot_size(adata),
             genes=list(model.genes), predicted=res["predicted"], confidence=res["confidence"],
             embeddings=res["embeddings"], obs_names=list(map(str, adata.obs_names)),
             measured=measured, pcc=pcc, in_reference=name in refs))
@@ -111,12 +100,10 @@ def predict_for_slide(model, pyramid, name: str, *, progress=None, cancel=None,
 
     ad = predict_slide(model, pyramid, name=name, progress=progress, cancel=cancel,
                        device=device)
-    mpp = float(ad.uns["spatial"][name]["metadata"]["mpp_fullres"])
-    # the slide layer shows level 0 at the pyramid's mpp (or 1 µm/px when unknown)
-    layer_mpp = float(pyramid.mpp) if pyramid.mpp else 1.0
-    coords = np.asarray(ad.obsm["spatial"])[:, ::-1] * layer_mpp
-    size = float(ad.uns["spatial"][name]["scalefactors"]["spot_diameter_fullres"]) * layer_mpp
-    del mpp
+    from ..io.frame import layer_coords, layer_spot_size
+
+    # in the frame of the slide's image layer
+    coords, size = layer_coords(ad, pyramid), layer_spot_size(ad, pyramid)
     return SectionPrediction(
         name=name, coords_um=coords, size_um=size, genes=list(model.genes),
         predicted=np.asarray(ad.layers["predicted"]),
@@ -177,16 +164,6 @@ def confidence_layer_tuple(pred: SectionPrediction) -> tuple:
                                           "section": pred.name}}, "points")
 
 
-def pyramid_from_layer(layer):
-    """An ImagePyramid over an Image layer's data (µm/px from its scale)."""
-    from ..io.image import ImagePyramid
-
-    data = list(layer.data) if layer.multiscale else [layer.data]
-    sc = float(layer.scale[-1]) if layer.scale is not None else 1.0
-    return ImagePyramid(levels=data, path=(layer.metadata or {}).get("path"), name=layer.name,
-                        mpp=sc if sc != 1.0 else None)
-
-
 # ----------------------------------------------------------------------------- Qt part
 
 
@@ -207,9 +184,9 @@ def _train_job(adatas, images, kw, progress, cancel):
 
 
 def _load_job(path):
-    from ..models.mclstexp import ExpressionModel
+    from ..models import open_model
 
-    return ExpressionModel.load(path)
+    return open_model(path, "cpu", kind="mclstexp")
 
 
 def _predict_job(model, adatas, images, slide, progress, cancel, device="auto"):

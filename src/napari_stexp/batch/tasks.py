@@ -25,25 +25,24 @@ table links its input image (``uns['spatial'][<stem>]['metadata']['source_image_
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 # --------------------------------------------------------------------------- helpers
 
 
 def _open_image(path: Path):
-    from .io.wsi import open_image
+    from ..io.wsi import open_image
 
     return open_image(path)
 
 
 def _provenance(task: str, model: str, model_dir: str | None, options: dict, source: Path,
                 **extra) -> dict:
-    from . import __version__
+    from .. import __version__
 
     return {"task": task, "model": model, "model_dir": str(model_dir) if model_dir else "",
             "version": __version__, "source": str(Path(source).resolve()), "batch": True,
@@ -94,7 +93,7 @@ def segment_params(options: dict, model_dir: str | None = None) -> dict:
 def _segment(image, options: dict, model_dir: str | None = None):
     """``segmentation.segment`` with the batch options (the call ``napari-stexp segment``
     makes)."""
-    from .segmentation import segment
+    from ..segmentation import segment
 
     return segment(image, options.get("method", "classical"),
                    device=options.get("device", "cpu"), tile_size=options.get("tile_size"),
@@ -107,7 +106,7 @@ def _segment(image, options: dict, model_dir: str | None = None):
 def load_segment(model_dir: str | None, options: dict) -> dict:
     """Check the method once per worker (a missing optional backend fails fast; torch
     backends keep their loaded network in their own per-process cache)."""
-    from .segmentation import get_backend
+    from ..segmentation import get_backend
 
     method = options.get("method", "classical")
     backend = get_backend(method)
@@ -119,12 +118,12 @@ def load_segment(model_dir: str | None, options: dict) -> dict:
 def run_segment(loaded: dict, input_path: Path, out_dir: Path, stem: str, options: dict
                 ) -> list[Path]:
     """Segment one slide: labels -> OME-Zarr (µm scale), cells table -> h5ad."""
-    from .io.export import write_h5ad, write_ome_zarr
+    from ..io.export import write_h5ad, write_ome_zarr
 
     img = _open_image(input_path)
     res = _segment(img, options, loaded["model_dir"])
     mpp = img.mpp
-    scale = (mpp, mpp) if mpp else (1.0, 1.0)
+    scale = (mpp, mpp) if mpp else None  # None: µm/px unknown stays unknown
     labels_path = write_ome_zarr(out_dir / f"{stem}.labels.ome.zarr", np.asarray(res.labels),
                                  kind="labels", scale_um=scale, name=f"{stem} cells")
     prov = _provenance("segment cells", loaded["method"], loaded["model_dir"], options,
@@ -137,48 +136,20 @@ def run_segment(loaded: dict, input_path: Path, out_dir: Path, stem: str, option
 
 
 def load_bvae(model_dir: str | None, options: dict) -> dict:
-    from .models.betavae import BVAEModel
+    from ..models import open_model
 
     if not model_dir:
         raise InputError("--model", "embed needs a β-VAE model folder (napari-stexp bvae train)")
-    return {"model": BVAEModel.load(model_dir, device=options.get("device", "cpu")),
+    return {"model": open_model(model_dir, options.get("device", "cpu"), kind="bvae"),
             "model_dir": model_dir}
 
 
 def embed_cells_adata(model, cells, *, model_dir: str | None, source: Path,
                       expression: bool = False, obs_names=None):
-    """The AnnData ``napari-stexp bvae embed`` writes: latent means in ``obsm['X_bvae']``
-    (and ``X_bvae_gene`` for aligned models), ``obs`` cell_id / path / label."""
-    import anndata
-    import pandas as pd
-
-    from . import __version__
-
-    z = model.embed(cells)
-    names = obs_names if obs_names is not None else [f"cell{i}" for i in range(len(cells))]
-    obs = pd.DataFrame(index=pd.Index(list(names)))
-    obs["cell_id"] = cells.ids
-    obs["path"] = (cells.table["path"].astype(str).to_numpy() if "path" in cells.table.columns
-                   else str(source))
-    labels = cells.labels
-    if any(v is not None for v in labels):
-        obs["label"] = pd.Categorical([v if v is not None else "unknown" for v in labels])
-    X = np.zeros((len(cells), 0), np.float32)
-    var = None
-    if expression:
-        expr = model.expression_from_latent(z)
-        X, var = expr.to_numpy(np.float32), pd.DataFrame(index=pd.Index(model.genes))
-    adata = anndata.AnnData(X=X, obs=obs, var=var)
-    adata.obsm["X_bvae"] = z
-    if model.alignment is not None:
-        adata.obsm["X_bvae_gene"] = model.alignment.transform(z)
-    adata.uns["napari_stexp"] = {
-        "task": "embed cells", "model": "bvae", "model_dir": str(model_dir),
-        "version": __version__,
-        "command": " ".join(["napari-stexp", *sys.argv[1:]]) if sys.argv else "",
-        "parameters": json.dumps(model.config.to_dict()), "seed": model.config.seed,
-        "cells": str(source), "skipped_cells": len(cells.skipped), "batch": True,
-    }
+    """The AnnData ``napari-stexp bvae embed`` writes (``BVAEModel.embed_adata``), marked batch."""
+    adata = model.embed_adata(cells, model_dir=model_dir, source=source, expression=expression,
+                              obs_names=obs_names, provenance={"task": "embed cells"})
+    adata.uns["napari_stexp"]["batch"] = True
     return adata
 
 
@@ -187,9 +158,9 @@ def run_embed(loaded: dict, input_path: Path, out_dir: Path, stem: str, options:
     """β-VAE latents of one input's cells: a crop folder / crop table as ``bvae embed``, or a
     slide / smear image segmented first (``method``, default classical) with one crop per
     cell, as ``segment`` + ``bvae embed --labels``."""
-    from .data.cells import CellCropDataset, load_cells
-    from .io.export import write_h5ad
-    from .io.open import detect_kind
+    from ..data.cells import CellCropDataset, load_cells
+    from ..io.export import write_h5ad
+    from ..io.open import detect_kind
 
     model = loaded["model"]
     size = model.config.image_size
@@ -225,19 +196,19 @@ def run_embed(loaded: dict, input_path: Path, out_dir: Path, stem: str, options:
 
 def load_expression(model_dir: str | None, options: dict):
     """The mclSTExp model bundle (network + retrieval reference), once per worker."""
-    from .models.mclstexp import ExpressionModel
+    from ..models import open_model
 
     if not model_dir:
         raise InputError("--model", "predict needs an mclSTExp model folder "
                                     "(napari-stexp expression train)")
-    return ExpressionModel.load(model_dir, device=options.get("device", "cpu"))
+    return open_model(model_dir, options.get("device", "cpu"), kind="mclstexp")
 
 
 def run_expression(model, input_path: Path, out_dir: Path, stem: str, options: dict
                    ) -> list[Path]:
     """Predicted expression over one slide's tissue (``expression predict``'s computation)."""
-    from .analysis.slide_predict import predict_slide
-    from .io.export import write_h5ad
+    from ..analysis.slide_predict import predict_slide
+    from ..io.export import write_h5ad
 
     adata = predict_slide(model, input_path, name=options.get("name"),
                           pitch_um=options.get("pitch_um"),
@@ -255,19 +226,19 @@ def run_expression(model, input_path: Path, out_dir: Path, stem: str, options: d
 
 def load_classifier(model_dir: str | None, options: dict):
     """The batch-agnostic classifier (image encoder + calibrated head), once per worker."""
-    from .models.batch_agnostic import BatchAgnosticClassifier
+    from ..models import open_model
 
     if not model_dir:
         raise InputError("--model", "classify needs a batch-agnostic classifier folder")
-    return BatchAgnosticClassifier.load(model_dir, device=options.get("device", "cpu"))
+    return open_model(model_dir, options.get("device", "cpu"), kind="batch-agnostic-classifier")
 
 
 def run_classify(model, input_path: Path, out_dir: Path, stem: str, options: dict
                  ) -> list[Path]:
     """Classes and calibrated probabilities on a grid over one slide's tissue
     (``classify_slide``, the computation of the one-slide command)."""
-    from .io.export import write_h5ad
-    from .models.batch_agnostic import classify_slide
+    from ..analysis.slide_classify import classify_slide
+    from ..io.export import write_h5ad
 
     adata = classify_slide(model, input_path, name=options.get("name"),
                            pitch_um=options.get("pitch_um"),

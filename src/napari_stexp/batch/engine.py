@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
-from .io._atomic import atomic_path
-from .progress import ProgressFn, report
+from ..errors import InputError
+from ..io._atomic import atomic_path
+from ..progress import ProgressFn, report
 
 KINDS = ("predict", "segment", "classify", "embed")
 #: Kinds that cannot run without ``--model`` (segment's classical method needs none).
@@ -78,7 +78,7 @@ class BatchResult:
 
 def expand_inputs(spec: str | os.PathLike | list) -> list[Path]:
     """Inputs from a glob, a folder (its readable files), a text file listing paths, or a list."""
-    from .io.open import detect_kind
+    from ..io.open import detect_kind
 
     if isinstance(spec, list | tuple):
         out: list[Path] = []
@@ -207,12 +207,12 @@ def list_outputs(out_dir: str | os.PathLike, kind: str | None = None) -> list[di
 # imports torch. ``load(model_dir, options)`` returns what ``run`` needs; ``run(model, input,
 # out_dir, stem, options)`` writes outputs atomically and returns their file names.
 TASKS: dict[str, tuple[str, str]] = {
-    "predict": ("napari_stexp.batch_tasks:load_expression",
-                "napari_stexp.batch_tasks:run_expression"),
-    "segment": ("napari_stexp.batch_tasks:load_segment", "napari_stexp.batch_tasks:run_segment"),
-    "classify": ("napari_stexp.batch_tasks:load_classifier",
-                 "napari_stexp.batch_tasks:run_classify"),
-    "embed": ("napari_stexp.batch_tasks:load_bvae", "napari_stexp.batch_tasks:run_embed"),
+    "predict": ("napari_stexp.batch.tasks:load_expression",
+                "napari_stexp.batch.tasks:run_expression"),
+    "segment": ("napari_stexp.batch.tasks:load_segment", "napari_stexp.batch.tasks:run_segment"),
+    "classify": ("napari_stexp.batch.tasks:load_classifier",
+                 "napari_stexp.batch.tasks:run_classify"),
+    "embed": ("napari_stexp.batch.tasks:load_bvae", "napari_stexp.batch.tasks:run_embed"),
 }
 
 #: Models loaded in this process (a worker keeps its model for all its slides); the least
@@ -278,7 +278,7 @@ def run_one(kind: str, input_path: str, out_dir: str, model_dir: str | None = No
     missing = [n for n in names if not (out / n).exists()]
     if missing:
         raise InputError(inp, f"task reported outputs that were not written: {missing}")
-    from . import __version__
+    from .. import __version__
 
     record = {"version": RECORD_VERSION, "input": str(inp.resolve()), "stem": stem,
               "kind": kind, "task": list(task), "model": model_dir, "options": options,
@@ -429,7 +429,7 @@ def _run_distributed(res, kind, todo, out, model_dir, options, task, progress, t
 
 def _write_summary(res: BatchResult, kind: str, out: Path, model_dir, options, scheduler,
                    local) -> None:
-    from .training.engine import write_json_atomic
+    from .._provenance import write_json_atomic
 
     summary = {**res.as_dict(), "kind": kind, "model": model_dir, "options": options,
                "scheduler": scheduler or ("in-process" if local else "local cluster"),
