@@ -20,9 +20,10 @@ def get_reader(path):
 
 def read_paths(path):
     from .io.open import open_path
+    from .viewer.raster import rasterize_large
 
     paths = path if isinstance(path, list | tuple) else [path]
     layers = []
     for p in paths:
-        layers.extend(open_path(p).layers())
+        layers.extend(rasterize_large(open_path(p).layers()))
     return layers

@@ -204,21 +204,28 @@ def load_expression(model_dir: str | None, options: dict):
     return open_model(model_dir, options.get("device", "cpu"), kind="mclstexp")
 
 
+def _run_slide_grid(fn, model, input_path: Path, out: Path, options: dict, batch_size: int
+                    ) -> list[Path]:
+    """One slide-grid adapter (``predict_slide`` / ``classify_slide``, the one-slide commands'
+    computation) with the batch options, written by ``io.export.write_h5ad``."""
+    from ..io.export import write_h5ad
+
+    adata = fn(model, input_path, name=options.get("name"), pitch_um=options.get("pitch_um"),
+               layout=options.get("layout", "square"),
+               min_tissue=float(options.get("min_tissue", 0.5)),
+               batch_size=int(options.get("batch_size", batch_size)),
+               tile=int(options.get("tile", 2048)), device=options.get("device", "cpu"))
+    adata.uns["napari_stexp"]["batch"] = True
+    return [write_h5ad(adata, out)]
+
+
 def run_expression(model, input_path: Path, out_dir: Path, stem: str, options: dict
                    ) -> list[Path]:
     """Predicted expression over one slide's tissue (``expression predict``'s computation)."""
     from ..analysis.slide_predict import predict_slide
-    from ..io.export import write_h5ad
 
-    adata = predict_slide(model, input_path, name=options.get("name"),
-                          pitch_um=options.get("pitch_um"),
-                          layout=options.get("layout", "square"),
-                          min_tissue=float(options.get("min_tissue", 0.5)),
-                          batch_size=int(options.get("batch_size", 32)),
-                          tile=int(options.get("tile", 2048)),
-                          device=options.get("device", "cpu"))
-    adata.uns["napari_stexp"]["batch"] = True
-    return [write_h5ad(adata, out_dir / f"{stem}.h5ad")]
+    return _run_slide_grid(predict_slide, model, input_path, out_dir / f"{stem}.h5ad", options,
+                           32)
 
 
 # --------------------------------------------------------------------------- classify
@@ -238,14 +245,6 @@ def run_classify(model, input_path: Path, out_dir: Path, stem: str, options: dic
     """Classes and calibrated probabilities on a grid over one slide's tissue
     (``classify_slide``, the computation of the one-slide command)."""
     from ..analysis.slide_classify import classify_slide
-    from ..io.export import write_h5ad
 
-    adata = classify_slide(model, input_path, name=options.get("name"),
-                           pitch_um=options.get("pitch_um"),
-                           layout=options.get("layout", "square"),
-                           min_tissue=float(options.get("min_tissue", 0.5)),
-                           batch_size=int(options.get("batch_size", 64)),
-                           tile=int(options.get("tile", 2048)),
-                           device=options.get("device", "cpu"))
-    adata.uns["napari_stexp"]["batch"] = True
-    return [write_h5ad(adata, out_dir / f"{stem}.classes.h5ad")]
+    return _run_slide_grid(classify_slide, model, input_path,
+                           out_dir / f"{stem}.classes.h5ad", options, 64)

@@ -317,7 +317,9 @@ def run_predict(args) -> int:
                           layout=args.layout, min_tissue=args.min_tissue,
                           batch_size=args.batch_size or 32, tile=args.tile, device=args.device,
                           progress=_progress(args))
-    write_h5ad(adata, args.out)
+    from ..io.sdata_write import write_result
+
+    write_result(adata, args.out, write_h5ad)
     prov = adata.uns["napari_stexp"]
     print(f"wrote {args.out}: {adata.n_obs} pseudo-spots × {adata.n_vars} genes "
           f"({prov['mpp_handling']}; {prov['seconds']:.1f} s)")

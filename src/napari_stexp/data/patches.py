@@ -260,7 +260,8 @@ class SpotPatchDataset:
             done += adata.n_obs
             parts["p"].append(p)
             if panel is not None:
-                parts["e"].append(panel_targets(adata, panel, source=f"section {name}"))
+                parts["e"].append(panel_targets(adata, panel, source=f"section {name}",
+                                                    library="panel"))
             parts["pos"].append(spot_positions(adata))
             parts["sec"].append(np.array([name] * adata.n_obs, dtype=object))
             parts["obs"].append(np.asarray(adata.obs_names, dtype=object))
