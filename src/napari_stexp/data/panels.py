@@ -37,6 +37,12 @@ def _her2st_root(adatas: Mapping[str, Any], paths: Sequence[str | os.PathLike] |
                 src = None
             if src:
                 cands.extend(list(Path(src).parents)[:4])
+    if paths:  # the CLI: only when every path is a her2st folder
+        try:
+            roots = [find_her2st_root(c) for c in cands]
+        except Exception:  # noqa: BLE001 - a path that is not her2st: no her2st panel
+            return None
+        return roots[0] if (roots[0] / HER2ST_PANEL_FILE).is_file() else None
     for c in cands:
         try:
             root = find_her2st_root(c)
@@ -70,9 +76,12 @@ def default_panel(adatas: Mapping[str, Any], *, paths: Sequence | None = None,
     how = ""
     root = None if top_genes else _her2st_root(adatas, paths)
     if root is not None:
-        panel = load_gene_file(root / HER2ST_PANEL_FILE)
-        if set(panel) <= shared:
-            base, how = list(panel), f"her2st panel ({len(panel)} genes)"
+        # a corrupt or pickled panel, or a panel gene missing from a section, is an error:
+        # never a silent switch to another panel (issue 16)
+        path = root / HER2ST_PANEL_FILE
+        panel = load_gene_file(path)
+        check_panel(adatas, panel, source=path)
+        base, how = list(panel), f"her2st panel ({len(panel)} genes, {HER2ST_PANEL_FILE})"
     if base is None:
         n = top_genes or DEFAULT_TOP
         base, how = top_variable_genes(adatas, n), f"top {n} variable genes"
