@@ -90,4 +90,4 @@ def test_info_mpp_flag(tmp_path, capsys):
     assert summary["images"][0]["mpp"] == 0.25
     with pytest.raises(SystemExit) as e:
         cli.main(["info", str(path), "--mpp", "-1"])
-    assert e.value.code == 2 and "positive" in capsys.readouterr().err
+    assert e.value.code == 2 and "--mpp: must be > 0" in capsys.readouterr().err
