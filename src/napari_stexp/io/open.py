@@ -78,9 +78,20 @@ def _has_class_subfolders(p: Path) -> bool:
     return bool(subs) and all(any(is_image_file(f) for f in d.iterdir()) for d in subs)
 
 
+def apply_user_mpp(pyr, mpp: float | None):
+    """Set the µm/px the user gave (``mpp_source = "user"``); ``None`` leaves the file's."""
+    if mpp is None:
+        return pyr
+    if not float(mpp) > 0:
+        raise InputError("mpp", f"must be a positive number, got {mpp}")
+    pyr.set_mpp(float(mpp), "user")
+    return pyr
+
+
 def open_path(path: str | os.PathLike, *, sections: list[str] | None = None,
-              images: bool = True) -> Opened:
-    """Read ``path`` with the right reader. Raises :class:`InputError` for what we can't read."""
+              images: bool = True, mpp: float | None = None) -> Opened:
+    """Read ``path`` with the right reader. Raises :class:`InputError` for what we can't read.
+    ``mpp``: the µm/px of an image the file does not describe (JPEG/PNG) or describes wrong."""
     p = Path(path)
     if not p.exists():
         raise InputError(p, "no such file or folder")
@@ -111,13 +122,13 @@ def open_path(path: str | os.PathLike, *, sections: list[str] | None = None,
     elif kind == "ome-zarr":
         from .export import read_ome_zarr
 
-        pyr = read_ome_zarr(p)
+        pyr = apply_user_mpp(read_ome_zarr(p), mpp)
         out.images[pyr.name] = pyr
         out.summary = {"kind": kind, "path": str(p), "images": [_image_summary(pyr)]}
     elif kind == "image":
         from .wsi import open_image
 
-        pyr = open_image(p)
+        pyr = apply_user_mpp(open_image(p), mpp)
         out.images[pyr.name] = pyr
         out.summary = {"kind": kind, "path": str(p), "images": [_image_summary(pyr)]}
     elif kind == "voc-boxes":

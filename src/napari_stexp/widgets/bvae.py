@@ -45,7 +45,6 @@ from ._common import (
     add_layer_tuples,
     notify_error,
     notify_info,
-    warm_torch,
 )
 
 TRAVERSAL_LAYER = "bvae traversal"
@@ -370,9 +369,8 @@ class BVAEWidget(WorkerMixin, QWidget):
         genes = self.genes_edit.text().strip() or None
         cmap = self.map_edit.text().strip() or None
         out = self.model_edit.text().strip() or None
-        warm_torch()
         return self._run(_train_job, cells, genes, cmap, config, out, self._bridge,
-                         self._cancel, returned=self._on_model, label="training")
+                         self._cancel, returned=self._on_model, label="training", torch=True)
 
     def load(self, path: str | None = None):
         path = path or self.model_edit.text().strip()
@@ -380,7 +378,7 @@ class BVAEWidget(WorkerMixin, QWidget):
             notify_error("choose a model directory first")
             return None
         self.model_edit.setText(str(path))
-        return self._run(_load_job, path, returned=self._on_model, label="loading")
+        return self._run(_load_job, path, returned=self._on_model, label="loading", torch=True)
 
     def set_model(self, model) -> None:
         """Use an already trained/loaded ``BVAEModel`` (tests, scripts)."""
@@ -431,7 +429,7 @@ class BVAEWidget(WorkerMixin, QWidget):
             job_args = ("folder", model, folder)
             ret = self._on_embedded
         return self._run(_embed_job, *job_args, self._bridge, self._cancel,
-                         returned=ret, label="embedding")
+                         returned=ret, label="embedding", torch=True)
 
     def embed_cells(self, cells, labels_layer: str | None = None) -> np.ndarray:
         """Synchronous embedding of a ``CellCropDataset`` (tests, scripts)."""
@@ -479,7 +477,7 @@ class BVAEWidget(WorkerMixin, QWidget):
             self._on_traversal(_traverse_job(*args, None, None))
             return self.traversal
         return self._run(_traverse_job, *args, self._bridge, self._cancel,
-                         returned=self._on_traversal, label="traversing")
+                         returned=self._on_traversal, label="traversing", torch=True)
 
     def _on_traversal(self, trav):
         self.traversal = trav
@@ -533,7 +531,7 @@ class BVAEWidget(WorkerMixin, QWidget):
             self._on_trajectory(_trajectory_job(*args))
             return self.trajectory
         return self._run(_trajectory_job, *args, returned=self._on_trajectory,
-                         label="trajectory")
+                         label="trajectory", torch=True)
 
     def _on_trajectory(self, traj):
         self.trajectory = traj
