@@ -8,8 +8,8 @@ affine from grid pixels to the section's µm frame (the same frame as
 are scattered into level 0 (one float32 per bin, NaN where there is no bin); coarser levels are
 dask ``coarsen`` views (NaN-aware mean), computed only when napari shows them. The layer's value
 at the cursor is the bin's value; :func:`bin_at` gives the bin (obs row) under a position.
-Switching the gene (:func:`set_raster_values`) rebuilds the levels lazily from a cached CSC copy of
-the counts (one column read per switch).
+Switching the gene (:func:`set_raster_values`) rebuilds the levels lazily from one column of the
+counts (a scan of the CSR indices: no CSC copy, no dense matrix).
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ class BinGrid:
         rc_um = spots_rc_um(adata, section)
         self.affine = _fit_affine(self.r, self.c, rc_um)
         self._counts = counts_matrix(adata)
-        self._csc = None
 
     def column(self, key: str) -> np.ndarray:
         """Per-bin values for a gene (counts), an obs column (categories → codes) or
@@ -59,11 +58,16 @@ class BinGrid:
             import scipy.sparse as sp
 
             j = int(ad.var_names.get_loc(key))
-            if sp.issparse(self._counts):
-                if self._csc is None:
-                    self._csc = sp.csc_matrix(self._counts)
-                return np.asarray(self._csc[:, j].toarray()).ravel().astype(np.float32)
-            return np.asarray(self._counts[:, j], np.float32).ravel()
+            X = self._counts
+            if sp.issparse(X):
+                if X.format == "csr":  # one column without a CSC copy: a scan of the nnz
+                    out = np.zeros(X.shape[0], np.float32)
+                    pos = np.flatnonzero(X.indices == j)
+                    rows = np.searchsorted(X.indptr, pos, side="right") - 1
+                    np.add.at(out, rows, X.data[pos])
+                    return out
+                return np.asarray(X[:, j].toarray()).ravel().astype(np.float32)
+            return np.asarray(X[:, j], np.float32).ravel()
         if key in ad.obs:
             col = ad.obs[key]
             if isinstance(col.dtype, pd.CategoricalDtype):
@@ -158,6 +162,24 @@ def bin_at(layer, position) -> int | None:
     return None
 
 
+def default_key(adata) -> str:
+    """The gene a raster shows first: the one with the most counts."""
+    from ..io.spatial import counts_matrix
+
+    return str(adata.var_names[int(np.argmax(np.asarray(counts_matrix(adata).sum(axis=0))
+                                             .ravel()))])
+
+
+def raster_or_none(adata, section: str | None = None, *, grid: BinGrid | None = None,
+                   **kwargs) -> tuple[Any, dict, str] | None:
+    """The raster layer of ``adata``'s most-counted gene, or None when it has no bin grid."""
+    try:
+        grid = grid or BinGrid(adata, section)
+    except ValueError:
+        return None
+    return raster_layer(adata, default_key(adata), section=section, grid=grid, **kwargs)
+
+
 def rasterize_large(layers: list, threshold: int = RASTER_THRESHOLD) -> list:
     """Replace spot Points layers with more than ``threshold`` points on a bin grid by a raster
     of their first colouring (total counts by default)."""
@@ -166,14 +188,8 @@ def rasterize_large(layers: list, threshold: int = RASTER_THRESHOLD) -> list:
         meta = attrs.get("metadata") or {}
         ad = meta.get("adata")
         if kind == "points" and ad is not None and len(data) > threshold:
-            try:
-                grid = BinGrid(ad, meta.get("section"))
-            except ValueError:
-                out.append((data, attrs, kind))
-                continue
-            key = ad.var_names[int(np.argmax(np.asarray(grid._counts.sum(axis=0)).ravel()))]
-            out.append(raster_layer(ad, key, section=meta.get("section"), grid=grid,
-                                    visible=attrs.get("visible", True)))
+            r = raster_or_none(ad, meta.get("section"), visible=attrs.get("visible", True))
+            out.append(r if r is not None else (data, attrs, kind))
             continue
         out.append((data, attrs, kind))
     return out
