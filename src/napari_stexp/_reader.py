@@ -20,10 +20,17 @@ def get_reader(path):
 
 def read_paths(path):
     from .io.open import open_path
-    from .viewer.raster import rasterize_large
+    from .viewer.raster import RASTER_THRESHOLD, raster_layers
 
     paths = path if isinstance(path, list | tuple) else [path]
     layers = []
     for p in paths:
-        layers.extend(rasterize_large(open_path(p).layers()))
+        op = open_path(p)
+        # many bins: a raster (+ its selection overlay) built directly, never one Point per bin
+        rasters = {sec: raster_layers(ad, sec, visible=i == 0)
+                   for i, (sec, ad) in enumerate(op.adatas.items())
+                   if ad.n_obs > RASTER_THRESHOLD}
+        rasters = {sec: r for sec, r in rasters.items() if r}
+        layers.extend(op.layers(skip_spots=set(rasters)))
+        layers.extend(lyr for r in rasters.values() for lyr in r)
     return layers

@@ -67,15 +67,23 @@ def test_fast_path_big_store_is_a_raster(tmp_path, monkeypatch):
     (sec, got), = fast.adatas.items()
     np.testing.assert_array_equal(got.X.toarray(), ad.X.toarray())
     monkeypatch.setattr(raster, "RASTER_THRESHOLD", 1000)
-    layers = fast.layers()
-    assert [k for _, _, k in layers] == ["image"]
+    from napari_stexp._reader import read_paths
+
+    monkeypatch.setattr(sdata_fast, "FastSData", _NoLoad)
+    layers = read_paths(str(store))
+    assert [k for _, _, k in layers] == ["image", "labels"]
     assert layers[0][1]["metadata"]["kind"] == "bin-raster"
-    assert isinstance(fast.sdata, sdata_fast.FastSData)  # the full store was never read
+    assert layers[1][1]["metadata"]["kind"] == "bin-selection"
     # the raster holds each bin's count of the shown gene at its grid pixel
     grid = layers[0][1]["metadata"]["bin_grid"]
     key = layers[0][1]["metadata"]["key"]
     col = got.X[:, got.var_names.get_loc(key)].toarray().ravel()
     np.testing.assert_array_equal(np.asarray(layers[0][0][0])[grid.r, grid.c], col)
+
+
+class _NoLoad(sdata_fast.FastSData):
+    def load(self):
+        raise AssertionError("the full store was read for a raster")
 
 
 @pytest.mark.parametrize("what", ["labels", "points"])

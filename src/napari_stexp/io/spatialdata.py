@@ -345,6 +345,8 @@ def read_spatialdata(path: str | os.PathLike, *, coordinate_system: str | None =
             extra.index = names if len(names) and isinstance(names[0], str) \
                 else pd.Index([str(v) for v in names])
             labels = extra.pop("label") if "label" in extra else None
+            if labels is not None and not labels.notna().any():
+                labels = None  # all unlabelled: the same column, without a 10⁶-item list
             adata = build_st_adata(_as_csr(sub.X), extra.index, sub.var_names, xy[pos],
                                    section=sec, patient=sec, labels=labels,
                                    spot_diameter_fullres=frame.get("spot_diameter_fullres", diam),
@@ -408,11 +410,12 @@ def _first_image(sdata, cs: str, um: bool, name: str | None = None):
 # ----------------------------------------------------------------------------- layers
 
 
-def sdata_layers(opened, *, max_visible: int = 1) -> list:
+def sdata_layers(opened, *, max_visible: int = 1, skip_spots=()) -> list:
     """Layers for a SpatialData record, with the metadata napari-spatialdata's widgets read
     (``sdata``, ``adata``, ``name``, ``region_key``, ``instance_key``, ``table_names``,
-    ``_current_cs``, ``_active_in_cs``, ``indices``) next to ours (``adata``, ``section``)."""
-    from ..viewer.raster import RASTER_THRESHOLD, raster_or_none
+    ``_current_cs``, ``_active_in_cs``, ``indices``) next to ours (``adata``, ``section``).
+    ``skip_spots``: sections shown otherwise (as rasters): no Points layer, and on the fast
+    path the full store is not read for them."""
     from .layers import spots_layer
     from .sdata_fast import FastSData
 
@@ -420,23 +423,18 @@ def sdata_layers(opened, *, max_visible: int = 1) -> list:
     cs = getattr(opened, "coordinate_system", DEFAULT_CS)
     layers = []
     done_images = set()
-    rasters = {}
-    for i, (sec, ad) in enumerate(opened.adatas.items()):
-        if ad.n_obs > RASTER_THRESHOLD:  # many bins: a raster, never one Point per bin
-            rasters[sec] = raster_or_none(ad, sec, visible=i < max_visible)
     if isinstance(sdata, FastSData):
-        if any(rasters.get(sec) is None for sec in opened.adatas):
+        if any(sec not in skip_spots for sec in opened.adatas):
             sdata = opened.sdata = sdata.load()  # Points layers: napari-spatialdata reads sdata
         else:
-            sdata = sdata._images_sdata  # the image layers' element (lazy, read already)
+            sdata = sdata._images_sdata  # the image layers' elements (lazy, read already)
     for i, (sec, ad) in enumerate(opened.adatas.items()):
         visible = i < max_visible
         img = opened.images.get(sec)
         if img is not None and img.name not in done_images:
             layers.append(_sd_image_layer(img, sdata, cs, visible))
             done_images.add(img.name)
-        if rasters.get(sec) is not None:
-            layers.append(rasters[sec])
+        if sec in skip_spots:
             continue
         meta = ad.uns["spatial"][sec]["metadata"]
         data, attrs, kind = spots_layer(ad, section=sec, visible=visible)

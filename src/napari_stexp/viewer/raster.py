@@ -180,16 +180,56 @@ def raster_or_none(adata, section: str | None = None, *, grid: BinGrid | None = 
     return raster_layer(adata, default_key(adata), section=section, grid=grid, **kwargs)
 
 
+def selection_layer(adata, *, section: str | None = None, grid: BinGrid | None = None,
+                    name: str | None = None, **kwargs) -> tuple[Any, dict, str]:
+    """The bins as a Labels layer for the explorer's linked selection: label ``i + 1`` is obs
+    row ``i`` (``features`` has one row per bin: ``index``, ``spot_id``), drawn transparent
+    until the explorer highlights a selection on it (selected bins in their group's colour).
+    Multiscale like the raster (coarser levels are lazy 2× subsamplings)."""
+    import dask.array as da
+
+    grid = grid or BinGrid(adata, section)
+    sec = section or (str(adata.obs["section"].iloc[0]) if "section" in adata.obs else "bins")
+    base = grid.index + 1  # 0 = no bin
+    levels = [da.from_array(base, chunks=1024)]
+    while max(levels[-1].shape) > COARSEST and min(levels[-1].shape) >= 4:
+        levels.append(levels[-1][::2, ::2])
+    features = pd.DataFrame({"index": np.arange(1, adata.n_obs + 1, dtype=np.int64),
+                             "spot_id": adata.obs_names.astype(str)})
+    from napari.utils.colormaps import DirectLabelColormap
+
+    clear = DirectLabelColormap(color_dict={None: np.zeros(4, np.float32),
+                                            0: np.zeros(4, np.float32)})
+    attrs = {"name": name or f"{sec} bins", "affine": grid.affine, "multiscale": True,
+             "features": features, "colormap": clear, "opacity": 0.8,
+             "metadata": {"kind": "bin-selection", "section": sec, "adata": adata,
+                          "bin_grid": grid, "n_bins": int(adata.n_obs)}}
+    attrs.update(kwargs)
+    return levels, attrs, "labels"
+
+
+def raster_layers(adata, section: str | None = None, **kwargs) -> list:
+    """The raster of ``adata``'s most-counted gene and its bins overlay for the explorer's
+    linked selection ([] when it has no bin grid)."""
+    try:
+        grid = BinGrid(adata, section)
+    except ValueError:
+        return []
+    visible = kwargs.get("visible", True)
+    return [raster_or_none(adata, section, grid=grid, **kwargs),
+            selection_layer(adata, section=section, grid=grid, visible=visible)]
+
+
 def rasterize_large(layers: list, threshold: int = RASTER_THRESHOLD) -> list:
     """Replace spot Points layers with more than ``threshold`` points on a bin grid by a raster
-    of their first colouring (total counts by default)."""
+    of their first colouring (total counts by default) and its bins overlay (selection)."""
     out = []
     for data, attrs, kind in layers:
         meta = attrs.get("metadata") or {}
         ad = meta.get("adata")
         if kind == "points" and ad is not None and len(data) > threshold:
-            r = raster_or_none(ad, meta.get("section"), visible=attrs.get("visible", True))
-            out.append(r if r is not None else (data, attrs, kind))
+            r = raster_layers(ad, meta.get("section"), visible=attrs.get("visible", True))
+            out.extend(r or [(data, attrs, kind)])
             continue
         out.append((data, attrs, kind))
     return out
