@@ -277,9 +277,8 @@ def read_spatialdata(path: str | os.PathLike, *, coordinate_system: str | None =
                      images: bool = True, sdata: Any = None):
     """Read a SpatialData store into an :class:`~napari_stexp.io.open.Opened` record."""
     from .open import Opened
-    from .spatial import build_st_adata
-
     from .sdata_fast import fast_sdata
+    from .spatial import build_st_adata
 
     root = Path(path)
     if sdata is None:

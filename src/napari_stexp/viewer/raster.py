@@ -14,6 +14,7 @@ counts (a scan of the CSR indices: no CSC copy, no dense matrix).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -218,6 +219,45 @@ def raster_layers(adata, section: str | None = None, **kwargs) -> list:
     visible = kwargs.get("visible", True)
     return [raster_or_none(adata, section, grid=grid, **kwargs),
             selection_layer(adata, section=section, grid=grid, visible=visible)]
+
+
+def raster_path(out) -> Path:
+    """Where ``expression predict --raster`` writes the raster beside ``out`` (.h5ad/.zarr)."""
+    p = Path(out)
+    return p.with_name(p.name.split(".")[0] + "_raster.ome.zarr")
+
+
+def write_raster(adata, path, *, genes=None, section: str | None = None) -> Path:
+    """Write ``adata``'s values over its bin grid (pseudo-spots of a square grid, HD bins) as
+    one OME-Zarr multiscale image (``c, y, x``: one channel per gene, NaN where there is no
+    bin; one pixel per bin). The level-0 pixel size is the grid pitch in µm (unknown µm/px:
+    a unit-less scale). The root attributes ``napari_stexp`` carry the channel genes and the
+    affine from raster pixels (row, col) to the section's frame (µm, or full-resolution pixels
+    when µm/px is unknown), so the raster overlays the slide."""
+    import zarr
+
+    from ..io.export import write_ome_zarr
+    from ..io.frame import mpp_of
+
+    grid = BinGrid(adata, section)
+    names = list(adata.var_names) if genes is None else [str(g) for g in genes]
+    X = adata.X
+    stack = np.empty((len(names),) + grid.shape, np.float32)
+    for k, g in enumerate(names):
+        j = adata.var_names.get_loc(g)
+        col = X[:, j]
+        col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
+        stack[k] = grid.level0(np.asarray(col, np.float32).ravel())
+    A = grid.affine
+    pitch = (float(np.hypot(A[0, 0], A[1, 0])), float(np.hypot(A[0, 1], A[1, 1])))
+    scale = pitch if mpp_of(adata) is not None else None
+    out = write_ome_zarr(path, stack, axes="cyx", scale_um=scale,
+                         name=Path(path).name.split(".")[0])
+    root = zarr.open_group(str(out), mode="r+")
+    root.attrs["napari_stexp"] = {"kind": "bin-raster", "genes": names,
+                                  "affine": A.tolist(), "n_bins": int(adata.n_obs),
+                                  "frame": "micrometer" if scale else "fullres pixels"}
+    return out
 
 
 def rasterize_large(layers: list, threshold: int = RASTER_THRESHOLD) -> list:
