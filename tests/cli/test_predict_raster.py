@@ -23,9 +23,9 @@ def _cli(monkeypatch):
 
 @pytest.fixture(scope="module")
 def model_and_slide(tmp_path_factory):
-    from expression_helpers import synthetic_pair
     from PIL import Image
 
+    from expression_helpers import synthetic_pair
     from napari_stexp.models.mclstexp import train_expression_model
 
     torch.set_num_threads(1)

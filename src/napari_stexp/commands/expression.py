@@ -295,10 +295,9 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
+    from ..errors import InputError
     from ..evaluation.regression import evaluate_model
     from ..models import open_model
-
-    from ..errors import InputError
 
     if getattr(args, "raster", False) and args.layout != "square":
         raise InputError(args.out, "--raster needs the square pseudo-spot layout "
@@ -345,10 +344,9 @@ def _finish(args, res) -> None:
 
 def run_predict(args) -> int:
     from ..analysis.slide_predict import predict_slide
+    from ..errors import InputError
     from ..io.export import write_h5ad
     from ..models import open_model
-
-    from ..errors import InputError
 
     if getattr(args, "raster", False) and args.layout != "square":
         raise InputError(args.out, "--raster needs the square pseudo-spot layout "
