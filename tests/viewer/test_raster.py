@@ -139,3 +139,25 @@ def test_explorer_selection_highlights_the_bins(hd_section, make_napari_viewer):
         assert not np.allclose(cmap.map(other), cmap.map(chosen[0] + 1))
     finally:
         w.cleanup()
+
+
+def test_reader_builds_the_raster_without_points(tmp_path, monkeypatch):
+    """The npe2 reader on a Visium HD folder beyond the threshold: raster + bins overlay, and no
+    Points layer is ever built for that section."""
+    from napari_stexp import _reader
+    from napari_stexp.data.synthetic_hd import write_visium_hd
+    from napari_stexp.io import layers as io_layers
+    from napari_stexp.io import open as io_open
+    from napari_stexp.viewer import raster
+
+    write_visium_hd(tmp_path / "run", n_bins=3000, n_genes=20, nnz_per_bin=4, lowres=False)
+    monkeypatch.setattr(raster, "RASTER_THRESHOLD", 1000)
+
+    def no_points(*a, **k):
+        raise AssertionError("a Points layer was built for a raster section")
+
+    monkeypatch.setattr(io_open, "spots_layer", no_points)
+    monkeypatch.setattr(io_layers, "spots_layer", no_points)
+    out = _reader.read_paths(str(tmp_path / "run"))
+    kinds = [(k, a["metadata"].get("kind")) for _, a, k in out]
+    assert kinds == [("image", "bin-raster"), ("labels", "bin-selection")]
