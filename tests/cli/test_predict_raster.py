@@ -4,40 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from napari_stexp import cli
-
-MODULE = "napari_stexp.commands.expression"
-
-
-@pytest.fixture(autouse=True)
-def _cli(monkeypatch):
-    if MODULE not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, MODULE])
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from test_expression_cli import _cli, synthetic_model  # noqa: F401  (the same fixtures)
 
 
 @pytest.fixture(scope="module")
-def model_and_slide(tmp_path_factory):
+def model_and_slide(synthetic_model, tmp_path_factory):  # noqa: F811
     from PIL import Image
 
-    from expression_helpers import synthetic_pair
-    from napari_stexp.models.mclstexp import train_expression_model
-
-    torch.set_num_threads(1)
-    adatas, images = synthetic_pair(n=10, n_genes=6)
-    m = train_expression_model({"TRAIN": adatas["TRAIN"]}, images=images, mode="cached",
-                               epochs=1, backbone="tinycnn", patch_size=64, input_size=32,
-                               batch_size=32, top_k=10, cache_dir=False, device="cpu")
-    d = tmp_path_factory.mktemp("synth")
-    m.save(d / "model")
-    png = d / "slide.png"
-    Image.fromarray(np.asarray(images["TEST"].levels[0])).save(png)
-    return d / "model", png
+    model_dir, pyr = synthetic_model
+    png = tmp_path_factory.mktemp("slide") / "slide.png"
+    Image.fromarray(np.asarray(pyr.levels[0])).save(png)
+    return model_dir, png
 
 
 def test_predict_raster_writes_the_grid_as_ome_zarr(tmp_path, model_and_slide, capsys):
