@@ -48,7 +48,8 @@ def test_her2st_train_evaluate_and_cross_validate(her2st_dir, tmp_path, cache, c
     assert rc == 0
     t = pd.read_csv(report)
     assert list(t.columns) == REPORT_COLUMNS
-    assert list(t["method"]) == ["mclstexp", "ridge", "train_mean"]
+    assert list(t["method"]) == ["mclstexp", "ridge", "pca_ridge", "train_mean"]
+    assert (t["protocol"] == "held-out section of a training patient").all()  # C3: patient C
     assert (t["section"] == "C3").all() and (t["n_spots"] == 180).all()
     assert t.loc[t.method != "train_mean", ["pcc_acg", "pcc_heg"]].abs().le(1).all().all()
     assert t[["mse", "mae"]].gt(0).all().all()
@@ -61,7 +62,8 @@ def test_her2st_train_evaluate_and_cross_validate(her2st_dir, tmp_path, cache, c
     assert rc == 0
     c = pd.read_csv(cv)
     assert list(c.columns) == REPORT_COLUMNS
-    assert sorted(set(c["section"])) == ["B4", "C2"] and len(c) == 6
+    assert sorted(set(c["section"])) == ["B4", "C2"] and len(c) == 8
+    assert (c["protocol"] == "unseen patient").all()  # by patient: B4 (B) vs C2 (C)
     assert dict(zip(c.loc[c.method == "mclstexp", "section"],
                     c.loc[c.method == "mclstexp", "n_spots"], strict=True)) == {"B4": 283,
                                                                                  "C2": 187}

@@ -107,3 +107,15 @@ def check_param_keys(params: dict, known, *, option: str = "--param", what: str 
         raise InputError(option, f"unknown parameter{'s' if len(unknown) > 1 else ''} "
                                  f"{', '.join(unknown)}" + (f" for {what}" if what else "")
                                  + f" (known: {', '.join(sorted(known))})")
+
+
+def add_encoder_args(g, default: str) -> None:
+    """``--encoder/--backbone NAME`` (the encoder registry) and ``--weights``."""
+    from ..models.encoders import encoder_help
+
+    g.add_argument("--encoder", "--backbone", dest="backbone", default=None, metavar="NAME",
+                   help=f"{default} (default); " + encoder_help())
+    g.add_argument("--weights", default=None,
+                   help="none (random init; the CNNs' default), imagenet (CNNs; torchvision, "
+                        "online or cached), pretrained (foundation models' default: "
+                        "$STEXP_WEIGHTS/<encoder>/) or a file/folder")

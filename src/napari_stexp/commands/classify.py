@@ -18,7 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._args import add_data_args, add_slide_grid_args
+from ._args import add_data_args, add_encoder_args, add_slide_grid_args
 
 
 def register(sub) -> None:
@@ -94,10 +94,7 @@ def _train_args(p) -> None:
                    help="train the gene encoder on all sections (default) or image sections")
 
     i = p.add_argument_group("image encoder and classifier")
-    i.add_argument("--backbone", default=None,
-                   help="resnet18 (default), densenet121, resnet50, tinycnn")
-    i.add_argument("--weights", default="none",
-                   help="none (random init), imagenet (torchvision; online or cached) or a file")
+    add_encoder_args(i, "resnet18")
     i.add_argument("--mode", choices=("cached", "finetune"), default=None,
                    help="cached (default): frozen backbone, features cached on disk; "
                         "finetune: train the backbone too")
@@ -154,6 +151,7 @@ def _read(args):
 def build_config(args):
     """A :class:`ClassifierConfig` from the command-line flags (``--tiny`` first, flags win)."""
     from ..models.batch_agnostic import ClassifierConfig
+    from ..models.encoders import weights_choice
 
     cfg = ClassifierConfig.tiny() if args.tiny else ClassifierConfig()
     simple = {"backbone": "backbone", "mode": "mode", "objective": "objective", "loss": "loss",
@@ -169,8 +167,7 @@ def build_config(args):
             setattr(cfg, c, v)
     if args.input_size is None and args.patch_size is not None and not args.tiny:
         cfg.input_size = args.patch_size
-    w = args.weights
-    cfg.weights = None if (w is None or str(w).lower() in ("none", "random", "")) else w
+    cfg.weights = weights_choice(cfg.backbone, args.weights)
     cfg.seed = args.seed
     cfg.device = args.device
     cfg.gene.seed = args.seed

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ._args import add_data_args, add_slide_grid_args
+from ._args import add_data_args, add_encoder_args, add_slide_grid_args
 
 TINY = {"backbone": "tinycnn", "patch_size": 224, "input_size": 48, "epochs": 2,
         "batch_size": 32, "top_k": 50}
@@ -46,7 +46,7 @@ def register(sub) -> None:
     e.add_argument("--out", required=True, metavar="REPORT.csv")
     e.add_argument("--per-gene", default=None, metavar="CSV",
                    help="also write per-gene PCC (method, section, gene, pcc)")
-    e.add_argument("--no-baselines", action="store_true", help="skip ridge and training mean")
+    e.add_argument("--no-baselines", action="store_true", help="skip ridge, pca_ridge and training mean")
     _runtime_args(e)
     e.set_defaults(func=run_evaluate)
 
@@ -64,6 +64,10 @@ def register(sub) -> None:
     pr.add_argument("--raster", action="store_true",
                     help="also write the predicted genes over the pseudo-spot grid as an "
                          "OME-Zarr multiscale image (PRED_raster.ome.zarr; square layout)")
+    pr.add_argument("--baseline", choices=("ridge", "pca_ridge"), default=None,
+                    help="also write that baseline's prediction (same frozen features, fitted "
+                         "on the model's training spots) as layers['baseline_<name>']: show it "
+                         "beside the model's when the report says it is the better predictor")
     _runtime_args(pr)
     pr.set_defaults(func=run_predict)
 
@@ -86,10 +90,7 @@ def _train_args(p) -> None:
                    help="finetune: the whole network (the paper); cached: frozen backbone, "
                         "features cached on disk (minutes on a CPU); auto: finetune on a GPU, "
                         "cached on a CPU")
-    g.add_argument("--backbone", default=None,
-                   help="densenet121 (default, paper), resnet18, resnet50, tinycnn")
-    g.add_argument("--weights", default="none",
-                   help="none (random init), imagenet (torchvision; online or cached) or a file")
+    add_encoder_args(g, "densenet121, the paper's")
     g.add_argument("--epochs", type=int, default=None, help="default 10")
     g.add_argument("--batch-size", type=int, default=None, help="default 128 (paper)")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-4)")
@@ -133,6 +134,10 @@ def _train_args(p) -> None:
     g.add_argument("--no-augment", action="store_true", help="finetune mode: no augmentation")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    g.add_argument("--preset", choices=("auto", "paper"), default="auto",
+                   help="paper: the faithful paper settings; auto (default): on a CPU in "
+                        "cached mode, the setting chosen by leave-one-patient-out "
+                        "(docs/mclstexp.md, selection table); explicit flags win")
     g.add_argument("--tiny", action="store_true",
                    help="tiny smoke-test settings (tinycnn, 48 px input, 2 epochs, batch 32)")
     g.add_argument("--cache-dir", default=None, help="feature/patch cache folder")
@@ -208,6 +213,8 @@ def default_panel(paths, adatas) -> tuple[list[str] | None, str]:
 
 
 def _config_overrides(args) -> dict[str, Any]:
+    from ..models.encoders import weights_choice
+    from ..models.mclstexp import CPU_AUTO_DEFAULTS
     from ..training.device import get_device
 
     kw: dict[str, Any] = dict(TINY) if args.tiny else {"backbone": "densenet121"}
@@ -217,7 +224,9 @@ def _config_overrides(args) -> dict[str, Any]:
     if mode == "auto":
         mode = "finetune" if get_device(args.device).type in ("cuda", "mps") else "cached"
     kw["mode"] = mode
-    kw["weights"] = None if str(args.weights).lower() in ("none", "random") else args.weights
+    if args.mode == "auto" and mode == "cached" and args.preset != "paper" and not args.tiny:
+        kw.update(CPU_AUTO_DEFAULTS)
+    kw["weights"] = weights_choice(kw["backbone"], args.weights)
     for opt, name in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"),
                       ("weight_decay", "weight_decay"), ("temperature", "temperature"),
                       ("top_k", "top_k"), ("distance", "distance"),
@@ -259,13 +268,17 @@ def _panel_args(args, adatas):
 
 
 def _print_table(table, file=None) -> None:
-    from ..evaluation.regression import summarise
+    from ..evaluation.regression import baseline_verdict, summarise
 
     file = file if file is not None else sys.stdout  # resolved at call time (capture-friendly)
     with_pd = table.copy()
     print(with_pd.to_string(index=False, float_format=lambda v: f"{v:.4f}"), file=file)
-    print("\nmean over sections:", file=file)
+    print("\nmean over sections, by protocol (unseen patient = the patient-level figure, "
+          "first):", file=file)
     print(summarise(table).to_string(float_format=lambda v: f"{v:.4f}"), file=file)
+    verdict = baseline_verdict(table)
+    if verdict["text"]:
+        print(("" if verdict["beats"] else "WARNING: ") + verdict["text"], file=file)
 
 
 # ----------------------------------------------------------------------------- actions
@@ -299,25 +312,21 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from ..errors import InputError
-    from ..evaluation.regression import evaluate_model
+    from ..evaluation.regression import BASELINES, evaluate_model
     from ..models import open_model
 
-    if getattr(args, "raster", False) and args.layout != "square":
-        raise InputError(args.out, "--raster needs the square pseudo-spot layout "
-                                   "(--layout square)")
     model = open_model(args.model, "cpu", kind="mclstexp")
     adatas = load_sections(args.data, args.sections, quiet=args.quiet)
     model.check_genes(adatas)
     res = evaluate_model(model, adatas, baselines=() if args.no_baselines else
-                         ("ridge", "train_mean"), batch_size=args.batch_size or 64,
+                         BASELINES, batch_size=args.batch_size or 64,
                          device=args.device, cache_dir=_cache(args), progress=_progress(args))
     _finish(args, res)
     return 0
 
 
 def run_cross_validate(args) -> int:
-    from ..evaluation.regression import cross_validate
+    from ..evaluation.regression import BASELINES, cross_validate
 
     adatas = load_sections(args.data, args.sections, quiet=args.quiet)
     genes, top, how = _panel_args(args, adatas)
@@ -326,7 +335,7 @@ def run_cross_validate(args) -> int:
         print(f"leave-one-{args.by}-out over {', '.join(adatas)} ({kw['mode']} mode, "
               f"{kw['backbone']}, {how})", file=sys.stderr)
     res = cross_validate(adatas, by=args.by, genes=genes, top_genes=top,
-                         baselines=() if args.no_baselines else ("ridge", "train_mean"),
+                         baselines=() if args.no_baselines else BASELINES,
                          cache_dir=_cache(args), progress=_progress(args), **kw)
     _finish(args, res)
     return 0
@@ -359,7 +368,7 @@ def run_predict(args) -> int:
     adata = predict_slide(model, args.image, name=args.name, pitch_um=args.pitch_um,
                           layout=args.layout, min_tissue=args.min_tissue,
                           batch_size=args.batch_size or 32, tile=args.tile, device=args.device,
-                          progress=_progress(args))
+                          baseline=args.baseline, progress=_progress(args))
     from ..io.sdata_write import write_result
 
     write_result(adata, args.out, write_h5ad)

@@ -14,7 +14,7 @@ Recognition with Batch-Agnostic Encoder" (ISBI 2025). Three stages:
    averaged within-modality similarities (soft targets: spots whose images *and* expression
    look alike are not pushed apart). When spots have labels, a class-guided term treats the gene
    embeddings of same-class spots as positives too. ``cached`` mode freezes the backbone and
-   trains on features computed once (:mod:`~napari_stexp.training.feature_cache`); ``finetune``
+   trains on features computed once (:mod:`~napari_stexp.models.feature_cache`); ``finetune``
    trains the backbone too, on augmented patches.
 3. **Classifier** on the (L2-normalised) image embedding: a linear layer trained with
    class-balanced cross-entropy, then temperature-scaled on a spatially blocked validation split
@@ -584,8 +584,9 @@ def train_classifier(
     from ..io.spatial import validate_st_adata
     from ..training.distributed import all_gather_tensor, all_gather_with_grad
     from ..training.engine import TrainConfig, fit, seed_everything
-    from ..training.feature_cache import backbone_signature, resolve_cache_dir
     from .backbones import build_image_encoder
+    from .encoders import apply_encoder_geometry
+    from .feature_cache import backbone_signature, resolve_cache_dir
     from .gene_vae import ObsmLatent, fit_gene_vae
 
     t_start = time.perf_counter()
@@ -636,6 +637,7 @@ def train_classifier(
     # ---- geometry
     from .mclstexp import section_frozen_features, target_mpp_of
 
+    apply_encoder_geometry(cfg)  # a foundation model reads patches at its own µm/px
     if cfg.target_mpp is None:
         cfg.target_mpp = target_mpp_of(imgs)
     pitch, diam = median_spot_geometry([adatas[n] for n in img_names])

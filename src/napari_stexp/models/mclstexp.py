@@ -22,7 +22,7 @@
 Training runs through the shared engine (:func:`napari_stexp.training.engine.fit`) in two modes:
 ``finetune`` (the whole network on augmented patches, as the paper) and ``cached`` (frozen
 backbone; features computed once and cached on disk, see
-:mod:`napari_stexp.training.feature_cache`; only the heads and the spot encoder train).
+:mod:`napari_stexp.models.feature_cache`; only the heads and the spot encoder train).
 
 This module imports torch at the top; nothing imported at plugin start imports it.
 """
@@ -65,6 +65,11 @@ from .heads import ProjectionHead
 FORMAT = "napari-stexp/mclstexp"
 FORMAT_VERSION = 2  # 2: the model-folder contract (digests); 1 still opens
 MODES = ("finetune", "cached")
+#: ``--mode auto`` on a CPU (cached mode): the setting chosen by leave-one-patient-out on the
+#: her2st training sections (benchmarks/expression.py part d; docs/mclstexp.md, selection
+#: table). ``--preset paper`` (and the config defaults) keep the faithful paper settings.
+CPU_AUTO_DEFAULTS: dict = {"normalize_embeddings": True, "learn_temperature": True,
+                           "dropout": 0.1, "top_k": 50, "smooth_neighbours": 0.65, "epochs": 10}
 CONTEXT_MODES = ("none", "concat", "mean")
 
 
@@ -404,7 +409,7 @@ class ExpressionModel:
 
         if self.config.context_neighbours != "none" or self.config.tta_views > 1:
             self._need_grid(grid, len(patches))
-            from ..training.feature_cache import compute_features
+            from .feature_cache import compute_features
 
             feats = compute_features(self.net.image_encoder, patches, batch_size=batch_size,
                                      device=_device(device), views=self.config.tta_views,
@@ -653,6 +658,13 @@ def target_mpp_of(images: Mapping[str, Any]) -> float | None:
     return float(np.median(vals)) if vals else None
 
 
+def patient_of(adata) -> str | None:
+    """A section's patient (``obs['patient']``), or None when not recorded."""
+    if "patient" in adata.obs and adata.n_obs:
+        return str(adata.obs["patient"].iloc[0])
+    return None
+
+
 def section_frozen_features(encoder, backbone_sig: dict, adata, name: str, image, spec, *,
                             views: int = 1, cache_dir: Any = None, batch_size: int = 64,
                             device: Any = "cpu", channels_last: bool = False,
@@ -661,7 +673,7 @@ def section_frozen_features(encoder, backbone_sig: dict, adata, name: str, image
                             ) -> np.ndarray:
     """Frozen-backbone features ``(views, n, D)`` of a section's spots, cached on disk."""
     from ..data.patches import check_geometry, extract_patches, read_size_px
-    from ..training.feature_cache import (
+    from .feature_cache import (
         cache_key,
         cached_features,
         compute_features,
@@ -755,8 +767,9 @@ def train_expression_model(
     )
     from ..training.distributed import all_gather_tensor, all_gather_with_grad
     from ..training.engine import TrainConfig, fit, seed_everything
-    from ..training.feature_cache import backbone_signature, resolve_cache_dir
     from .backbones import module_digest
+    from .encoders import apply_encoder_geometry
+    from .feature_cache import backbone_signature, resolve_cache_dir
 
     t_start = time.perf_counter()
     cfg = MclstexpConfig(**asdict(config)) if config is not None else MclstexpConfig()
@@ -778,6 +791,7 @@ def train_expression_model(
 
     # images, geometry (µm/px handling: see data/patches.py)
     imgs = {n: (images or {}).get(n) or open_section_image(adatas[n], n) for n in names}
+    apply_encoder_geometry(cfg)  # a foundation model reads patches at its own µm/px
     if cfg.target_mpp is None:
         cfg.target_mpp = target_mpp_of(imgs)
     pitch, diam = median_spot_geometry(adatas)
@@ -927,6 +941,8 @@ def train_expression_model(
         "seed": cfg.seed, "device": str(device), "mode": cfg.mode,
         "sections": names, "n_spots": int(n), "n_genes": len(panel),
         "data": {nm: section_source(adatas[nm]) for nm in names},
+        "train_patients": sorted({p for p in (patient_of(adatas[nm]) for nm in names)
+                                  if p is not None}),
         "initial_backbone_digest": initial_digest,
         "n_parameters": int(sum(p.numel() for p in net.parameters())),
         "seconds_total": time.perf_counter() - t_start, "seconds_training": fit_seconds,

@@ -98,8 +98,10 @@ def labels_features_with_latents(features, cells, z: np.ndarray):
 
 
 def traversal_layer_tuple(trav, name: str = TRAVERSAL_LAYER) -> tuple:
-    """The traversal as an Image layer (dims, steps, H, W, 3): sliders = latent dim and step."""
-    return (trav.images, {"name": name, "rgb": True,
+    """The traversal as an Image layer (dims, steps, 1, H, W, 3): sliders = latent dim and step;
+    the singleton axis lines up with a crop stack's crop axis, so the step slider has its own
+    axis (it does not run to the number of crops)."""
+    return (trav.images[:, :, None], {"name": name, "rgb": True,
                           "metadata": {"dims": trav.dims.tolist(),
                                        "steps_sigma": trav.values.tolist(),
                                        "scores": trav.scores.tolist(), "source": "bvae"}},
@@ -448,7 +450,10 @@ class BVAEWidget(WorkerMixin, QWidget):
             for name in (CROPS_LAYER, POINTS_LAYER):
                 if name in self.viewer.layers:
                     self.viewer.layers.remove(name)
-            add_layer_tuples(self.viewer, crops_layer_tuples(cells, z))
+            from ..viewer.palettes import link_crop_class
+
+            link_crop_class(self.viewer, add_layer_tuples(self.viewer,
+                                                          crops_layer_tuples(cells, z))[0])
             target = POINTS_LAYER
         self.session.add_embedding(EmbeddingRef(name="bvae", layer=target, data=z,
                                                 source="bvae"))
@@ -481,7 +486,7 @@ class BVAEWidget(WorkerMixin, QWidget):
         if TRAVERSAL_LAYER in self.viewer.layers:
             self.viewer.layers.remove(TRAVERSAL_LAYER)
         (layer,) = add_layer_tuples(self.viewer, [traversal_layer_tuple(trav)])
-        self.viewer.dims.axis_labels = ("latent dim", "step", "y", "x")
+        self.viewer.dims.axis_labels = ("latent dim", "step", "crop", "y", "x")
         self.viewer.dims.set_current_step(0, 0)
         self.viewer.dims.set_current_step(1, len(trav.values) // 2)
         self.status.setText("traversal: rows = dims " + ", ".join(

@@ -46,49 +46,21 @@ from qtpy.QtWidgets import (
 )
 
 from ..session import EmbeddingRef, get_session
+from ..viewer.palettes import legend_html  # the one legend
 from ._common import ProgressBridge, WorkerMixin, layer_adata, notify_error, warm_torch
 
 CLASS_COLUMN = "batch_agnostic_class"
 SLIDE_PREFIX = "slide: "
-#: Stable colours for the her2st classes; other classes take the next free tab10 colour.
-KNOWN_COLORS = {
-    "invasive cancer": "#d62728",
-    "cancer in situ": "#ff7f0e",
-    "immune infiltrate": "#9467bd",
-    "breast glands": "#1f77b4",
-    "connective tissue": "#2ca02c",
-    "adipose tissue": "#e6c619",
-}
-TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-         "#7f7f7f", "#bcbd22", "#17becf"]
 
 
 # ----------------------------------------------------------------------------- GUI-free part
 
 
 def class_colors(classes: list[str]) -> dict[str, np.ndarray]:
-    """A fixed RGBA colour per class (the same class always gets the same colour)."""
-    from matplotlib.colors import to_rgba
+    """A fixed RGBA colour per class (the one palette: viewer.palettes)."""
+    from ..viewer.palettes import label_colors
 
-    out: dict[str, np.ndarray] = {}
-    used = {KNOWN_COLORS[c] for c in classes if c in KNOWN_COLORS}
-    free = [c for c in TAB10 if c not in used]
-    for c in classes:
-        hexc = KNOWN_COLORS.get(c) or (free.pop(0) if free else "#7f7f7f")
-        out[c] = np.array(to_rgba(hexc), np.float32)
-    return out
-
-
-def legend_html(classes: list[str], colors: dict[str, np.ndarray] | None = None,
-                counts: dict[str, int] | None = None) -> str:
-    """An HTML legend: a coloured square and the class name (and count) per class."""
-    colors = colors or class_colors(classes)
-    rows = []
-    for c in classes:
-        r, g, b, _ = (np.asarray(colors[c]) * 255).astype(int)
-        n = f" ({counts.get(c, 0)})" if counts is not None else ""
-        rows.append(f'<span style="color: rgb({r},{g},{b})">&#9632;</span> {c}{n}')
-    return "<br>".join(rows)
+    return label_colors(classes)
 
 
 @dataclass
@@ -495,6 +467,10 @@ class ClassifyWidget(WorkerMixin, QWidget):
         if path is None:
             path = QFileDialog.getExistingDirectory(self, "save the model into a new folder")
         if not path:
+            return None
+        from ._save import confirm_overwrite
+
+        if not confirm_overwrite(self, path):
             return None
         try:
             self.model.save(path)

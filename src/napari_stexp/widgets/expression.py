@@ -65,6 +65,7 @@ class SectionPrediction:
     measured: np.ndarray | None = None  # (n, G) normalised measured expression
     pcc: np.ndarray | None = None  # (G,) per-gene PCC
     in_reference: bool = False  # the section is among the model's references (optimistic)
+    protocol: str = ""  # PCC protocol: unseen patient / held-out section of a training patient
     adata: Any = None  # the slide prediction AnnData (H&E-only slides)
 
     def gene_index(self, gene: str) -> int:
@@ -81,8 +82,9 @@ def predict_for_sections(model, adatas: dict, images: dict | None = None, *, pro
     """Predict every spot of ST sections; measured values and per-gene PCC when the section has
     the model's genes."""
     from ..data.genes import DISPLAY_LIBRARY, measured_expression, panel_targets
-    from ..evaluation.regression import gene_pcc
+    from ..evaluation.regression import gene_pcc, section_protocol
     from ..io.frame import layer_spot_size, spots_rc_um
+    from ..models.mclstexp import patient_of
 
     out = []
     refs = set(model.reference.section_names)
@@ -102,7 +104,9 @@ def predict_for_sections(model, adatas: dict, images: dict | None = None, *, pro
             name=name, coords_um=spots_rc_um(adata), size_um=layer_spot_size(adata),
             genes=list(model.genes), predicted=res["predicted"], confidence=res["confidence"],
             embeddings=res["embeddings"], obs_names=list(map(str, adata.obs_names)),
-            measured=measured, pcc=pcc, in_reference=name in refs))
+            measured=measured, pcc=pcc, in_reference=name in refs,
+            protocol=section_protocol(patient_of(adata), model.provenance.get("train_patients"))
+            if measured is not None else ""))
     return out
 
 
@@ -388,6 +392,10 @@ class ExpressionWidget(WorkerMixin, QWidget):
             path = QFileDialog.getExistingDirectory(self, "save the model into a new folder")
         if not path:
             return None
+        from ._save import confirm_overwrite
+
+        if not confirm_overwrite(self, path):
+            return None
         try:
             self.model.save(path)
         except Exception as exc:  # noqa: BLE001 - shown, never a crash
@@ -448,6 +456,9 @@ class ExpressionWidget(WorkerMixin, QWidget):
                 source="mclstexp"))
         note = " (section is in the training reference: optimistic)" if any(
             p.in_reference for p in preds) else ""
+        protos = sorted({p.protocol for p in preds if p.protocol and not p.in_reference})
+        if protos:
+            note += f"; PCC protocol: {', '.join(protos)}"
         self.status.setText(f"predicted {', '.join(p.name for p in preds)}{note}")
         gene = self.gene_box.text().strip() or (self.model.genes[0] if self.model else "")
         if gene:
