@@ -78,6 +78,9 @@ def register(sub) -> None:
 
     pr = ssub.add_parser("predict", help="predict expression over an H&E slide's tissue")
     add_slide_grid_args(pr, "PRED.h5ad", "pseudo-spot")
+    pr.add_argument("--raster", action="store_true",
+                    help="also write the predicted genes over the pseudo-spot grid as an "
+                         "OME-Zarr multiscale image (PRED_raster.ome.zarr; square layout)")
     pr.add_argument("--baseline", choices=("ridge", "pca_ridge"), default=None,
                     help="also write that baseline's prediction (same frozen features, fitted "
                          "on the model's training spots) as layers['baseline_<name>']: show it "
@@ -323,9 +326,13 @@ def _finish(args, res) -> None:
 
 def run_predict(args) -> int:
     from ..analysis.slide_predict import predict_slide
+    from ..errors import InputError
     from ..io.export import write_h5ad
     from ..models import open_model
 
+    if getattr(args, "raster", False) and args.layout != "square":
+        raise InputError(args.out, "--raster needs the square pseudo-spot layout "
+                                   "(--layout square)")
     model = open_model(args.model, "cpu", kind="mclstexp")
     adata = predict_slide(model, slide_image(args), name=args.name, pitch_um=args.pitch_um,
                           layout=args.layout, min_tissue=args.min_tissue,
@@ -334,6 +341,10 @@ def run_predict(args) -> int:
     from ..io.sdata_write import write_result
 
     write_result(adata, args.out, write_h5ad)
+    if getattr(args, "raster", False):
+        from ..viewer.raster import raster_path, write_raster
+
+        print(f"wrote {write_raster(adata, raster_path(args.out))}")
     prov = adata.uns["napari_stexp"]
     print(f"wrote {args.out}: {adata.n_obs} pseudo-spots × {adata.n_vars} genes "
           f"({prov['mpp_handling']}; {prov['seconds']:.1f} s)")

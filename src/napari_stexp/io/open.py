@@ -30,12 +30,13 @@ class Opened:
     sdata: Any = None  # the SpatialData object (kind "spatialdata")
     coordinate_system: str | None = None
 
-    def layers(self, *, max_visible: int = 1) -> list[LayerDataTuple]:
+    def layers(self, *, max_visible: int = 1, skip_spots=()) -> list[LayerDataTuple]:
+        """``skip_spots``: sections without a spots layer (shown as rasters instead)."""
         if self.kind == "spatialdata":
             from .spatialdata import sdata_layers
 
-            return sdata_layers(self, max_visible=max_visible)
-        return build_layers(self, max_visible=max_visible)
+            return sdata_layers(self, max_visible=max_visible, skip_spots=skip_spots)
+        return build_layers(self, max_visible=max_visible, skip_spots=skip_spots)
 
 
 def detect_kind(path: str | os.PathLike) -> str | None:
@@ -168,7 +169,8 @@ def _image_summary(pyr) -> dict:
             "format": pyr.metadata.get("format")}
 
 
-def build_layers(opened: Opened, *, max_visible: int = 1) -> list[LayerDataTuple]:
+def build_layers(opened: Opened, *, max_visible: int = 1,
+                 skip_spots=()) -> list[LayerDataTuple]:
     """Layers for everything in ``opened``; only the first ``max_visible`` sections visible."""
     layers: list[LayerDataTuple] = []
     if opened.adatas:
@@ -178,6 +180,8 @@ def build_layers(opened: Opened, *, max_visible: int = 1) -> list[LayerDataTuple
             if img is not None:
                 layers.append(image_layer(img, f"{sec} H&E", visible=visible))
                 layers[-1][1]["metadata"]["section"] = sec
+            if sec in skip_spots:
+                continue
             layers.append(spots_layer(ad, section=sec, visible=visible))
             layers[-1][1]["metadata"]["adata"] = ad  # widgets find the AnnData here
         return layers
