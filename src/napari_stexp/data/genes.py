@@ -89,7 +89,14 @@ def load_gene_file(path: str | os.PathLike) -> list[str]:
             raise InputError(p, f"expected an array of gene names, got dtype {arr.dtype}")
         genes = [str(g) for g in arr.ravel()]
     else:
-        text = p.read_text(encoding="utf-8", errors="replace")
+        raw = p.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is None or "\0" in text:
+            raise InputError(p, "not a text gene list (binary content); expected one gene per "
+                                "line, a comma list or a .npy array of strings")
         genes = [g.strip().strip('"') for line in text.splitlines()
                  for g in line.replace("\t", ",").split(",")]
         genes = [g for g in genes if g and not g.startswith("#")]

@@ -106,12 +106,26 @@ def read_st_h5ad(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - h5py/anndata raise many types on corrupt files
         raise InputError(path, f"cannot read h5ad (corrupt or truncated?): "
                                f"{type(exc).__name__}: {exc}") from exc
+    if adata.n_obs == 0:
+        raise InputError(path, "no spots (0 rows): nothing to show, train on or evaluate")
     if "spatial" not in adata.obsm:
         raise InputError(path, "no spot coordinates: obsm['spatial'] is missing")
     xy = np.asarray(adata.obsm["spatial"])
     if xy.ndim != 2 or xy.shape[1] < 2:
         raise InputError(path, f"obsm['spatial'] must be (n_spots, 2), got {xy.shape}")
+    if not np.issubdtype(xy.dtype, np.number) or np.issubdtype(xy.dtype, np.complexfloating):
+        raise InputError(path, f"obsm['spatial'] holds {xy.dtype} values, not numeric pixel "
+                               "coordinates")
     adata.obsm["spatial"] = xy[:, :2].astype(np.float64)
+    from ._validate import check_counts, check_sparse
+
+    for where, M in (("X", adata.X), *((f"layers['{k}']", v) for k, v in adata.layers.items())):
+        if M is not None:
+            check_sparse(f"{path} {where}", M)
+    counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    if counts is not None:
+        check_counts(path, counts, adata.obs_names,
+                     what="layers['counts']" if "counts" in adata.layers else "X")
     if "counts" not in adata.layers:
         if not _looks_like_counts(adata.X):
             warnings.warn(f"{path}: X looks normalised (non-integer or negative values) and there "

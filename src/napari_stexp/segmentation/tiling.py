@@ -10,7 +10,8 @@ safety net, an object whose pixels are already mostly claimed by a previously wr
 (same cell, centroids on both sides of a core border) is dropped as a duplicate.
 
 Output labels are a numpy array, or with ``labels_out=PATH`` a zarr array written tile by tile
-(for whole slides; returned as a lazy dask array). The objects table is rebuilt from the pixels
+(for whole slides; returned as a lazy dask array). Images above ``LABELS_IN_MEMORY_PIXELS``
+always get a zarr array (a temporary one when no ``labels_out`` is given). The objects table is rebuilt from the pixels
 actually written: one row per label.
 """
 
@@ -35,6 +36,10 @@ SAMPLE_PIXELS = 2048 * 2048
 #: Larger images get their global settings from a mosaic of this many evenly spread tiles.
 SAMPLE_TILES = 4
 SAMPLE_TILE = 1024
+#: Tiled runs without ``labels_out`` keep labels in memory up to this many pixels (256 MiB of
+#: int32); larger images get their labels in a temporary zarr store on disk (deleted at exit),
+#: so a whole-slide label array is never allocated.
+LABELS_IN_MEMORY_PIXELS = 8192 * 8192
 
 
 @dataclass(frozen=True)
@@ -149,20 +154,34 @@ def _new_output(shape: tuple[int, int], tile: tuple[int, int], tmp: Path | None)
                            zarr_format=2)
 
 
+def _temporary_labels_store() -> Path:
+    """A zarr path in a fresh temporary folder, removed when the process exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="stexp-labels-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder / "labels.zarr"
+
+
 def iter_segment_tiled(image: Any, backend: Backend, params: dict, *, tile_size: int,
                        overlap: int | None = None, labels_out: str | os.PathLike | None = None,
-                       cancel: CancelFlag | None = None
+                       cancel: CancelFlag | None = None, tissue=None
                        ) -> Iterator[tuple[int, int, SegmentationResult | None]]:
     """Generator form of :func:`segment_tiled`: yields ``(tiles done, tiles total, None)`` after
     every tile and finally ``(total, total, result)``. ``params`` must already hold the global
-    settings (``backend.prepare`` applied)."""
+    settings (``backend.prepare`` applied). ``tissue``: ``(mask, downsample)`` (see
+    :mod:`.tissue`): tiles without tissue are skipped, the others get their tissue mask."""
     shape = image_shape(image)
     H, W = shape[:2]
     tile = _pair(tile_size)
     if overlap is None:
         overlap = backend.halo(params) if backend.halo else 64
     total = n_tiles(shape, tile)
-    state = {"rows": [], "feats": [], "extra": set(), "dup": 0, "cut": 0}
+    state = {"rows": [], "feats": [], "extra": set(), "dup": 0, "cut": 0, "tissue": tissue}
+    if labels_out is None and H * W > LABELS_IN_MEMORY_PIXELS:
+        labels_out = _temporary_labels_store()
     if labels_out is None:
         out = _new_output((H, W), tile, None)
         yield from _run_tiles(image, backend, params, shape, tile, overlap, out, state, cancel)
@@ -199,8 +218,17 @@ def _run_tiles(image, backend, params, shape, tile, overlap, out, state, cancel)
     yield 0, total, None
     for t in tile_slide(shape, tile, overlap):
         check_cancel(cancel, "segmentation")
+        run_params = params
+        if state["tissue"] is not None:
+            from .tissue import window_mask
+
+            run_params = {**params, "tissue_window": window_mask(state["tissue"], t.r0, t.c0,
+                                                                 t.r1, t.c1)}
+            if not run_params["tissue_window"].any():
+                yield t.index + 1, total, None
+                continue
         window = read_window(image, t.r0, t.c0, t.r1, t.c1)
-        res = backend.run(window, params, None, cancel)
+        res = backend.run(window, run_params, None, cancel)
         lab = np.asarray(res.labels)
         tab = res.table
         if len(tab):
@@ -250,13 +278,13 @@ def _run_tiles(image, backend, params, shape, tile, overlap, out, state, cancel)
 
 def segment_tiled(image: Any, backend: Backend, params: dict, *, tile_size: int,
                   overlap: int | None = None, labels_out: str | os.PathLike | None = None,
-                  progress: ProgressFn | None = None, cancel: CancelFlag | None = None
-                  ) -> SegmentationResult:
+                  progress: ProgressFn | None = None, cancel: CancelFlag | None = None,
+                  tissue=None) -> SegmentationResult:
     """Segment ``image`` tile by tile (see the module doc). Progress is reported per tile."""
     result = None
     for done, total, res in iter_segment_tiled(image, backend, params, tile_size=tile_size,
                                                overlap=overlap, labels_out=labels_out,
-                                               cancel=cancel):
+                                               cancel=cancel, tissue=tissue):
         report(progress, done, total, f"tile {done}/{total}")
         result = res
     assert result is not None
