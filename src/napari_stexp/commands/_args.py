@@ -155,9 +155,12 @@ def add_config_args(group, config_cls, paths, *, flags: dict | None = None) -> N
         flag = _flag(path, flags)
         dest = flag.lstrip("-").replace("-", "_")
 
-        def parse(text, spec=spec):
+        def parse(text, spec=spec, dest=dest):
+            # the parser-wide value rules first (--epochs 0, --lr nan ...), then the option's
+            # own bounds and choices
+            checked = VALUE_TYPES.get(dest) or (finite_float if spec.kind is float else None)
             try:
-                return spec.check(text)
+                return spec.check(checked(text) if checked is not None else text)
             except ValueError as exc:
                 raise argparse.ArgumentTypeError(str(exc)) from None
 
