@@ -24,7 +24,6 @@ mark extra result tables merged into the slide's AnnData (by ``obs_names``).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import threading
@@ -42,6 +41,7 @@ from ..errors import InputError
 from ._atomic import atomic_path
 from .image import ImagePyramid
 from .layers import CATEGORY_COLORS, LayerDataTuple, image_layer, spots_layer
+from .ome_zarr import ngff_kind, ngff_label_names
 
 #: What a slide can have (the navigator shows these).
 FLAGS = ("image", "expression", "labels", "predictions", "classes", "cells", "embeddings")
@@ -438,7 +438,7 @@ def _bundle_items(files: list[tuple[Path, str]]) -> list[SlideItem]:
                     g["h5ads"].append(str(p))
                     g["h5ad_meta"].append((meta, sec))
             continue
-        kind = _ngff_kind(p) if p.is_dir() else None
+        kind = ngff_kind(p) if p.is_dir() else None
         if role == "cells" or kind == "labels":
             g = group(base if role == "cells" else stem, batch)
             g["cells"] = str(p)
@@ -446,7 +446,7 @@ def _bundle_items(files: list[tuple[Path, str]]) -> list[SlideItem]:
             g = group(stem, batch)
             if g["image"] is None:
                 g["image"] = str(p)
-            labels = _ngff_label_names(p) if kind == "image" else []
+            labels = ngff_label_names(p) if kind == "image" else []
             if labels and g["cells"] is None:
                 g["cells"], g["cells_labels"] = str(p), labels[0]
 
@@ -852,37 +852,12 @@ def _merge_results(adata, extra, source: str) -> None:
 def _open_cells(item: SlideItem) -> ImagePyramid:
     labels = item.info.get("cells_labels")
     if labels:
-        from .export import read_ome_zarr
+        from .ome_zarr import read_ome_zarr
 
         return read_ome_zarr(item.cells, labels=labels)
     from .wsi import open_image
 
     return open_image(item.cells)
-
-
-def _ngff_attrs(p: Path) -> dict:
-    for name in (".zattrs", "zarr.json"):
-        f = p / name
-        if f.is_file():
-            try:
-                attrs = json.loads(f.read_text())
-            except (OSError, ValueError):
-                return {}
-            attrs = attrs.get("attributes", attrs)
-            return attrs.get("ome", attrs)
-    return {}
-
-
-def _ngff_kind(p: Path) -> str | None:
-    attrs = _ngff_attrs(p)
-    if "multiscales" not in attrs:
-        return None
-    return "labels" if "image-label" in attrs else "image"
-
-
-def _ngff_label_names(p: Path) -> list[str]:
-    return [str(n) for n in _ngff_attrs(p / "labels").get("labels", [])
-            if (p / "labels" / str(n)).is_dir()]
 
 
 # ----------------------------------------------------------------------------- features
