@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import InputError
+from ..errors import InputError, StexpWarning
 from ..io.spatial import counts_matrix, normalize_log1p
 from ..progress import CancelFlag, ProgressFn, check_cancel
 
@@ -42,7 +42,7 @@ FORMAT = "napari-stexp/gene-vae"
 FORMAT_VERSION = 2  # 2: the model-folder contract; 1 = gene_vae.pt {state_dict, meta}
 
 
-class GeneVAEWarning(UserWarning):
+class GeneVAEWarning(StexpWarning):
     """A gene-encoder input was repaired or a setting had no effect (e.g. a single batch)."""
 
 
