@@ -55,8 +55,8 @@ def _table(rows: list[dict], cols: list[str], title: str) -> None:
 def gene_benchmark(root, panel, args) -> list[dict]:
     from sklearn.decomposition import PCA
 
+    from napari_stexp.data.genes import expression_transform
     from napari_stexp.evaluation.mixing import knn_transfer, mixing_report
-    from napari_stexp.io.spatial import normalize_log1p
     from napari_stexp.io.st import read_st
     from napari_stexp.models.gene_vae import GeneVAEConfig, fit_gene_vae, gene_inputs
 
@@ -74,9 +74,9 @@ def gene_benchmark(root, panel, args) -> list[dict]:
         te = {k: v for k, v in secs.items() if k.startswith(held)}
         itr, ite = gene_inputs(tr, panel), gene_inputs(te, panel)
         ytr, yte = itr.obs["label"].to_numpy(), ite.obs["label"].to_numpy()
-        pca = PCA(args.latent_dim, random_state=args.seed).fit(normalize_log1p(itr.counts))
-        res = {"pca": knn_transfer(pca.transform(normalize_log1p(itr.counts)), ytr,
-                                   pca.transform(normalize_log1p(ite.counts)), yte)}
+        pca = PCA(args.latent_dim, random_state=args.seed).fit(expression_transform(itr.counts, library="all"))
+        res = {"pca": knn_transfer(pca.transform(expression_transform(itr.counts, library="all")), ytr,
+                                   pca.transform(expression_transform(ite.counts, library="all")), yte)}
         settings = [("inductive", tr)]
         if args.transductive:
             masked = {}
@@ -113,7 +113,7 @@ def gene_benchmark(root, panel, args) -> list[dict]:
     inp = gene_inputs(secs, panel)
     batch, labels = inp.obs["patient"].to_numpy(), inp.obs["label"].to_numpy()
     emb = {"pca": PCA(args.latent_dim, random_state=args.seed).fit_transform(
-        normalize_log1p(inp.counts))}
+        expression_transform(inp.counts, library="all"))}
     for cond, name in ((False, "vae_unconditioned"), (True, "vae_batch_conditioned")):
         emb[name] = fit_gene_vae(secs, genes=panel, config=vae_cfg(cond)).embed(secs)
     mix = []

@@ -80,7 +80,7 @@ def run_mode(mode: str, folder: Path, canvas: tuple[int, int]) -> dict:
     import napari
 
     from napari_stexp.io.collection import SlideCollection
-    from napari_stexp.widgets.navigator import SlideNavigator
+    from napari_stexp.viewer.navigator import SlideNavigator
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(*canvas)

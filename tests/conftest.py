@@ -48,3 +48,18 @@ def pbc_dir():
 @pytest.fixture(scope="session")
 def pbmc_path():
     return _require("pbmc68k-reduced", "10x_pbmc68k_reduced.h5ad")
+
+
+@pytest.fixture(scope="session")
+def xenium_dir():
+    return _require("xenium-mouse-ileum-tiny")
+
+
+@pytest.fixture(scope="session")
+def hd_mock():
+    return _require("visium-hd-layout-mock")
+
+
+@pytest.fixture(scope="session")
+def merfish():
+    return _require("spatialdata-merfish", "merfish.zarr")

@@ -23,6 +23,7 @@ WARNINGS = [
     ("napari_stexp.io.smears", "SmearWarning"),
     ("napari_stexp.models.gene_vae", "GeneVAEWarning"),
     ("napari_stexp.models.batch_agnostic", "ClassifierWarning"),
+    ("napari_stexp.io.spatialdata", "SpatialDataWarning"),
 ]
 
 

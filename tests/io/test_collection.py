@@ -11,13 +11,12 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from napari_stexp.analysis.features import gene_expression, resolve_feature
 from napari_stexp.errors import InputError
 from napari_stexp.io.collection import (
     FLAGS,
     SlideCollection,
-    gene_expression,
     h5ad_metadata,
-    resolve_feature,
     thumbnail_key,
 )
 from napari_stexp.io.export import write_h5ad, write_ome_zarr

@@ -12,7 +12,7 @@ import pytest
 from napari_stexp.analysis.selection import UNSELECTED
 from napari_stexp.errors import InputError
 from napari_stexp.session import EmbeddingRef, Session
-from napari_stexp.widgets import _layer_links as LL
+from napari_stexp.viewer import layer_links as LL
 from napari_stexp.widgets._scatter_canvas import (
     continuous_colors,
     group_colors,

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_stexp.io.collection import SlideCollection, gene_expression
+from napari_stexp.analysis.features import gene_expression
+from napari_stexp.io.collection import SlideCollection
 
 HER2ST_IMAGE = {"A1", "B4", "C2", "C3", "C4", "C5"}
 HER2ST_LABELS = {"A1", "B1", "C1", "D1", "E1", "F1"}
@@ -76,7 +77,10 @@ def test_next_previous_show_exactly_one_section(qtbot, widget):
     pyr = weakref.ref(w.nav._data.image)
     w.next_btn.click()
     _wait_current(qtbot, w, "B1")  # B1 has no H&E
-    assert [ly.name for ly in viewer.layers] == ["B1 spots"]
+    # A1's image layer stays hidden and empty until the next H&E (removing it here crashes
+    # vispy/Mesa in a real window, issue 17.1: tests/viewer/test_navigator_window.py)
+    assert [ly.name for ly in viewer.layers if ly.visible] == ["B1 spots"]
+    assert [ly.metadata.get("kind") for ly in viewer.layers] in (["spots"], ["parked", "spots"])
     gc.collect()
     assert pyr() is None  # A1's pyramid released, not just hidden
     assert get_session(viewer).current_slide == "B1"
@@ -104,7 +108,7 @@ def test_next_previous_show_exactly_one_section(qtbot, widget):
 
 
 def test_gene_overlay_keeps_name_and_limits(qtbot, widget, her2st_coll):
-    from napari_stexp.widgets.navigator import face_color_column
+    from napari_stexp.viewer.navigator import face_color_column
 
     viewer, w = widget
     w.go(8)
@@ -200,7 +204,8 @@ def test_grid_view_shows_requested_number(qtbot, widget):
     w.grid_btn.setChecked(False)
     assert not grid.enabled
     assert _sections_shown(viewer) == {"C1"}
-    assert {ly.metadata.get("section") for ly in viewer.layers} == {"C1"}
+    assert {ly.metadata.get("section") for ly in viewer.layers
+            if ly.metadata.get("kind") != "parked"} == {"C1"}  # parked: see issue 17.1
 
 
 def test_camera_keeps_position_for_same_size_sections(qtbot, widget):

@@ -119,7 +119,7 @@ def _unique(paths: list[Path]) -> list[Path]:
         r = q.resolve()
         if r not in seen:
             seen.add(r)
-            out.append(q)
+            out.append(q.absolute())
     return out
 
 
@@ -258,8 +258,9 @@ def run_one(kind: str, input_path: str, out_dir: str, model_dir: str | None = No
     """
     options = dict(options or {})
     task = tuple(task or TASKS[kind])
-    out = Path(out_dir)
-    inp = Path(input_path)
+    # absolute paths: a task may return its outputs relative to the working directory
+    out = Path(out_dir).absolute()
+    inp = Path(input_path).absolute()
     if not inp.exists():
         raise InputError(inp, "batch input not found (do the workers see this path?)")
     out.mkdir(parents=True, exist_ok=True)
@@ -273,8 +274,8 @@ def run_one(kind: str, input_path: str, out_dir: str, model_dir: str | None = No
     with dask.config.set(scheduler="synchronous"):
         model, cached, load_s = _load_once(kind, task, model_dir, options)
         outputs = _resolve(task[1])(model, inp, out, stem, options)
-    names = [str(Path(o).relative_to(out)) if Path(o).is_absolute() else str(o)
-             for o in outputs]
+    names = [str(Path(o).absolute().relative_to(out)) if Path(o).is_absolute()
+             or Path(o).absolute().is_relative_to(out) else str(o) for o in outputs]
     missing = [n for n in names if not (out / n).exists()]
     if missing:
         raise InputError(inp, f"task reported outputs that were not written: {missing}")
@@ -329,7 +330,7 @@ def run_batch(kind: str, inputs, out_dir: str | os.PathLike, *, model_dir: str |
     if task is None and kind not in TASKS:
         raise InputError(kind, f"unknown batch kind; choose one of {', '.join(TASKS)}")
     options = dict(options or {})
-    out = Path(out_dir)
+    out = Path(out_dir).absolute()  # workers may run in another working directory
     out.mkdir(parents=True, exist_ok=True)
     if model_dir is None and task is None and kind in NEEDS_MODEL:
         raise InputError("--model", f"'{kind}' needs {NEEDS_MODEL[kind]}")

@@ -22,3 +22,88 @@ def add_slide_grid_args(p, out_metavar: str, unit: str) -> None:
                    help=f"keep {unit}es at least this fraction tissue" if unit == "patch"
                    else f"keep {unit}s at least this fraction tissue")
     p.add_argument("--tile", type=int, default=2048, help="read tile size (px)")
+
+
+# --------------------------------------------------------------------------- value types
+# argparse ``type=`` callables: a bad value is refused by the parser (usage line, exit 2).
+
+
+def _number(text: str, kind: type) -> float:
+    import argparse
+    import math
+
+    try:
+        value = kind(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}"
+                                         f", got {text!r}") from exc
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _checked(kind: type, ok, what: str):
+    import argparse
+
+    def parse(text: str):
+        value = _number(text, kind)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} {what}"  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _checked(int, lambda v: v > 0, "> 0")
+non_negative_int = _checked(int, lambda v: v >= 0, ">= 0")
+finite_float = _checked(float, lambda v: True, "finite")
+positive_float = _checked(float, lambda v: v > 0, "> 0")
+non_negative_float = _checked(float, lambda v: v >= 0, ">= 0")
+fraction = _checked(float, lambda v: 0 <= v <= 1, "between 0 and 1")
+open_fraction = _checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
+
+#: Option destinations and the value type they need, applied to every subcommand's ``type=int``
+#: / ``type=float`` options by :func:`apply_value_types` (an option declared with another type
+#: keeps it). Integers/floats not listed still refuse NaN and inf.
+VALUE_TYPES = {
+    **dict.fromkeys(("epochs", "gene_epochs", "tile", "tile_size", "top_genes", "n_genes",
+                     "batch_size", "latent_dim", "image_size", "base_channels", "patch_size",
+                     "input_size", "steps", "workers", "limit", "dims", "min_class_spots"),
+                    positive_int),
+    **dict.fromkeys(("overlap", "retries"), non_negative_int),
+    **dict.fromkeys(("pitch_um", "lr", "mpp", "diameter", "temperature", "span"),
+                    positive_float),
+    **dict.fromkeys(("weight_decay", "beta", "bg_weight", "class_weight"), non_negative_float),
+    **dict.fromkeys(("min_tissue", "val_fraction", "score_threshold"), fraction),
+    "iou": open_fraction,
+}
+
+
+def apply_value_types(parser) -> None:
+    """Give every ``int``/``float`` option of ``parser`` and its subparsers the checked type
+    named in :data:`VALUE_TYPES` (plain int/float options get ``finite_float`` for floats)."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                apply_value_types(sub)
+        elif action.type in (int, float):
+            checked = VALUE_TYPES.get(action.dest)
+            if checked is None and action.type is float:
+                checked = finite_float
+            if checked is not None:
+                action.type = checked
+
+
+def check_param_keys(params: dict, known, *, option: str = "--param", what: str = "") -> None:
+    """Refuse ``KEY=VALUE`` items whose key is not a parameter of ``what`` (one line)."""
+    from ..errors import InputError
+
+    known = set(known)
+    unknown = [k for k in params if k not in known]
+    if unknown:
+        raise InputError(option, f"unknown parameter{'s' if len(unknown) > 1 else ''} "
+                                 f"{', '.join(unknown)}" + (f" for {what}" if what else "")
+                                 + f" (known: {', '.join(sorted(known))})")

@@ -267,7 +267,9 @@ def run_embed(args) -> int:
     model = _load(args)
     adatas = _read(args)
     emb = embed_sections(model, adatas, cache_dir=_cache(args), progress=_progress(args))
-    write_h5ad(emb, args.out)
+    from ..io.sdata_write import write_result
+
+    write_result(emb, args.out, write_h5ad)
     print(f"{args.out}: {emb.n_obs} spots, X_gene_latent "
           f"{emb.obsm['X_gene_latent'].shape[1] if 'X_gene_latent' in emb.obsm else 0}-d, "
           f"{int(emb.obs['has_image'].sum())} with an image embedding", file=sys.stdout)
@@ -282,7 +284,9 @@ def run_predict(args) -> int:
     adata = classify_slide(model, args.image, name=args.name, pitch_um=args.pitch_um,
                            layout=args.layout, min_tissue=args.min_tissue, tile=args.tile,
                            progress=_progress(args))
-    write_h5ad(adata, args.out)
+    from ..io.sdata_write import write_result
+
+    write_result(adata, args.out, write_h5ad)
     counts = adata.obs["batch_agnostic_class"].value_counts().to_dict()
     print(f"{args.out}: {adata.n_obs} patches; " +
           ", ".join(f"{k}: {v}" for k, v in counts.items()))

@@ -184,7 +184,7 @@ def load_sections(paths, sections=None, *, need_images: bool = True, genes=None,
 
 def default_panel(paths, adatas) -> tuple[list[str] | None, str]:
     """The her2st 785-gene panel when every path is her2st and every section has it."""
-    from ..data.genes import load_gene_file
+    from ..data.genes import check_panel, load_gene_file
     from ..errors import InputError
     from ..io.her2st import find_her2st_root
     from ..io.st import detect_st_kind
@@ -192,12 +192,16 @@ def default_panel(paths, adatas) -> tuple[list[str] | None, str]:
     if not all(detect_st_kind(p) == "her2st" for p in paths):
         return None, "top 1000 variable genes of the training sections"
     try:
-        panel = load_gene_file(find_her2st_root(paths[0]) / "her_hvg_cut_1000.npy")
+        path = find_her2st_root(paths[0]) / "her_hvg_cut_1000.npy"
     except InputError:
         return None, "top 1000 variable genes of the training sections"
-    if all(set(panel) <= set(a.var_names) for a in adatas.values()):
-        return panel, f"her2st panel ({len(panel)} genes, her_hvg_cut_1000.npy)"
-    return None, "top 1000 variable genes (the her2st panel is not in every section)"
+    if not path.is_file():
+        return None, "top 1000 variable genes of the training sections"
+    # a corrupt or pickled panel, or a panel gene missing from a section, is an error: never a
+    # silent switch to another panel (issue 16)
+    panel = load_gene_file(path)
+    check_panel(adatas, panel, source=path)
+    return panel, f"her2st panel ({len(panel)} genes, her_hvg_cut_1000.npy)"
 
 
 def _config_overrides(args) -> dict[str, Any]:
@@ -345,7 +349,9 @@ def run_predict(args) -> int:
                           layout=args.layout, min_tissue=args.min_tissue,
                           batch_size=args.batch_size or 32, tile=args.tile, device=args.device,
                           progress=_progress(args))
-    write_h5ad(adata, args.out)
+    from ..io.sdata_write import write_result
+
+    write_result(adata, args.out, write_h5ad)
     prov = adata.uns["napari_stexp"]
     print(f"wrote {args.out}: {adata.n_obs} pseudo-spots × {adata.n_vars} genes "
           f"({prov['mpp_handling']}; {prov['seconds']:.1f} s)")

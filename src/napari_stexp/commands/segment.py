@@ -62,6 +62,9 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+_FLAG_PARAMS = ("weights", "pretrained_model", "backbone", "diameter", "mode", "score_threshold")
+
+
 def _params(args) -> dict:
     params: dict = {}
     if args.weights is not None:
@@ -79,6 +82,12 @@ def _params(args) -> dict:
             params[k.strip()] = json.loads(v)
         except json.JSONDecodeError:
             params[k.strip()] = v
+    if args.param:
+        from ..segmentation import get_backend
+        from ._args import check_param_keys
+
+        check_param_keys({k: v for k, v in params.items() if k not in _FLAG_PARAMS},
+                         get_backend(args.method).defaults, what=args.method)
     return params
 
 

@@ -144,8 +144,9 @@ def crop_table(folder: str | os.PathLike):
         table = table.copy()
         if "label" not in table.columns:
             table["label"] = None
-        table["path"] = [str(p if os.path.isabs(str(p)) else folder / str(p))
-                         for p in table["path"]]
+        # read_cell_crops already resolved the paths against the folder: joining them to it
+        # again would double a relative folder (in/crops/in/crops/...)
+        table["path"] = [str(p) for p in table["path"]]
         return table.reset_index(drop=True)
     return _crop_table_fallback(folder)
 

@@ -3,9 +3,12 @@
 - A panel is an ordered list of gene names: a user list (names or a file), the top-N highly
   variable genes of the training sections, or the her2st 785-gene panel
   (``her_hvg_cut_1000.npy``, read with ``allow_pickle=False``).
-- Targets are per-spot library-size normalisation to ``1e4`` followed by ``log1p``, with the
-  library size taken **over the panel genes** (as the reference implementation does after
-  subsetting to the panel), so a spot's targets do not depend on genes outside the panel.
+- :func:`expression_transform` is THE expression transform of the package: per-spot
+  library-size normalisation to ``1e4`` followed by ``log1p`` (log1p CP10k). The library is an
+  explicit argument: ``"all"`` (every gene of the section, the sequencing library: what the
+  viewer shows as "measured", :data:`DISPLAY_LIBRARY`) or ``"panel"`` (only the panel genes, as
+  the mclSTExp reference does after subsetting, so a spot's targets do not depend on genes outside
+  the panel: the model targets, :func:`panel_targets`).
 - Every section must contain every panel gene: a missing gene is an :class:`InputError` naming
   the section, never a silent zero column.
 """
@@ -15,14 +18,60 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..errors import InputError
-from ..io.spatial import counts_matrix, normalize_log1p
+from ..io.spatial import counts_matrix
 
 TARGET_SUM = 1e4
+Library = Literal["panel", "all"]
+#: the library of every "measured" value the viewer shows (expression widget, navigator, explorer)
+DISPLAY_LIBRARY: Library = "all"
+
+
+def expression_transform(counts, *, library: Library, panel: Sequence[str] | None = None,
+                         var_names: Sequence[str] | None = None,
+                         target_sum: float = TARGET_SUM) -> np.ndarray:
+    """log1p(CP10k): ``log1p(counts / library size * target_sum)``, dense float32 ``(n, G)``.
+
+    ``counts`` is ``(n_spots, n_genes)`` (dense or sparse) with columns ``var_names``. The output
+    columns are ``panel`` (looked up in ``var_names``), or every column when ``panel`` is None.
+    ``library`` says what the library size sums over: ``"all"`` = every column of ``counts``,
+    ``"panel"`` = the output columns only. A spot with an empty library gets zeros.
+    """
+    if library not in ("panel", "all"):
+        raise ValueError(f"library must be 'panel' or 'all', got {library!r}")
+    X = counts if sp.issparse(counts) else np.asarray(counts)
+    if panel is not None:
+        if var_names is None:
+            raise ValueError("var_names are needed to pick the panel columns")
+        pos = {str(g): i for i, g in enumerate(var_names)}
+        missing = [g for g in panel if str(g) not in pos]
+        if missing:
+            raise InputError(None, f"{len(missing)} genes not in the counts: "
+                                   f"{', '.join(map(str, missing[:8]))}")
+        idx = np.array([pos[str(g)] for g in panel], dtype=np.int64)
+        sel = X[:, idx]
+    else:
+        sel = X
+    sel = sel.toarray() if sp.issparse(sel) else np.asarray(sel)
+    sel = sel.astype(np.float32, copy=False)
+    src = X if library == "all" else sel
+    lib = np.asarray(src.sum(axis=1), dtype=np.float32).reshape(-1, 1)
+    lib[lib == 0] = 1.0
+    return np.log1p(sel / lib * np.float32(target_sum)).astype(np.float32, copy=False)
+
+
+def measured_expression(adata, genes: Sequence[str] | None = None, *, library: Library,
+                        target_sum: float = TARGET_SUM) -> np.ndarray:
+    """:func:`expression_transform` of an AnnData's raw counts (``layers['counts']`` else ``X``)
+    for ``genes`` (all genes when None), ``(n_obs, G)`` float32."""
+    return expression_transform(counts_matrix(adata), library=library, panel=genes,
+                                var_names=[str(g) for g in adata.var_names],
+                                target_sum=target_sum)
 
 
 def load_gene_file(path: str | os.PathLike) -> list[str]:
@@ -40,7 +89,14 @@ def load_gene_file(path: str | os.PathLike) -> list[str]:
             raise InputError(p, f"expected an array of gene names, got dtype {arr.dtype}")
         genes = [str(g) for g in arr.ravel()]
     else:
-        text = p.read_text(encoding="utf-8", errors="replace")
+        raw = p.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is None or "\0" in text:
+            raise InputError(p, "not a text gene list (binary content); expected one gene per "
+                                "line, a comma list or a .npy array of strings")
         genes = [g.strip().strip('"') for line in text.splitlines()
                  for g in line.replace("\t", ",").split(",")]
         genes = [g for g in genes if g and not g.startswith("#")]
@@ -121,7 +177,7 @@ def top_variable_genes(adatas: Mapping[str, Any], n: int, min_spot_fraction: flo
     blocks, detected = [], []
     for adata in adatas.values():
         sub = counts_matrix(adata[:, genes])
-        blocks.append(normalize_log1p(sub, TARGET_SUM))
+        blocks.append(expression_transform(sub, library="panel"))
         det = (sub > 0).sum(axis=0)
         detected.append(np.asarray(det).ravel())
     X = np.concatenate(blocks, axis=0)
@@ -152,9 +208,12 @@ def panel_counts(adata, panel: Sequence[str], source: Any = None) -> np.ndarray:
 
 
 def panel_targets(adata, panel: Sequence[str], target_sum: float = TARGET_SUM,
-                  source: Any = None) -> np.ndarray:
-    """log1p(counts / panel library size × ``target_sum``) over the panel, ``(n, G)`` float32."""
-    return normalize_log1p(panel_counts(adata, panel, source), target_sum)
+                  source: Any = None, *, library: Library) -> np.ndarray:
+    """Model targets: :func:`expression_transform` of the panel genes, ``(n, G)`` float32
+    (``library='panel'`` for the mclSTExp targets); InputError names a section that
+    lacks panel genes."""
+    check_panel({source or _section_name(adata): adata}, panel)
+    return measured_expression(adata, list(panel), library=library, target_sum=target_sum)
 
 
 def _section_name(adata) -> str:

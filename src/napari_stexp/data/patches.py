@@ -70,9 +70,7 @@ def check_geometry(pyramid: ImagePyramid, centres: np.ndarray, read_px: float,
                    source: Any) -> None:
     """InputError for a slide smaller than a patch or spot centres outside the image."""
     H, W = pyramid.height, pyramid.width
-    if min(H, W) < read_px:
-        raise InputError(source, f"image is {H}×{W} px, smaller than one patch "
-                                 f"({int(round(read_px))} px at this image's µm/px)")
+    # spots first: spots far outside the image also inflate the patch size (from their pitch)
     c = np.asarray(centres, dtype=np.float64)
     out = (c[:, 0] < 0) | (c[:, 0] >= H) | (c[:, 1] < 0) | (c[:, 1] >= W)
     if out.any():
@@ -80,6 +78,9 @@ def check_geometry(pyramid: ImagePyramid, centres: np.ndarray, read_px: float,
         ex = "; ".join(f"(row {c[j, 0]:.0f}, col {c[j, 1]:.0f})" for j in i)
         raise InputError(source, f"{int(out.sum())} of {len(c)} spot centre(s) lie outside the "
                                  f"{H}×{W} px image (e.g. {ex}); wrong image or coordinates?")
+    if min(H, W) < read_px:
+        raise InputError(source, f"image is {H}×{W} px, smaller than one patch "
+                                 f"({int(round(read_px))} px at this image's µm/px)")
 
 
 def _level_for(pyramid: ImagePyramid, read_px: float, out_size: int) -> int:
@@ -260,7 +261,8 @@ class SpotPatchDataset:
             done += adata.n_obs
             parts["p"].append(p)
             if panel is not None:
-                parts["e"].append(panel_targets(adata, panel, source=f"section {name}"))
+                parts["e"].append(panel_targets(adata, panel, source=f"section {name}",
+                                                    library="panel"))
             parts["pos"].append(spot_positions(adata))
             parts["sec"].append(np.array([name] * adata.n_obs, dtype=object))
             parts["obs"].append(np.asarray(adata.obs_names, dtype=object))

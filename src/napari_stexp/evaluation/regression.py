@@ -174,7 +174,7 @@ def evaluate_model(model, adatas: Mapping[str, Any], *, images: Mapping[str, Any
         check_cancel(cancel, "evaluation")
         report(progress, i, len(adatas), f"evaluating {name}")
         true = panel_targets(adata, model.genes, model.config.target_sum,
-                             source=f"section {name}")
+                             source=f"section {name}", library="panel")
         pyr = (images or {}).get(name) or open_section_image(adata, name)
         patches = model.section_patches(adata, name, pyr, cache_dir=cdir, cancel=cancel)
         grid = section_grid(adata)

@@ -94,9 +94,16 @@ def _from_manifest(root: Path) -> pd.DataFrame:
         if not sec:
             continue
 
-        def rel(col: str, r=r) -> str | None:
+        def rel(col: str, r=r, sec=sec) -> str | None:
             v = r.get(col, "")
-            return None if _blank(v) else str(root / str(v).strip())
+            if _blank(v):
+                return None
+            q = root / str(v).strip()
+            # the manifest describes this folder: a path leaving it is refused
+            if not q.resolve().is_relative_to(root.resolve()):
+                raise InputError(path, f"section {sec}: {col} {str(v).strip()!r} points outside "
+                                       "the her2st folder")
+            return str(q)
 
         image = rel("image")
         scale = r.get("pixel_scale", "")
@@ -298,6 +305,9 @@ def read_counts_tsv(path: str | os.PathLike) -> tuple[list[str], list[str], np.n
     ids, genes, mat = parsed
     if not ids:
         raise InputError(path, "count table has no rows")
+    from ._validate import check_counts
+
+    check_counts(path, mat, ids, what="count")
     if len(set(ids)) != len(ids):
         dup = pd.Index(ids)[pd.Index(ids).duplicated()][:5]
         raise InputError(path, f"duplicate spot id(s): {', '.join(dup)}")

@@ -14,7 +14,7 @@ import pandas as pd
 from ..errors import InputError
 from .layers import LayerDataTuple, boxes_layer, image_layer, spots_layer
 
-KINDS = ("her2st", "visium", "h5ad", "ome-zarr", "smear-folder", "cell-crops", "voc-boxes", "image")
+KINDS = ("her2st", "visium", "h5ad", "xenium", "visium-hd", "spatialdata", "ome-zarr", "smear-folder", "cell-crops", "voc-boxes", "image")
 
 
 @dataclass
@@ -27,8 +27,14 @@ class Opened:
     adatas: dict[str, Any] = field(default_factory=dict)  # section -> AnnData
     images: dict[str, Any] = field(default_factory=dict)  # section/name -> ImagePyramid
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    sdata: Any = None  # the SpatialData object (kind "spatialdata")
+    coordinate_system: str | None = None
 
     def layers(self, *, max_visible: int = 1) -> list[LayerDataTuple]:
+        if self.kind == "spatialdata":
+            from .spatialdata import sdata_layers
+
+            return sdata_layers(self, max_visible=max_visible)
         return build_layers(self, max_visible=max_visible)
 
 
@@ -40,6 +46,10 @@ def detect_kind(path: str | os.PathLike) -> str | None:
     if not p.exists():
         return None
     name = p.name.lower()
+    from .spatialdata import looks_like_spatialdata
+
+    if looks_like_spatialdata(p):
+        return "spatialdata"
     if p.is_dir() and (name.endswith(".zarr") or (p / ".zattrs").exists()
                        or (p / "zarr.json").exists()):
         return "ome-zarr"
@@ -77,9 +87,15 @@ def open_path(path: str | os.PathLike, *, sections: list[str] | None = None,
     kind = detect_kind(p)
     if kind is None:
         raise InputError(p, "not a format napari-stexp reads (expected a slide/image, an .h5ad, "
-                            "a Visium or her2st folder, a smear folder, cell crops or OME-Zarr)")
+                            "a Visium, Visium HD, Xenium or her2st folder, a SpatialData store, a smear "
+                            "folder, cell crops or OME-Zarr)")
     out = Opened(path=str(p), kind=kind)
-    if kind in ("her2st", "visium", "h5ad"):
+    if kind in ("xenium", "spatialdata"):
+        from .spatialdata import read_spatialdata
+        from .xenium import open_xenium
+
+        return (open_xenium if kind == "xenium" else read_spatialdata)(p, images=images)
+    if kind in ("her2st", "visium", "visium-hd", "h5ad"):
         from .st import read_st, section_image, section_summary
 
         out.adatas = read_st(p, sections=sections, images=images)

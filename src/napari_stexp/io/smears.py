@@ -75,6 +75,10 @@ def read_voc_boxes(xml_path: str | os.PathLike, *, clip: bool = True) -> pd.Data
         raise InputError(p, f"not a Pascal VOC annotation (root element <{root.tag}>)")
     width = _num(root.findtext("size/width"))
     height = _num(root.findtext("size/height"))
+    for tag, v in (("width", width), ("height", height)):
+        # 0 means "unknown" in many VOC exports; a negative size is a broken file
+        if v is not None and not (v >= 0 and np.isfinite(v)):
+            raise InputError(p, f"<size><{tag}> is {v:g}: an image size must be positive")
     filename = (root.findtext("filename") or "").strip()
     rows, problems = [], []
     for i, obj in enumerate(root.findall("object")):
@@ -202,6 +206,9 @@ def read_cell_crops(folder: str | os.PathLike, *, check_files: bool = True) -> p
         csv = p / "labels.csv"
     if csv.exists():
         return _crops_from_csv(csv, p, check_files)
+    if (p / "spatial").is_dir() and any((p / "spatial").glob("scalefactors*.json")):
+        raise InputError(p, "a Space Ranger folder (spatial/ with scale factors) without its "
+                            "count matrix (filtered_feature_bc_matrix.h5), not cell crops")
     rows = []
     subdirs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
     for d in subdirs:
@@ -239,6 +246,11 @@ def _crops_from_csv(csv: Path, root: Path, check_files: bool) -> pd.DataFrame:
         bad = int(df[path_col].isna().idxmax()) + 2
         raise InputError(csv, f"empty image path on line {bad}")
     paths = [str(q if (q := Path(str(v))).is_absolute() else root / q) for v in df[path_col]]
+    base = root.resolve()
+    for line, q in enumerate(paths, start=2):
+        if not Path(q).resolve().is_relative_to(base):
+            raise InputError(csv, f"line {line} points outside the crop folder ({q}); list "
+                                  "crops inside the folder that holds labels.csv")
     if check_files:
         missing = [q for q in paths if not Path(q).is_file()]
         if missing:

@@ -39,7 +39,7 @@ from .keys import (
 )
 
 __all__ = ["SPOT_COLUMNS", "build_st_adata", "counts_matrix", "library_id", "library_ids",
-           "mpp_fullres", "normalize_log1p", "spatial_info", "split_sections",
+           "mpp_fullres", "spatial_info", "split_sections",
            "spot_diameter_fullres", "spots_rc_um", "validate_st_adata"]
 
 SPOT_COLUMNS = ("section", "patient", "label", "array_x", "array_y")
@@ -186,15 +186,6 @@ def split_sections(adata) -> dict[str, Any]:
             sub.uns[SPATIAL] = {sec: spatial[sec]}
         out[sec] = sub
     return out
-
-
-def normalize_log1p(counts, target_sum: float = 1e4) -> np.ndarray:
-    """Per-spot library-size normalisation to ``target_sum`` then log1p (dense float32)."""
-    X = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
-    X = X.astype(np.float32, copy=False)
-    lib = X.sum(axis=1, keepdims=True)
-    lib[lib == 0] = 1.0
-    return np.log1p(X / lib * target_sum).astype(np.float32)
 
 
 def counts_matrix(adata):

@@ -36,7 +36,7 @@ from .keys import (
 )
 from .spatial import spatial_info
 
-ST_KINDS = ("her2st", "visium", "h5ad")
+ST_KINDS = ("her2st", "visium", "h5ad", "xenium", "visium-hd", "spatialdata")
 
 
 class STWarning(StexpWarning):
@@ -49,9 +49,16 @@ class STWarning(StexpWarning):
 def _resolve(path: str | os.PathLike) -> tuple[str | None, Path, list[str] | None]:
     """``(kind, dataset root, sections implied by the path)``; kind None when unknown."""
     from .her2st import find_her2st_root, is_her2st_folder
+    from .spatialdata import looks_like_spatialdata
     from .visium import is_visium_folder
+    from .visium_hd import looks_like_visium_hd
+    from .xenium import looks_like_xenium
 
     p = Path(path)
+    for kind, test in (("spatialdata", looks_like_spatialdata), ("xenium", looks_like_xenium),
+                       ("visium-hd", looks_like_visium_hd)):
+        if test(p):
+            return kind, p, None
     if p.is_dir():
         if is_her2st_folder(p):
             return "her2st", find_her2st_root(p), None
@@ -119,8 +126,6 @@ def read_st(paths: str | os.PathLike | Sequence[str | os.PathLike],
     """
     from .h5ad import read_st_h5ad
     from .her2st import list_her2st_sections, read_her2st
-    from .visium import read_visium
-
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     paths = list(paths)
@@ -159,9 +164,13 @@ def read_st(paths: str | os.PathLike | Sequence[str | os.PathLike],
                 data = read_her2st(root, take, images=images, genes=genes)
                 loaded += [(dname, s, a) for s, a in data.items()]
             continue
-        if kind == "visium":
-            adata = read_visium(root, images=images)
+        if kind in ("visium", "visium-hd", "xenium"):
+            adata = _read_one(kind, root, images)
             data = {str(adata.obs["section"].iloc[0]): adata}
+        elif kind == "spatialdata":
+            from .spatialdata import read_spatialdata
+
+            data = read_spatialdata(root, images=images).adatas
         else:
             data = read_st_h5ad(root)
             if not images:
@@ -203,6 +212,20 @@ def read_st(paths: str | os.PathLike | Sequence[str | os.PathLike],
     if not out:
         raise InputError(paths[0], "no sections found")
     return out
+
+
+def _read_one(kind: str, root: Path, images: bool):
+    if kind == "xenium":
+        from .xenium import read_xenium
+
+        return read_xenium(root, images=images, transcripts=False, boundaries=False)["adata"]
+    if kind == "visium-hd":
+        from .visium_hd import read_visium_hd
+
+        return read_visium_hd(root, images=images)
+    from .visium import read_visium
+
+    return read_visium(root, images=images)
 
 
 # ----------------------------------------------------------------------------- images

@@ -121,6 +121,12 @@ def read_10x_h5(path: str | os.PathLike, *, gene_expression_only: bool = True
     if len(barcodes) != n_bc or len(ids) != n_feat or len(indptr) != n_bc + 1:
         raise InputError(path, f"inconsistent matrix: shape {shape}, {len(barcodes)} barcodes, "
                                f"{len(ids)} features, indptr {len(indptr)}")
+    from ._validate import check_compressed, check_counts
+
+    # one column per barcode (CSC): a bad index or indptr would crash scipy or train garbage
+    check_compressed(path, indices, indptr, n_bc, n_feat, n_values=len(data), major="barcode",
+                     minor="feature")
+    check_counts(path, data, what="count")
     try:
         X = sp.csc_matrix((data.astype(np.float32), indices, indptr), shape=shape).T.tocsr()
     except ValueError as exc:
@@ -265,10 +271,20 @@ def read_visium(folder: str | os.PathLike, *, library_id: str | None = None,
     scalefactors: dict[str, float] = {}
     if sf_path.is_file():
         try:
-            scalefactors = {k: float(v) for k, v in json.loads(sf_path.read_text()).items()
-                            if isinstance(v, int | float)}
+            raw = json.loads(sf_path.read_text())
         except (ValueError, json.JSONDecodeError) as exc:
             raise InputError(sf_path, f"invalid JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise InputError(sf_path, f"expected a JSON object, got {type(raw).__name__}")
+        for k, v in raw.items():
+            # the sizes and scales we use must be positive numbers (a string or a negative
+            # value would silently drop the images or flip the spot frame)
+            if k.endswith(("_scalef", "_fullres")) and (
+                    isinstance(v, bool) or not isinstance(v, int | float)
+                    or not np.isfinite(v) or v <= 0):
+                raise InputError(sf_path, f"{k} is {v!r}, not a positive number")
+        scalefactors = {k: float(v) for k, v in raw.items()
+                        if isinstance(v, int | float) and not isinstance(v, bool)}
     else:
         warnings.warn(f"{sf_path}: missing; spot size, µm/px and images unavailable",
                       VisiumWarning, stacklevel=2)

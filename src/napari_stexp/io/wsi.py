@@ -55,6 +55,68 @@ DECODED_CHUNK = 1024
 #: treated as a screen resolution (72/96/300 dpi), not a physical pixel size.
 MAX_PLAUSIBLE_DPI_MPP = 50.0
 
+#: Largest image (level 0, pixels) we open; ``STEXP_MAX_IMAGE_PIXELS`` raises it. 4e10 px is a
+#: 200,000 x 200,000 slide, larger than any scanner's output.
+MAX_IMAGE_PIXELS = 4 * 10**10
+#: Largest decoded-size / file-size ratio for images decoding to more than
+#: ``RATIO_CHECK_BYTES``; ``STEXP_MAX_DECODE_RATIO`` raises it. Real slides compress 3-100x,
+#: an almost blank PNG ~1000x; a header that lies about its size gives 10^4-10^6x.
+MAX_DECODE_RATIO = 5000
+RATIO_CHECK_BYTES = 256 * 2**20
+#: Most chunks (tiles) per pyramid level: beyond it the lazy array's graph alone is too big.
+MAX_CHUNKS_PER_LEVEL = 2 * 10**6
+
+
+def _limit(env: str, default: float) -> float:
+    raw = os.environ.get(env)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise InputError(env, f"must be a number, got {raw!r}") from exc
+    if not value > 0:
+        raise InputError(env, f"must be > 0, got {raw!r}")
+    return value
+
+
+def check_declared_size(path: str | os.PathLike, height: int, width: int, *,
+                        bytes_per_pixel: int = 1, tile: tuple[int, int] | None = None,
+                        file_size: int | None = None) -> None:
+    """Refuse, before anything is decoded or a lazy array is built, an image whose header
+    declares more pixels than ``MAX_IMAGE_PIXELS``, more tiles than ``MAX_CHUNKS_PER_LEVEL``,
+    or far more decoded bytes than its file size explains (``MAX_DECODE_RATIO``).
+
+    The limits are documented in docs/formats-images.md and raised with the environment
+    variables ``STEXP_MAX_IMAGE_PIXELS`` / ``STEXP_MAX_DECODE_RATIO``.
+    """
+    p = Path(path)
+    h, w = int(height), int(width)
+    if h < 1 or w < 1:
+        raise InputError(p, f"declares an empty image ({h} x {w} px)")
+    px = h * w
+    max_px = _limit("STEXP_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS)
+    if px > max_px:
+        raise InputError(p, f"declares {w:,} x {h:,} px ({px:.3g} pixels), more than the limit "
+                            f"of {max_px:.3g}; set STEXP_MAX_IMAGE_PIXELS to open it anyway")
+    if tile:
+        th, tw = max(int(tile[0]), 1), max(int(tile[1]), 1)
+        chunks = math.ceil(h / th) * math.ceil(w / tw)
+        if chunks > MAX_CHUNKS_PER_LEVEL:
+            raise InputError(p, f"declares {chunks:,} tiles of {tw} x {th} px in one level "
+                                f"(limit {MAX_CHUNKS_PER_LEVEL:,}); corrupt header or "
+                                "unusably small tiles")
+    size = p.stat().st_size if file_size is None else int(file_size)
+    decoded = px * max(int(bytes_per_pixel), 1)
+    ratio = decoded / max(size, 1)
+    max_ratio = _limit("STEXP_MAX_DECODE_RATIO", MAX_DECODE_RATIO)
+    if decoded > RATIO_CHECK_BYTES and ratio > max_ratio:
+        raise InputError(p, f"declares {w:,} x {h:,} px ({decoded / 2**30:.1f} GiB decoded) "
+                            f"from a {size:,}-byte file (x{ratio:,.0f}, limit x{max_ratio:,.0f}):"
+                            " the header does not match the data (decompression bomb?); set "
+                            "STEXP_MAX_DECODE_RATIO to open it anyway")
+
+
 _UNIT_TO_UM = {
     "pm": 1e-6, "picometer": 1e-6, "å": 1e-4, "angstrom": 1e-4, "nm": 1e-3, "nanometer": 1e-3,
     "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
@@ -212,6 +274,21 @@ def _check_tiff_complete(path: Path, series: Any, size: int) -> None:
                                        f"{size} bytes")
 
 
+def _check_series_size(path: Path, series: Any, size: int) -> None:
+    """check_declared_size for level 0 of a TIFF series (its declared tiles and sample size)."""
+    axes = series.axes.upper()
+    shape = series.shape
+    h, w = shape[axes.index("Y")], shape[axes.index("X")]
+    per_px = int(np.dtype(series.dtype).itemsize)
+    for name in ("S", "C"):
+        if name in axes:
+            per_px *= int(shape[axes.index(name)])
+    page = series.keyframe
+    tile = (int(page.tilelength), int(page.tilewidth)) if page.is_tiled else (
+        int(getattr(page, "rowsperstrip", 0) or h), w)
+    check_declared_size(path, h, w, bytes_per_pixel=per_px, tile=tile, file_size=size)
+
+
 def _tiff_format(tf: Any) -> str:
     for flag, name in (("is_svs", "svs"), ("is_ome", "ome-tiff"), ("is_ndpi", "ndpi"),
                        ("is_scn", "scn"), ("is_bif", "bif"), ("is_qpi", "qptiff"),
@@ -266,6 +343,7 @@ def _open_tiff(p: Path) -> ImagePyramid:
             series = _main_series(tf)
         if series is None:
             raise InputError(p, "TIFF contains no image series (corrupt or truncated)")
+        _check_series_size(p, series, tf.filehandle.size)
         _check_tiff_complete(p, series, tf.filehandle.size)
         sindex = next(i for i, s in enumerate(tf.series) if s is series)
         raw = []
@@ -558,6 +636,13 @@ def _check_complete_pil(p: Path, kind: str) -> None:
         raise InputError(p, "truncated JPEG (no end-of-image marker)")
     if kind == "png" and b"IEND" not in tail[-64:]:
         raise InputError(p, "truncated PNG (no IEND chunk)")
+    if kind == "bmp":
+        with open(p, "rb") as fh:
+            head = fh.read(6)
+        declared = int.from_bytes(head[2:6], "little") if len(head) == 6 else 0
+        if declared > size:
+            raise InputError(p, f"truncated BMP: the header says {declared} bytes, the file "
+                                f"has {size}")
 
 
 def _pil_mpp(info: dict) -> float | None:
@@ -585,6 +670,8 @@ def _open_pil(p: Path, kind: str) -> ImagePyramid:
                             f"({type(exc).__name__}: {exc})") from exc
     fmt = "jpeg" if fmt in ("jpeg", "mpo") else fmt
     src = _PILSource(p, fmt, size, mode, info)
+    check_declared_size(p, size[1], size[0],
+                        bytes_per_pixel=max(src.channels, 1) * src.dtype.itemsize)
     scales = [1]
     if max(size) > PYRAMID_MIN_SIZE:
         while max(src.shape(scales[-1])[:2]) > COARSEST_SIZE:

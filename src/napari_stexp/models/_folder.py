@@ -141,6 +141,9 @@ def write_model_folder(out: str | os.PathLike, *, format: str, version: int, con
                "config": config, "files": files}
         if panel:
             doc["panel_sha256"] = {k: panel_digest(v) for k, v in panel.items()}
+        clash = sorted(set(meta or {}) & set(doc))
+        if clash:
+            raise ValueError(f"meta may not set {', '.join(clash)} (written by the contract)")
         doc.update(meta or {})
         if provenance is not None:
             doc["provenance"] = dict(provenance)

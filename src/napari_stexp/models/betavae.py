@@ -281,7 +281,7 @@ def expression_matrix(adata, source: Any = None) -> tuple[np.ndarray, list[str]]
     """
     import scipy.sparse as sp
 
-    from ..io.spatial import normalize_log1p
+    from ..data.genes import expression_transform
 
     def dense(m):
         return np.asarray(m.toarray() if sp.issparse(m) else m, np.float32)
@@ -292,14 +292,14 @@ def expression_matrix(adata, source: Any = None) -> tuple[np.ndarray, list[str]]
         return v.size > 0 and v.min() >= 0 and np.allclose(v, np.round(v)) and v.max() > 1
 
     if "counts" in adata.layers:
-        return normalize_log1p(adata.layers["counts"]), [str(g) for g in adata.var_names]
+        return expression_transform(adata.layers["counts"], library="all"), [str(g) for g in adata.var_names]
     if adata.raw is not None:
         X = adata.raw.X
         names = [str(g) for g in adata.raw.var_names]
     else:
         X, names = adata.X, [str(g) for g in adata.var_names]
     if countlike(X):
-        return normalize_log1p(X), names
+        return expression_transform(X, library="all"), names
     Xd = dense(X)
     if Xd.min() < -1e-6:
         raise InputError(source, "expression has negative values (scaled?) and no raw counts "

@@ -30,8 +30,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..data.genes import expression_transform
 from ..errors import InputError, StexpWarning
-from ..io.spatial import counts_matrix, normalize_log1p
+from ..io.spatial import counts_matrix
 from ..progress import CancelFlag, ProgressFn, check_cancel
 
 #: Label values that mean "no label".
@@ -198,7 +199,7 @@ def select_genes(adatas: Any, n_top: int = 1000, min_spots: int = 10) -> list[st
         X = counts_matrix(a[:, common])
         det = np.asarray((X > 0).sum(axis=0)).ravel()
         ok &= det >= min(min_spots, max(a.n_obs // 10, 1))
-        L = normalize_log1p(X)
+        L = expression_transform(X, library="panel")  # library over the shared genes
         var = L.var(axis=0)
         ranks.append(pd.Series(var).rank(ascending=False).to_numpy())
     score = np.mean(ranks, axis=0)

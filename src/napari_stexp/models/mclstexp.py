@@ -786,7 +786,8 @@ def train_expression_model(
     spec = PatchSpec(cfg.patch_size, cfg.input_size, cfg.target_mpp)
 
     expression = np.concatenate([panel_targets(adatas[n], panel, cfg.target_sum,
-                                               source=f"section {n}") for n in names])
+                                               source=f"section {n}", library="panel")
+                                 for n in names])
     positions = np.concatenate([array_grid(adatas[n]) for n in names])
     sections = np.concatenate([[n] * adatas[n].n_obs for n in names]).astype(object)
     obs_names = np.concatenate([np.asarray(adatas[n].obs_names, dtype=object) for n in names])

@@ -10,7 +10,8 @@ safety net, an object whose pixels are already mostly claimed by a previously wr
 (same cell, centroids on both sides of a core border) is dropped as a duplicate.
 
 Output labels are a numpy array, or with ``labels_out=PATH`` a zarr array written tile by tile
-(for whole slides; returned as a lazy dask array). The objects table is rebuilt from the pixels
+(for whole slides; returned as a lazy dask array). Images above ``LABELS_IN_MEMORY_PIXELS``
+always get a zarr array (a temporary one when no ``labels_out`` is given). The objects table is rebuilt from the pixels
 actually written: one row per label.
 """
 
@@ -35,6 +36,10 @@ SAMPLE_PIXELS = 2048 * 2048
 #: Larger images get their global settings from a mosaic of this many evenly spread tiles.
 SAMPLE_TILES = 4
 SAMPLE_TILE = 1024
+#: Tiled runs without ``labels_out`` keep labels in memory up to this many pixels (256 MiB of
+#: int32); larger images get their labels in a temporary zarr store on disk (deleted at exit),
+#: so a whole-slide label array is never allocated.
+LABELS_IN_MEMORY_PIXELS = 8192 * 8192
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,17 @@ def _new_output(shape: tuple[int, int], tile: tuple[int, int], tmp: Path | None)
                            zarr_format=2)
 
 
+def _temporary_labels_store() -> Path:
+    """A zarr path in a fresh temporary folder, removed when the process exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="stexp-labels-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder / "labels.zarr"
+
+
 def iter_segment_tiled(image: Any, backend: Backend, params: dict, *, tile_size: int,
                        overlap: int | None = None, labels_out: str | os.PathLike | None = None,
                        cancel: CancelFlag | None = None
@@ -163,6 +179,8 @@ def iter_segment_tiled(image: Any, backend: Backend, params: dict, *, tile_size:
         overlap = backend.halo(params) if backend.halo else 64
     total = n_tiles(shape, tile)
     state = {"rows": [], "feats": [], "extra": set(), "dup": 0, "cut": 0}
+    if labels_out is None and H * W > LABELS_IN_MEMORY_PIXELS:
+        labels_out = _temporary_labels_store()
     if labels_out is None:
         out = _new_output((H, W), tile, None)
         yield from _run_tiles(image, backend, params, shape, tile, overlap, out, state, cancel)

@@ -6,35 +6,18 @@ from typing import Any
 
 from qtpy.QtCore import QObject, Signal
 
-
-def add_layer_tuples(viewer, layer_tuples) -> list:
-    """Add layer data tuples to ``viewer`` through napari's public ``Layer.create``."""
-    from napari.layers import Layer
-
-    added = []
-    for data, meta, ltype in layer_tuples:
-        layer = Layer.create(data, meta, ltype)
-        viewer.add_layer(layer)
-        added.append(layer)
-    return added
-
-
-def notify_error(exc: BaseException | str) -> None:
-    """Show an error as a napari notification (never a crash, never a traceback dialog)."""
-    from napari.utils.notifications import show_error
-
-    show_error(str(exc))
-
-
-def notify_info(msg: str) -> None:
-    from napari.utils.notifications import show_info
-
-    show_info(msg)
+from ..viewer._napari import add_layer_tuples, notify_error, notify_info  # noqa: F401 (re-exported)
 
 
 def layer_adata(layer) -> Any:
-    """The AnnData behind a spots layer (set by the readers), or None."""
-    return (getattr(layer, "metadata", None) or {}).get("adata")
+    """The AnnData behind a spots layer (set by the readers), or None. Layers of SpatialData
+    elements (ours or napari-spatialdata's) give our section AnnData."""
+    meta = getattr(layer, "metadata", None) or {}
+    if meta.get("sdata") is not None:
+        from ..io.spatialdata import section_for_layer
+
+        return section_for_layer(layer)
+    return meta.get("adata")
 
 
 def warm_torch() -> None:

@@ -5,7 +5,7 @@ selection column (``session.selection_column``, default ``"selection"``) into ev
 layer's ``features`` and those layers highlight the rows; selecting points/shapes or picking a
 label in the slide rings the matching points in the scatter. The work is GUI-free (projection:
 ``analysis.projection``; geometry and the column: ``analysis.selection``; per layer type:
-``_layer_links``); this module only wires it to Qt.
+``napari_stexp.viewer.layer_links``); this module only wires it to Qt.
 
 Missing rows (NaN in the embedding) stay in every table: they are counted in the info line, not
 drawn, and can never be selected.
@@ -58,8 +58,7 @@ from ..analysis.selection import (
 )
 from ..errors import CancelledError, InputError, StexpError
 from ..session import get_session
-from ._common import notify_error, notify_info, start_worker
-from ._layer_links import (
+from ..viewer.layer_links import (
     GROUPS_KEY,
     SEP,
     Embedding,
@@ -68,12 +67,15 @@ from ._layer_links import (
     colour_values,
     describe_point,
     discover_sources,
+    layer_adata,
     link_for,
     n_items,
     resolve_source,
+    sibling_rows,
     source_columns,
     write_column,
 )
+from ._common import notify_error, notify_info, start_worker
 from ._scatter_canvas import (
     COLORMAPS,
     SLIDE_SELECTION_COLOR,
@@ -804,6 +806,12 @@ class ExplorerWidget(QWidget):
                 old[emb.links.rows[pts]] = new_codes[pts]
                 write_column(layer, self.column, selection_categorical(old, groups))
                 apply_highlight(layer, old, colors)
+                # the same spots in the slide's other layers (spots, predicted, measured)
+                for sib, rows in sibling_rows(layer, self.viewer.layers, exclude=live):
+                    sib_codes = np.where(rows >= 0, old[np.maximum(rows, 0)], 0)
+                    write_column(sib, self.column,
+                                 selection_categorical(sib_codes.astype(np.int16), groups))
+                    apply_highlight(sib, sib_codes.astype(np.int16), colors)
         finally:
             self._writing = False
         self.codes = np.asarray(new_codes, np.int16)
@@ -992,7 +1000,7 @@ class ExplorerWidget(QWidget):
             named = {layer.name: layer for layer in self.viewer.layers}
             for name in emb.links.layer_names:
                 layer = named.get(name)
-                ad = (layer.metadata or {}).get("adata") if layer is not None else None
+                ad = layer_adata(layer, emb) if layer is not None else None
                 if ad is None or self.column not in layer.features:
                     continue
                 try:

@@ -80,7 +80,7 @@ def predict_for_sections(model, adatas: dict, images: dict | None = None, *, pro
                          cancel=None, device: str = "auto") -> list[SectionPrediction]:
     """Predict every spot of ST sections; measured values and per-gene PCC when the section has
     the model's genes."""
-    from ..data.genes import panel_targets
+    from ..data.genes import DISPLAY_LIBRARY, measured_expression, panel_targets
     from ..evaluation.regression import gene_pcc
     from ..io.frame import layer_spot_size, spots_rc_um
 
@@ -92,8 +92,12 @@ def predict_for_sections(model, adatas: dict, images: dict | None = None, *, pro
                                      device=device, progress=progress, cancel=cancel)[name]
         measured = pcc = None
         if set(model.genes) <= set(adata.var_names):
-            measured = panel_targets(adata, model.genes, model.config.target_sum)
-            pcc = gene_pcc(res["predicted"], measured)
+            # shown: the display library (the same number as the navigator and explorer);
+            # scored: the model's own targets (the panel library), as the evaluation does
+            measured = measured_expression(adata, model.genes, library=DISPLAY_LIBRARY,
+                                           target_sum=model.config.target_sum)
+            pcc = gene_pcc(res["predicted"], panel_targets(
+                adata, model.genes, model.config.target_sum, library="panel"))
         out.append(SectionPrediction(
             name=name, coords_um=spots_rc_um(adata), size_um=layer_spot_size(adata),
             genes=list(model.genes), predicted=res["predicted"], confidence=res["confidence"],

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..analysis.features import gene_column
 from ..analysis.projection import as_matrix
 from ..analysis.selection import RowLinks
 from ..errors import InputError
@@ -330,6 +331,9 @@ class Embedding:
     links: RowLinks
     adata: Any = None  # AnnData whose obs rows are the points, for obsm sources
     notes: list[str] = field(default_factory=list)
+    #: AnnData behind a linked layer without ``metadata['adata']``: the session's AnnData of
+    #: the layer's section (e.g. the expression widget's layers), by layer name
+    layer_adatas: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -390,6 +394,9 @@ def discover_sources(layers, session) -> dict[str, str]:
         if len(cols) >= 2:
             out[f"columns:{layer.name}"] = f"{layer.name}: numeric features ({len(cols)})"
     for name, ad in session_adatas(layers, session).items():
+        if getattr(ad, "n_vars", 0) >= 2:
+            out[f"expression:{name}"] = (f"{name} · expression (log1p CP10k, "
+                                         f"{min(ad.n_vars, EXPRESSION_GENES)} genes)")
         for key in ad.obsm:
             shape = getattr(ad.obsm[key], "shape", ())
             if len(shape) == 2 and shape[1] >= 2:
@@ -433,6 +440,42 @@ def _by_name(layers) -> dict[str, Any]:
 def resolve_source(key: str, layers, session) -> Embedding:
     """The matrix and row links for a key of :func:`discover_sources`; InputError when the
     embedding and its layer(s) disagree in length or the source vanished."""
+    emb = _resolve_source(key, layers, session)
+    adatas = getattr(session, "adatas", {}) or {}
+    for _, layer in _linked(emb, layers):
+        md = getattr(layer, "metadata", None) or {}
+        sec = md.get("section")
+        if md.get("adata") is None and sec is not None and str(sec) in adatas:
+            emb.layer_adatas[layer.name] = adatas[str(sec)]
+    return emb
+
+
+#: at most this many genes (most variable counts) go into an expression scatter
+EXPRESSION_GENES = 2000
+
+
+def expression_matrix(adata, n_genes: int = EXPRESSION_GENES) -> tuple[np.ndarray, list[str]]:
+    """log1p CP10k (the display library) of the ``n_genes`` genes with the most variable
+    counts: the matrix an expression PCA/UMAP of the spots starts from."""
+    import scipy.sparse as sp
+
+    from ..data.genes import DISPLAY_LIBRARY, expression_transform
+    from ..io.spatial import counts_matrix
+
+    X = counts_matrix(adata)
+    names = [str(g) for g in adata.var_names]
+    idx = np.arange(len(names))
+    if len(names) > n_genes:
+        mean = np.asarray(X.mean(axis=0), np.float64).ravel()
+        sq = X.multiply(X) if sp.issparse(X) else np.asarray(X, np.float64) ** 2
+        var = np.asarray(sq.mean(axis=0), np.float64).ravel() - mean ** 2
+        idx = np.sort(np.argsort(-var, kind="stable")[:n_genes])
+    genes = [names[i] for i in idx]
+    return expression_transform(X, library=DISPLAY_LIBRARY, panel=genes,
+                                var_names=names), genes
+
+
+def _resolve_source(key: str, layers, session) -> Embedding:
     kind, _, rest = key.partition(":")
     named = _by_name(layers)
     if kind == "session":
@@ -493,6 +536,14 @@ def resolve_source(key: str, layers, session) -> Embedding:
             data[:, j] = layer.features[col].to_numpy(np.float32)
         return Embedding(key, f"{rest} features", data, cols,
                          RowLinks.from_lengths([rest], [n_layer]))
+    if kind == "expression":
+        ad = session_adatas(layers, session).get(rest)
+        if ad is None or ad.n_vars < 2:
+            raise InputError(f"{rest} expression", "not found")
+        data, genes = expression_matrix(ad)
+        links_, notes = adata_links(ad, linkable_layers(layers), rest)
+        return Embedding(key, f"{rest} · expression", data, genes, links_, adata=ad,
+                         notes=notes)
     if kind == "obsm":
         name, _, okey = rest.partition(":")
         ad = session_adatas(layers, session).get(name)
@@ -565,9 +616,18 @@ def _linked(emb: Embedding, layers) -> list[tuple[int, Any]]:
     return [(k, named[n]) for k, n in enumerate(emb.links.layer_names) if n in named]
 
 
-def _layer_adata_rows(layer) -> tuple[Any, np.ndarray] | None:
-    """(AnnData behind ``layer``, obs position of each layer row or -1), if there is one."""
+def layer_adata(layer, emb: Embedding | None = None) -> Any:
+    """The AnnData behind ``layer``: ``metadata['adata']``, else the session's AnnData of its
+    section that :func:`resolve_source` found (``emb.layer_adatas``), else None."""
     ad = (getattr(layer, "metadata", None) or {}).get("adata")
+    if ad is None and emb is not None:
+        ad = emb.layer_adatas.get(layer.name)
+    return ad
+
+
+def _layer_adata_rows(layer, emb: Embedding | None = None) -> tuple[Any, np.ndarray] | None:
+    """(AnnData behind ``layer``, obs position of each layer row or -1), if there is one."""
+    ad = layer_adata(layer, emb)
     if ad is None or not hasattr(ad, "obs_names"):
         return None
     f = layer.features
@@ -584,7 +644,7 @@ def _adatas_for(emb: Embedding, layers) -> list[Any]:
         return [emb.adata]
     out, seen = [], set()
     for _, layer in _linked(emb, layers):
-        found = _layer_adata_rows(layer)
+        found = _layer_adata_rows(layer, emb)
         if found is not None and id(found[0]) not in seen:
             out.append(found[0])
             seen.add(id(found[0]))
@@ -604,44 +664,38 @@ def colour_options(emb: Embedding, layers, selection_column: str = "selection") 
     ads = _adatas_for(emb, layers)
     if emb.adata is not None:
         keys += [f"obs{SEP}{c}" for c in emb.adata.obs.columns if str(c) != selection_column]
-    keys += [f"dim{SEP}{c}" for c in emb.columns]
-    if ads:
+    if ads:  # genes before the (often hundreds of) embedding dimensions
         genes = list(dict.fromkeys(str(g) for ad in ads for g in ad.var_names))
         keys += [f"gene{SEP}{g}" for g in genes]
         extra = list(dict.fromkeys(str(k) for ad in ads for k in ad.layers.keys()
                                    if str(k) != "counts"))
         for lk in extra:
             keys += [f"{lk}{SEP}{g}" for g in genes]
+    keys += [f"dim{SEP}{c}" for c in emb.columns]
     return keys
 
 
-_LIBSIZE: dict[int, tuple[Any, np.ndarray]] = {}
-
-
-def _gene_column(ad, gene: str, layer_key: str | None) -> np.ndarray:
-    """One gene for all obs: log1p(counts / library size * 1e4), or a stored layer as is."""
-    from ..io.spatial import counts_matrix
-
-    if gene not in ad.var_names:
-        return np.full(ad.n_obs, np.nan, np.float32)
-    j = int(ad.var_names.get_loc(gene))
-    if layer_key is not None:
-        mat = ad.layers[layer_key]
-        col = mat[:, j]
-        col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
-        return np.asarray(col, np.float32).ravel()
-    X = counts_matrix(ad)
-    key = id(ad)
-    if key not in _LIBSIZE or _LIBSIZE[key][0] is not X:
-        if len(_LIBSIZE) > 16:
-            _LIBSIZE.clear()
-        lib = np.asarray(X.sum(axis=1), np.float64).ravel()
-        lib[lib == 0] = 1.0
-        _LIBSIZE[key] = (X, lib)
-    lib = _LIBSIZE[key][1]
-    col = X[:, j]
-    col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
-    return np.log1p(np.asarray(col, np.float64).ravel() / lib * 1e4).astype(np.float32)
+def sibling_rows(layer, layers, exclude=()) -> list[tuple[Any, np.ndarray]]:
+    """Other layers showing the same spots as ``layer``: same ``metadata['section']`` and a
+    ``spot_id`` feature (e.g. a slide's ``spots``, ``predicted`` and ``measured`` layers).
+    Returns ``(sibling, row of layer for each sibling row or -1)``; ``exclude``: layer names."""
+    md = getattr(layer, "metadata", None) or {}
+    sec, f = md.get("section"), layer.features
+    if sec is None or "spot_id" not in f:
+        return []
+    index = pd.Index(f["spot_id"].astype(str))
+    if not index.is_unique:
+        return []
+    out = []
+    for other in linkable_layers(layers):
+        omd = getattr(other, "metadata", None) or {}
+        if other is layer or other.name in exclude or omd.get("section") != sec or \
+                "spot_id" not in other.features or type(other) is not type(layer):
+            continue
+        rows = index.get_indexer(other.features["spot_id"].astype(str))
+        if (rows >= 0).any():
+            out.append((other, rows))
+    return out
 
 
 def colour_values(emb: Embedding, key: str, layers) -> np.ndarray | pd.Categorical:
@@ -681,16 +735,16 @@ def colour_values(emb: Embedding, key: str, layers) -> np.ndarray | pd.Categoric
     if emb.adata is not None:
         if layer_key is not None and layer_key not in emb.adata.layers:
             raise InputError(key, "unknown colour key")
-        return _gene_column(emb.adata, name, layer_key)
+        return gene_column(emb.adata, name, layer_key)
     found = False
     for k, layer in linked:
-        ad_rows = _layer_adata_rows(layer)
+        ad_rows = _layer_adata_rows(layer, emb)
         if ad_rows is None:
             continue
         ad, obs_pos = ad_rows
         if layer_key is not None and layer_key not in ad.layers:
             continue
-        col = _gene_column(ad, name, layer_key)
+        col = gene_column(ad, name, layer_key)
         pts = np.flatnonzero(emb.links.layer_codes == k)
         pos = obs_pos[emb.links.rows[pts]]
         ok = pos >= 0
