@@ -25,7 +25,6 @@ from napari_stexp.models.betavae import BVAEConfig, BVAEModel, train_bvae  # noq
 PBMC_MAP = {"class0": "CD14+ Monocyte", "class1": "CD19+ B", "class2": "CD56+ NK"}
 
 
-
 @pytest.fixture(scope="module")
 def synth_cells():
     imgs, labels = synthetic_cell_images(6, 3, size=48, seed=2)

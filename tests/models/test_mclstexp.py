@@ -17,7 +17,6 @@ TINY = dict(backbone="tinycnn", patch_size=64, input_size=32, batch_size=64, top
             device="cpu")
 
 
-
 @pytest.fixture(scope="module")
 def pair():
     return synthetic_pair()
