@@ -20,6 +20,14 @@ her2st B4, C2–C5, 785 genes, batch 64): 4.2 training spots/s (243 s/epoch for 
 PCC-ACG 0.160 / PCC-HEG 0.196 after 8 epochs; ridge on frozen random DenseNet-121 features
 0.150 / 0.204.
 
+(d) ``selection``: the CPU default of ``--mode auto`` chosen by leave-one-patient-out on the
+    training sections only (B4 | C2, C3, C4; C5 never used), among the model's options
+    (normalised embeddings + learned temperature, k, smoothing, dropout, epochs), beside ridge
+    and pca_ridge on the same frozen features; ``selected``: the chosen setting vs
+    ``--preset paper`` vs ridge vs pca_ridge, mean ± sd over seeds, leave-one-patient-out over
+    all image sections (B4 | C2–C5) and the C5 hold-out, with the plain verdict. Reduced
+    protocol (2 shared CPU cores): one seed and a small grid for the selection.
+
 ``--quick`` finishes in about a minute on a free 2-core CPU (tiny backbone, few spots).
 """
 
@@ -367,10 +375,114 @@ def bench_accuracy(args, adatas, panel) -> None:
              pcc_acg=r["pcc_acg"], pcc_heg=r["pcc_heg"], mse=r["mse"], mae=r["mae"])
 
 
+#: candidate settings of the selection (d): name -> config overrides (cached mode)
+SELECTION_GRID = {
+    "paper (10 ep)": {"epochs": 10},
+    "paper (40 ep)": {"epochs": 40},
+    "norm+learnT (10 ep)": {"epochs": 10, "normalize_embeddings": True,
+                            "learn_temperature": True},
+    "norm+learnT (40 ep)": {"epochs": 40, "normalize_embeddings": True,
+                            "learn_temperature": True},
+    "paper+k50+smooth (10 ep)": {"epochs": 10, "top_k": 50, "smooth_neighbours": 0.65},
+    "norm+learnT+k50+smooth+drop (10 ep)": {"epochs": 10, "normalize_embeddings": True,
+                                            "learn_temperature": True, "top_k": 50,
+                                            "smooth_neighbours": 0.65, "dropout": 0.1},
+}
+
+
+def _lopo(adatas, panel, common, kw, seed):
+    from napari_stexp.evaluation.regression import cross_validate, summarise
+
+    res = cross_validate(adatas, by="patient", genes=panel, seed=seed, **common, **kw)
+    s = summarise(res.table)
+    return res.table, s.loc[s.index[0][0]]  # the patient-level protocol
+
+
+def bench_selection(args, adatas, panel) -> None:
+    import pandas as pd
+
+    from napari_stexp.evaluation.regression import baseline_verdict, evaluate_model
+    from napari_stexp.models.mclstexp import train_expression_model
+
+    common = dict(mode="cached", backbone=args.backbone, batch_size=args.batch_size,
+                  patch_size=args.patch_size, input_size=args.input_size,
+                  cache_dir=args.cache_dir, device="cpu")
+    train = {k: adatas[k] for k in args.train_sections}
+    grid = dict(SELECTION_GRID)
+    if args.quick:
+        grid = {k: {**v, "epochs": 2} for k, v in list(grid.items())[:2]}
+    scores = {}
+    base = None
+    if args.selected:  # skip the selection: compare this grid setting directly
+        grid = {args.selected: SELECTION_GRID[args.selected]}
+    for name, kw in grid.items():
+        if args.selected:
+            break
+        t0 = time.perf_counter()
+        _, s = _lopo(train, panel, common, kw, seed=0)
+        scores[name] = s
+        base = s
+        emit(name="selection", setting=name, folds="leave-one-patient-out",
+             sections=list(train), seed=0, pcc_acg=s.loc["mclstexp", "pcc_acg"],
+             pcc_heg=s.loc["mclstexp", "pcc_heg"], ridge_pcc_acg=s.loc["ridge", "pcc_acg"],
+             ridge_pcc_heg=s.loc["ridge", "pcc_heg"],
+             pca_ridge_pcc_acg=s.loc["pca_ridge", "pcc_acg"],
+             pca_ridge_pcc_heg=s.loc["pca_ridge", "pcc_heg"],
+             seconds=time.perf_counter() - t0)
+    if args.selected:
+        best = args.selected
+    else:
+        best = max(scores, key=lambda k: scores[k].loc["mclstexp", "pcc_acg"]
+                   + scores[k].loc["mclstexp", "pcc_heg"])
+        b = scores[best]
+        beats = all(b.loc["mclstexp", m] > base.loc[r, m] for r in ("ridge", "pca_ridge")
+                    for m in ("pcc_acg", "pcc_heg"))
+        emit(name="selection_best", setting=best, overrides=grid[best], beats_baselines=beats,
+             pcc_acg=b.loc["mclstexp", "pcc_acg"], pcc_heg=b.loc["mclstexp", "pcc_heg"],
+             ridge_pcc_acg=base.loc["ridge", "pcc_acg"],
+             ridge_pcc_heg=base.loc["ridge", "pcc_heg"],
+             pca_ridge_pcc_acg=base.loc["pca_ridge", "pcc_acg"],
+             pca_ridge_pcc_heg=base.loc["pca_ridge", "pcc_heg"])
+    # the chosen setting vs the paper preset, several seeds, all image sections + C5 hold-out
+    variants = {"selected: " + best: grid[best], "preset paper": {"epochs": 10}}
+    test = {args.test_section: adatas[args.test_section]}
+    rows = []
+    for seed in args.seeds:
+        for vname, kw in variants.items():
+            table, s = _lopo(adatas, panel, common, kw, seed)
+            for meth in ("mclstexp", "ridge", "pca_ridge"):
+                rows.append({"protocol": "LOPO", "variant": vname, "seed": seed,
+                             "method": vname if meth == "mclstexp" else meth,
+                             "pcc_acg": s.loc[meth, "pcc_acg"],
+                             "pcc_heg": s.loc[meth, "pcc_heg"]})
+                emit(name="selected_row", **rows[-1])  # as it goes (long runs)
+            if args.no_holdout:
+                continue
+            m = train_expression_model(train, genes=panel, seed=seed, **common, **kw)
+            t = evaluate_model(m, test, cache_dir=args.cache_dir, device="cpu").table
+            for _, r in t[t.method != "train_mean"].iterrows():
+                rows.append({"protocol": f"hold-out {args.test_section}", "variant": vname,
+                             "seed": seed, "method": vname if r["method"] == "mclstexp"
+                             else r["method"], "pcc_acg": r["pcc_acg"],
+                             "pcc_heg": r["pcc_heg"]})
+                emit(name="selected_row", **rows[-1])
+            if seed == args.seeds[0]:
+                print(baseline_verdict(table)["text"], file=sys.stderr)
+    df = pd.DataFrame(rows).drop_duplicates(["protocol", "seed", "method"])
+    agg = df.groupby(["protocol", "method"])[["pcc_acg", "pcc_heg"]].agg(["mean", "std"])
+    print(agg.to_string(float_format=lambda v: f"{v:.4f}"), file=sys.stderr)
+    for (proto, meth), a in agg.iterrows():
+        emit(name="selected", protocol=proto, method=meth, seeds=len(args.seeds),
+             pcc_acg=a[("pcc_acg", "mean")], pcc_acg_sd=a[("pcc_acg", "std")],
+             pcc_heg=a[("pcc_heg", "mean")], pcc_heg_sd=a[("pcc_heg", "std")],
+             ridge_pcc_acg=agg.loc[(proto, "ridge"), ("pcc_acg", "mean")],
+             pca_ridge_pcc_acg=agg.loc[(proto, "pca_ridge"), ("pcc_acg", "mean")])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="her2st folder (default: $STEXP_DATA/her2st)")
-    p.add_argument("--parts", default="a,b,c", help="which parts to run: a, b, c")
+    p.add_argument("--parts", default="a,b,c", help="which parts to run: a, b, c, d")
     p.add_argument("--quick", action="store_true", help="about a minute: tiny sizes")
     p.add_argument("--backbone", default="densenet121")
     p.add_argument("--patch-size", type=int, default=224)
@@ -397,6 +509,10 @@ def main(argv=None) -> int:
     p.add_argument("--cv-variant", default="faithful",
                    choices=("faithful", "normalised+learned T"))
     p.add_argument("--skip-cv", action="store_true")
+    p.add_argument("--selected", default=None, choices=list(SELECTION_GRID),
+                   help="(d): skip the selection, compare this setting with the paper preset")
+    p.add_argument("--no-holdout", action="store_true",
+                   help="(d): leave-one-patient-out only (no C5 hold-out)")
     p.add_argument("--cache-dir", default=None,
                    help="feature cache for (c) (default: the one (b) filled, cold, in a temp "
                         "folder)")
@@ -434,6 +550,8 @@ def main(argv=None) -> int:
         bench_train(args, adatas, panel)
     if "c" in parts:
         bench_accuracy(args, adatas, panel)
+    if "d" in parts:
+        bench_selection(args, adatas, panel)
     emit(name="done", seconds=time.perf_counter() - t0, ru_maxrss_gb=ru_maxrss_gb(),
          load_average=list(os.getloadavg()))
     tmp.cleanup()

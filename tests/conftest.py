@@ -13,6 +13,20 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 from napari_stexp.datasets import data_root  # noqa: E402
 
 
+def pytest_configure(config):
+    """The suite draws napari windows (Qt + Mesa) and trains torch models in ONE process: torch
+    (triton's LLVM) must be loaded before Mesa's, as the plugin does in every process it runs in,
+    whatever order the test files run in."""
+    from napari_stexp._torch_guard import guard_torch
+
+    guard_torch()  # hides triton when there is no CUDA (its LLVM clashes with Mesa's)
+    try:
+        import torch
+        import torch.optim  # noqa: F401 - imports torch._dynamo, as training does
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
 def _require(*parts: str):
     path = data_root().joinpath(*parts)
     if not path.exists():

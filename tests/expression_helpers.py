@@ -46,3 +46,21 @@ def synthetic_pair(n: int = 14, n_genes: int = 30, seeds=(1, 2), names=("TRAIN",
     adatas = {names[0]: a.adata, names[1]: same_law(b, a, seed=seeds[1])}
     images = {names[0]: a.pyramid, names[1]: b.pyramid}
     return adatas, images
+
+
+def untrained_expression_model(n: int = 8, n_genes: int = 12):
+    """``(model, test pyramid)``: an mclSTExp model with 0 epochs on a tiny synthetic pair (the
+    whole-slide writers' tests need a model, not a trained one)."""
+    import torch
+
+    from napari_stexp.models.mclstexp import train_expression_model
+
+    adatas, images = synthetic_pair(n=n, n_genes=n_genes)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_expression_model({"TRAIN": adatas["TRAIN"]}, images={
+            "TRAIN": images["TRAIN"]}, epochs=0, backbone="tinycnn", input_size=32,
+            cache_dir=False, device="cpu"), images["TEST"]
+    finally:
+        torch.set_num_threads(old)

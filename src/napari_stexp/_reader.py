@@ -28,14 +28,11 @@ def get_reader(path):
 
 
 def read_paths(path):
-    from .io.open import open_path
-    from .viewer.raster import rasterize_large
-
     paths = path if isinstance(path, list | tuple) else [path]
     layers = []
     for p in paths:
         try:
-            layers.extend(rasterize_large(open_path(p).layers()))
+            layers.extend(_path_layers(p))
         except InputError:
             raise
         except MemoryError as exc:
@@ -48,3 +45,16 @@ def read_paths(path):
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise InputError(p, f"cannot read ({type(exc).__name__}: {exc})") from exc
     return layers
+
+
+def _path_layers(p) -> list:
+    """Layers of one path; sections with many bins are a raster (+ its selection overlay)
+    built directly, never one Point per bin."""
+    from .io.open import open_path
+    from .viewer.raster import RASTER_THRESHOLD, raster_layers
+
+    op = open_path(p)
+    rasters = {sec: raster_layers(ad, sec, visible=i == 0)
+               for i, (sec, ad) in enumerate(op.adatas.items()) if ad.n_obs > RASTER_THRESHOLD}
+    rasters = {sec: r for sec, r in rasters.items() if r}
+    return [*op.layers(skip_spots=set(rasters)), *(lyr for r in rasters.values() for lyr in r)]

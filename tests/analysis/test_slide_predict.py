@@ -7,23 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from expression_helpers import MPP, synthetic_pair
+from expression_helpers import MPP, synthetic_pair, untrained_expression_model
 from napari_stexp.errors import InputError
 
 
 @pytest.fixture(scope="module")
 def untrained():
-    from napari_stexp.models.mclstexp import train_expression_model
-
-    adatas, images = synthetic_pair(n=8, n_genes=12)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train_expression_model({"TRAIN": adatas["TRAIN"]}, images={
-            "TRAIN": images["TRAIN"]}, epochs=0, backbone="tinycnn", input_size=32,
-            cache_dir=False, device="cpu"), images["TEST"]
-    finally:
-        torch.set_num_threads(old)
+    return untrained_expression_model(n=8, n_genes=12)
 
 
 def _write_jpeg(pyr, path):

@@ -114,7 +114,8 @@ def test_leave_one_section_out_reports_model_and_baselines_without_leak(monkeypa
     t = res.table
     assert list(t.columns) == REPORT_COLUMNS
     assert sorted(zip(t["method"], t["section"], strict=True)) == sorted(
-        (m, s) for m in ("mclstexp", "ridge", "train_mean") for s in ("TRAIN", "TEST"))
+        (m, s) for m in ("mclstexp", "ridge", "pca_ridge", "train_mean")
+        for s in ("TRAIN", "TEST"))
     assert t.loc[t.method == "train_mean", "pcc_acg"].isna().all()
     assert t.loc[t.method != "train_mean", ["pcc_acg", "mse", "mae"]].notna().all().all()
     assert (t.loc[t.section == "TEST", "n_spots"] == adatas["TEST"].n_obs).all()

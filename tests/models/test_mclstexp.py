@@ -261,10 +261,10 @@ def test_augmentation_keeps_pixels_without_jitter_and_changes_colours_with_it():
 
 def test_feature_cache_hits_and_keys_change_with_data_and_backbone(tmp_path, pair):
     from napari_stexp.data.patches import PatchSpec
+    from napari_stexp.models import feature_cache as fc
     from napari_stexp.models.backbones import build_image_encoder
+    from napari_stexp.models.feature_cache import backbone_signature
     from napari_stexp.models.mclstexp import section_frozen_features
-    from napari_stexp.training import feature_cache as fc
-    from napari_stexp.training.feature_cache import backbone_signature
 
     adatas, images = pair
     ad, pyr = adatas["TRAIN"][:20].copy(), images["TRAIN"]
@@ -279,7 +279,7 @@ def test_feature_cache_hits_and_keys_change_with_data_and_backbone(tmp_path, pai
         calls.append(1)
         return real(*a, **k)
 
-    import napari_stexp.training.feature_cache as mod
+    import napari_stexp.models.feature_cache as mod
 
     orig = mod.compute_features
     mod.compute_features = counting
@@ -560,7 +560,7 @@ def test_context_smoothing_and_tta_options_change_the_prediction(tmp_path, pair)
     tta = m.predict_patches(patches, grid=grid, device="cpu")
     assert np.abs(tta["embeddings"] - sm["embeddings"]).max() > 1e-4
     # from features (the whole-slide route) = from patches
-    from napari_stexp.training.feature_cache import compute_features
+    from napari_stexp.models.feature_cache import compute_features
 
     f = compute_features(m.net.image_encoder, patches, views=8)
     np.testing.assert_allclose(m.predict_features(f, grid)["predicted"], tta["predicted"],

@@ -63,7 +63,7 @@ def test_traversal_browser_follows_the_sliders(make_napari_viewer, aligned_model
     w.top_dims.setValue(4)
     trav = w.traverse(index=2, sync=True)
     layer = viewer.layers[TRAVERSAL_LAYER]
-    assert layer.data.shape == (4, 5, 32, 32, 3) and layer.rgb
+    assert layer.data.shape == (4, 5, 1, 32, 32, 3) and layer.rgb  # own step axis
     assert viewer.dims.axis_labels[:2] == ("latent dim", "step")
     assert w.current_point() == (0, 2)
     before = _table_rows(w.expr_table)

@@ -85,6 +85,7 @@ class SlideGridResult:
     grid: SlideGrid
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: float = 0.0
+    hires: tuple | None = None  # (image, tissue_hires_scalef): io.hires.hires_image_for
 
     def provenance(self) -> dict:
         """The pipeline's part of a result's provenance."""
@@ -294,12 +295,16 @@ def run_slide_grid(model: SlideGridModel, image: ImagePyramid | str | os.PathLik
     finally:
         stop.set()
         th.join(timeout=5)
+    from ..io.hires import hires_image_for
+
+    hires = hires_image_for(pyr)  # the slide at a hires scale, for sc.pl.spatial
     del pyr
     finish = getattr(model, "finish", None)
     if callable(finish):
         outputs = finish(outputs, grid)
     report(progress, n, n, f"{what} done")
-    return SlideGridResult(grid=grid, outputs=outputs, seconds=time.perf_counter() - t0)
+    return SlideGridResult(grid=grid, outputs=outputs, seconds=time.perf_counter() - t0,
+                           hires=hires)
 
 
 def grid_adata(result: SlideGridResult, *, X: np.ndarray, var_names, fmt: str,
@@ -321,7 +326,9 @@ def grid_adata(result: SlideGridResult, *, X: np.ndarray, var_names, fmt: str,
         X, g.obs_names, list(var_names), rc_to_xy(g.centres), section=g.name, patient=g.name,
         array_xy=g.array_xy, spot_diameter_fullres=g.geometry["spot_diameter_px"],
         mpp_fullres=g.geometry["slide_mpp"], image_path=g.image_path, image_scale=1.0,
-        extra_obs=extra, x_is_counts=False, metadata={"format": fmt})
+        extra_obs=extra, x_is_counts=False, metadata={"format": fmt},
+        hires_image=result.hires[0] if result.hires else None,
+        hires_scalef=result.hires[1] if result.hires else None)
     for k, v in (obsm or {}).items():
         adata.obsm[k] = v
     adata.uns.update(uns or {})

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..io.image import ImagePyramid
 from ..progress import CancelFlag, ProgressFn
 from .slide_grid import SlideGrid, run_slide_grid, slide_geometry
@@ -44,7 +45,8 @@ class ExpressionGridModel:
     pseudo-spot grid.
     """
 
-    def __init__(self, model, *, device: Any = "auto", batch_size: int = 32):
+    def __init__(self, model, *, device: Any = "auto", batch_size: int = 32,
+                 baseline: str | None = None):
         from ..models.mclstexp import _device
 
         self.model = model
@@ -52,12 +54,21 @@ class ExpressionGridModel:
         self.patch_spec = model.patch_spec
         self.device = _device(device)
         self.batch_size = int(batch_size)
-        self.two_pass = bool(model.config.uses_grid)
+        if baseline is not None:
+            if baseline not in ("ridge", "pca_ridge"):
+                raise InputError("baseline", f"unknown baseline '{baseline}' (ridge or "
+                                             "pca_ridge)")
+            if model.config.mode != "cached" or model.reference.frozen_features is None:
+                raise InputError(model.path or "model", "a baseline prediction needs a "
+                                                        "cached-mode model (its frozen "
+                                                        "training features)")
+        self.baseline = baseline
+        self.two_pass = bool(model.config.uses_grid) or baseline is not None
 
     def embed_batch(self, patches: np.ndarray) -> dict[str, np.ndarray]:
         m, cfg = self.model, self.config
         if self.two_pass:
-            from ..training.feature_cache import compute_features
+            from ..models.feature_cache import compute_features
 
             f = compute_features(m.net.image_encoder, patches, batch_size=self.batch_size,
                                  device=self.device, views=cfg.tta_views,
@@ -74,18 +85,34 @@ class ExpressionGridModel:
 
         feats = np.ascontiguousarray(np.swapaxes(outputs.pop("features"), 0, 1))
         out = self.model.predict_features(feats, grid_coordinates(grid.array_xy, grid.layout))
-        return {k: out[k] for k in ("predicted", "embeddings", "confidence")}
+        res = {k: out[k] for k in ("predicted", "embeddings", "confidence")}
+        if self.baseline is not None:  # the same frozen features, fitted on the training spots
+            from ..evaluation.regression import pca_ridge_predict, ridge_predict
+
+            ref = self.model.reference
+            res["baseline"] = (ridge_predict(ref.frozen_features, ref.expression, feats[0])
+                               if self.baseline == "ridge" else
+                               pca_ridge_predict(ref.frozen_features, ref.expression, feats[0],
+                                                 groups=ref.sections))
+        return res
 
 
 def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str | None = None,
                   pitch_um: float | None = None, layout: str = "square",
                   min_tissue: float = 0.5, batch_size: int = 32, tile: int = 2048,
                   device: Any = "auto", mask_max_size: int | None = None,
+                  baseline: str | None = None,
                   progress: ProgressFn | None = None, cancel: CancelFlag | None = None):
-    """Predict expression over the tissue of an H&E slide; returns an AnnData (see module)."""
+    """Predict expression over the tissue of an H&E slide; returns an AnnData (see module).
+
+    ``baseline`` (``'ridge'`` or ``'pca_ridge'``, cached-mode models): also the baseline's
+    prediction from the same frozen features, fitted on the model's training spots, in
+    ``layers['baseline_<name>']`` (to show beside the model's when the report says the baseline
+    is the better predictor)."""
     from .slide_grid import grid_adata
 
-    res = run_slide_grid(ExpressionGridModel(model, device=device, batch_size=batch_size),
+    res = run_slide_grid(ExpressionGridModel(model, device=device, batch_size=batch_size,
+                                             baseline=baseline),
                          image, name=name, pitch_um=pitch_um, layout=layout,
                          min_tissue=min_tissue, batch_size=batch_size, tile=tile,
                          mask_max_size=mask_max_size, progress=progress, cancel=cancel,
@@ -99,6 +126,9 @@ def predict_slide(model, image: ImagePyramid | str | os.PathLike, *, name: str |
         provenance={"kind": "mclstexp_slide_prediction", "model": model.path or "in memory",
                     "model_mode": c.mode, "backbone": c.backbone, "seed": c.seed,
                     "top_k": c.top_k, "reference_sections": model.reference.section_names,
-                    "version": model.provenance.get("version", "")})
+                    "version": model.provenance.get("version", ""),
+                    "baseline": baseline or ""})
     adata.layers["predicted"] = pred
+    if baseline is not None:
+        adata.layers[f"baseline_{baseline}"] = np.asarray(out["baseline"], np.float32)
     return adata

@@ -18,7 +18,22 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._args import add_data_args, add_slide_grid_args
+from ._args import (
+    add_config_args,
+    add_data_args,
+    add_encoder_args,
+    add_slide_grid_args,
+    config_overrides,
+    slide_image,
+)
+
+#: Config options that are plain flags (help, default and bounds from ClassifierConfig).
+GENE_FLAGS = ("gene.n_latent", "gene.epochs", "n_top_genes", "gene_sections")
+IMAGE_FLAGS = ("mode", "objective", "loss", "temperature", "class_weight", "epochs",
+               "batch_size", "lr", "patch_size", "input_size", "min_class_spots",
+               "val_fraction")
+FLAG_NAMES = {"gene.n_latent": "--latent-dim", "gene.epochs": "--gene-epochs",
+              "n_top_genes": "--n-genes"}
 
 
 def register(sub) -> None:
@@ -71,9 +86,10 @@ def _runtime_args(p) -> None:
 
 
 def _train_args(p) -> None:
+    from ..models.batch_agnostic import ClassifierConfig
+
     g = p.add_argument_group("gene encoder")
-    g.add_argument("--latent-dim", type=int, default=None, help="gene latent size (default 16)")
-    g.add_argument("--gene-epochs", type=int, default=None, help="gene VAE epochs (default 100)")
+    add_config_args(g, ClassifierConfig, GENE_FLAGS, flags=FLAG_NAMES)
     g.add_argument("--no-batch-conditioning", action="store_true",
                    help="baseline: the gene decoder does not see the patient")
     g.add_argument("--encode-batch", action="store_true",
@@ -89,40 +105,14 @@ def _train_args(p) -> None:
     g.add_argument("--genes", default=None,
                    help="gene panel: a file (.npy/.txt/.csv) or comma-separated names "
                         "(default: the top --n-genes variable genes shared by all sections)")
-    g.add_argument("--n-genes", type=int, default=None, help="panel size (default 1000)")
-    g.add_argument("--gene-sections", choices=("all", "image"), default=None,
-                   help="train the gene encoder on all sections (default) or image sections")
 
     i = p.add_argument_group("image encoder and classifier")
-    i.add_argument("--backbone", default=None,
-                   help="resnet18 (default), densenet121, resnet50, tinycnn")
-    i.add_argument("--weights", default="none",
-                   help="none (random init), imagenet (torchvision; online or cached) or a file")
-    i.add_argument("--mode", choices=("cached", "finetune"), default=None,
-                   help="cached (default): frozen backbone, features cached on disk; "
-                        "finetune: train the backbone too")
-    i.add_argument("--objective", choices=("contrastive", "supervised"), default=None,
-                   help="contrastive (default) or supervised (baseline: labels only, no genes)")
-    i.add_argument("--loss", choices=("infonce", "soft"), default=None,
-                   help="infonce (default, CLIP) or soft (BLEEP-style soft targets)")
-    i.add_argument("--temperature", type=float, default=None, help="contrastive (default 0.1)")
-    i.add_argument("--class-weight", type=float, default=None,
-                   help="weight of the class-guided term (default 0.5, 0 = off)")
-    i.add_argument("--epochs", type=int, default=None, help="image-encoder epochs (default 30)")
-    i.add_argument("--batch-size", type=int, default=None, help="default 64")
-    i.add_argument("--lr", type=float, default=None, help="default 1e-3")
-    i.add_argument("--patch-size", type=int, default=None,
-                   help="patch px at training µm/px (default 224)")
-    i.add_argument("--input-size", type=int, default=None,
-                   help="network input px (default = patch size; smaller = faster)")
+    add_config_args(i, ClassifierConfig, IMAGE_FLAGS, flags=FLAG_NAMES)
+    add_encoder_args(i, "resnet18")
     i.add_argument("--mpp", type=float, default=None,
                    help="training µm/px (default: the median of the training images')")
     i.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
                    help="fixed class list (other labels are treated as unlabelled)")
-    i.add_argument("--min-class-spots", type=int, default=None,
-                   help="drop classes with fewer labelled image spots (default 3)")
-    i.add_argument("--val-fraction", type=float, default=None,
-                   help="spatially blocked validation share for calibration (default 0.2)")
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     i.add_argument("--tiny", action="store_true",
@@ -154,31 +144,26 @@ def _read(args):
 def build_config(args):
     """A :class:`ClassifierConfig` from the command-line flags (``--tiny`` first, flags win)."""
     from ..models.batch_agnostic import ClassifierConfig
+    from ..models.encoders import weights_choice
 
     cfg = ClassifierConfig.tiny() if args.tiny else ClassifierConfig()
-    simple = {"backbone": "backbone", "mode": "mode", "objective": "objective", "loss": "loss",
-              "temperature": "temperature", "class_weight": "class_weight",
-              "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
-              "patch_size": "patch_size", "input_size": "input_size", "mpp": "target_mpp",
-              "classes": "classes", "min_class_spots": "min_class_spots",
-              "val_fraction": "val_fraction", "gene_latent": "gene_latent",
-              "n_genes": "n_top_genes", "gene_sections": "gene_sections"}
-    for a, c in simple.items():
+    from ..models._options import set_option
+
+    for path, v in config_overrides(args, ClassifierConfig, GENE_FLAGS + IMAGE_FLAGS,
+                                    flags=FLAG_NAMES).items():
+        set_option(cfg, path, v)
+    for a, c in (("backbone", "backbone"), ("mpp", "target_mpp"), ("classes", "classes"),
+                 ("gene_latent", "gene_latent")):
         v = getattr(args, a, None)
         if v is not None:
             setattr(cfg, c, v)
     if args.input_size is None and args.patch_size is not None and not args.tiny:
         cfg.input_size = args.patch_size
-    w = args.weights
-    cfg.weights = None if (w is None or str(w).lower() in ("none", "random", "")) else w
+    cfg.weights = weights_choice(cfg.backbone, args.weights)
     cfg.seed = args.seed
     cfg.device = args.device
     cfg.gene.seed = args.seed
     cfg.gene.device = args.device
-    if args.latent_dim is not None:
-        cfg.gene.n_latent = args.latent_dim
-    if args.gene_epochs is not None:
-        cfg.gene.epochs = args.gene_epochs
     if args.no_batch_conditioning:
         cfg.gene.batch_conditioning = False
     if args.encode_batch:
@@ -281,7 +266,7 @@ def run_predict(args) -> int:
     from ..io.export import write_h5ad
 
     model = _load(args)
-    adata = classify_slide(model, args.image, name=args.name, pitch_um=args.pitch_um,
+    adata = classify_slide(model, slide_image(args), name=args.name, pitch_um=args.pitch_um,
                            layout=args.layout, min_tissue=args.min_tissue, tile=args.tile,
                            progress=_progress(args))
     from ..io.sdata_write import write_result

@@ -19,10 +19,27 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ._args import add_data_args, add_slide_grid_args
+from ._args import (
+    add_config_args,
+    add_data_args,
+    add_encoder_args,
+    add_slide_grid_args,
+    config_overrides,
+    slide_image,
+)
 
-TINY = {"backbone": "tinycnn", "patch_size": 224, "input_size": 48, "epochs": 2,
-        "batch_size": 32, "top_k": 50}
+#: The config options that are plain flags (help, default and bounds from MclstexpConfig).
+CONFIG_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "temperature", "top_k",
+                "distance", "patch_size", "input_size", "cache_views", "context_neighbours",
+                "context_radius", "smooth_neighbours", "tta_views", "dropout")
+
+
+def __getattr__(name):  # TINY lives with the config (one preset for the CLI and the widget)
+    if name == "TINY":
+        from ..models.mclstexp_config import PRESETS
+
+        return PRESETS["tiny"]
+    raise AttributeError(name)
 
 
 def register(sub) -> None:
@@ -46,7 +63,7 @@ def register(sub) -> None:
     e.add_argument("--out", required=True, metavar="REPORT.csv")
     e.add_argument("--per-gene", default=None, metavar="CSV",
                    help="also write per-gene PCC (method, section, gene, pcc)")
-    e.add_argument("--no-baselines", action="store_true", help="skip ridge and training mean")
+    e.add_argument("--no-baselines", action="store_true", help="skip ridge, pca_ridge and training mean")
     _runtime_args(e)
     e.set_defaults(func=run_evaluate)
 
@@ -61,6 +78,13 @@ def register(sub) -> None:
 
     pr = ssub.add_parser("predict", help="predict expression over an H&E slide's tissue")
     add_slide_grid_args(pr, "PRED.h5ad", "pseudo-spot")
+    pr.add_argument("--raster", action="store_true",
+                    help="also write the predicted genes over the pseudo-spot grid as an "
+                         "OME-Zarr multiscale image (PRED_raster.ome.zarr; square layout)")
+    pr.add_argument("--baseline", choices=("ridge", "pca_ridge"), default=None,
+                    help="also write that baseline's prediction (same frozen features, fitted "
+                         "on the model's training spots) as layers['baseline_<name>']: show it "
+                         "beside the model's when the report says it is the better predictor")
     _runtime_args(pr)
     pr.set_defaults(func=run_predict)
 
@@ -78,58 +102,43 @@ def _runtime_args(p) -> None:
 
 
 def _train_args(p) -> None:
+    from ..data.panels import TISSUE_MARKERS
+    from ..models.mclstexp_config import MclstexpConfig
+
     g = p.add_argument_group("model and training")
     g.add_argument("--mode", choices=("auto", "finetune", "cached"), default="auto",
                    help="finetune: the whole network (the paper); cached: frozen backbone, "
                         "features cached on disk (minutes on a CPU); auto: finetune on a GPU, "
                         "cached on a CPU")
-    g.add_argument("--backbone", default=None,
-                   help="densenet121 (default, paper), resnet18, resnet50, tinycnn")
-    g.add_argument("--weights", default="none",
-                   help="none (random init), imagenet (torchvision; online or cached) or a file")
-    g.add_argument("--epochs", type=int, default=None, help="default 10")
-    g.add_argument("--batch-size", type=int, default=None, help="default 128 (paper)")
-    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-4)")
-    g.add_argument("--weight-decay", type=float, default=None, help="default 1e-3")
+    add_encoder_args(g, "densenet121, the paper's")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     genes = g.add_mutually_exclusive_group()
     genes.add_argument("--genes", default=None,
-                       help="gene panel: a file (.npy/.txt/.csv) or comma-separated names "
-                            "(default: the her2st 785-gene panel for her2st data, else the top "
-                            "1000 variable genes)")
+                       help="the whole gene panel: a file (.npy/.txt/.csv) or comma-separated "
+                            "names (default: the her2st 785-gene panel for her2st data, else "
+                            "the top 1000 variable genes; + --tissue markers + --add-genes)")
     genes.add_argument("--top-genes", type=int, default=None,
-                       help="use the N most variable genes of the training sections")
-    g.add_argument("--temperature", type=float, default=None, help="default 1 (paper)")
+                       help="base panel: the N most variable genes of the training sections")
+    g.add_argument("--add-genes", default=None, metavar="G1,G2",
+                   help="genes added to the default panel (e.g. ERBB2,ESR1)")
+    g.add_argument("--tissue", choices=tuple(TISSUE_MARKERS), default="breast",
+                   help="tissue whose marker genes present in the data are added to the "
+                        "default panel (breast: ERBB2 ESR1 PGR MKI67 KRT19 EPCAM)")
     g.add_argument("--normalize-embeddings", action="store_true",
                    help="L2-normalise embeddings in the loss (option; paper: off)")
     g.add_argument("--learn-temperature", action="store_true",
                    help="learn the temperature, CLIP-style (option; paper: fixed)")
-    g.add_argument("--top-k", type=int, default=None, help="retrieval neighbours (default 200)")
-    g.add_argument("--distance", choices=("euclidean", "l1"), default=None,
-                   help="retrieval weight distance (default euclidean; l1 = published code)")
-    g.add_argument("--patch-size", type=int, default=None, help="patch px at training µm/px "
-                                                                "(default 224)")
-    g.add_argument("--input-size", type=int, default=None,
-                   help="network input px (default = patch size; smaller = faster)")
+    add_config_args(g, MclstexpConfig, CONFIG_FLAGS)
     g.add_argument("--mpp", type=float, default=None,
                    help="training µm/px (default: the median of the training images')")
-    g.add_argument("--cache-views", type=int, choices=(1, 2, 4, 8), default=None,
-                   help="cached mode: features of 1 or up to 8 rotations/flips (augmentation)")
-    g.add_argument("--context-neighbours", choices=("none", "concat", "mean"), default=None,
-                   help="spatial context (option; paper: none): combine each spot's image "
-                        "features with its neighbours' mean (cached mode)")
-    g.add_argument("--context-radius", type=float, default=None,
-                   help="neighbours within this many spot pitches (default 1.5)")
-    g.add_argument("--smooth-neighbours", type=float, default=None,
-                   help="weight 0-1 of the neighbours' mean prediction (option; default 0)")
-    g.add_argument("--tta-views", type=int, choices=(1, 2, 4, 8), default=None,
-                   help="prediction: mean embedding over rotations/flips (option; default 1)")
-    g.add_argument("--dropout", type=float, default=None, help="projection-head dropout "
-                                                               "(default 0)")
     g.add_argument("--no-augment", action="store_true", help="finetune mode: no augmentation")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    g.add_argument("--preset", choices=("auto", "paper"), default="auto",
+                   help="paper: the faithful paper settings; auto (default): on a CPU in "
+                        "cached mode, the setting chosen by leave-one-patient-out "
+                        "(docs/mclstexp.md, selection table); explicit flags win")
     g.add_argument("--tiny", action="store_true",
                    help="tiny smoke-test settings (tinycnn, 48 px input, 2 epochs, batch 32)")
     g.add_argument("--cache-dir", default=None, help="feature/patch cache folder")
@@ -182,51 +191,21 @@ def load_sections(paths, sections=None, *, need_images: bool = True, genes=None,
     return adatas
 
 
-def default_panel(paths, adatas) -> tuple[list[str] | None, str]:
-    """The her2st 785-gene panel when every path is her2st and every section has it."""
-    from ..data.genes import check_panel, load_gene_file
-    from ..errors import InputError
-    from ..io.her2st import find_her2st_root
-    from ..io.st import detect_st_kind
-
-    if not all(detect_st_kind(p) == "her2st" for p in paths):
-        return None, "top 1000 variable genes of the training sections"
-    try:
-        path = find_her2st_root(paths[0]) / "her_hvg_cut_1000.npy"
-    except InputError:
-        return None, "top 1000 variable genes of the training sections"
-    if not path.is_file():
-        return None, "top 1000 variable genes of the training sections"
-    # a corrupt or pickled panel, or a panel gene missing from a section, is an error: never a
-    # silent switch to another panel (issue 16)
-    panel = load_gene_file(path)
-    check_panel(adatas, panel, source=path)
-    return panel, f"her2st panel ({len(panel)} genes, her_hvg_cut_1000.npy)"
-
-
 def _config_overrides(args) -> dict[str, Any]:
-    from ..training.device import get_device
+    from ..models.encoders import weights_choice
+    from ..models.mclstexp_config import CPU_AUTO_DEFAULTS, PRESETS, MclstexpConfig, resolve_mode
 
-    kw: dict[str, Any] = dict(TINY) if args.tiny else {"backbone": "densenet121"}
+    kw: dict[str, Any] = dict(PRESETS["tiny"]) if args.tiny else {"backbone": "densenet121"}
     if args.backbone is not None:
         kw["backbone"] = args.backbone
-    mode = args.mode
-    if mode == "auto":
-        mode = "finetune" if get_device(args.device).type in ("cuda", "mps") else "cached"
-    kw["mode"] = mode
-    kw["weights"] = None if str(args.weights).lower() in ("none", "random") else args.weights
-    for opt, name in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"),
-                      ("weight_decay", "weight_decay"), ("temperature", "temperature"),
-                      ("top_k", "top_k"), ("distance", "distance"),
-                      ("patch_size", "patch_size"), ("input_size", "input_size"),
-                      ("mpp", "target_mpp"), ("cache_views", "cache_views"),
-                      ("context_neighbours", "context_neighbours"),
-                      ("context_radius", "context_radius"),
-                      ("smooth_neighbours", "smooth_neighbours"), ("tta_views", "tta_views"),
-                      ("dropout", "dropout")):
-        v = getattr(args, opt)
-        if v is not None:
-            kw[name] = v
+    kw["mode"] = resolve_mode(args.mode, args.device)
+    if args.mode == "auto" and kw["mode"] == "cached" and args.preset != "paper" \
+            and not args.tiny:
+        kw.update(CPU_AUTO_DEFAULTS)  # the setting chosen by leave-one-patient-out
+    kw["weights"] = weights_choice(kw["backbone"], args.weights)
+    kw.update(config_overrides(args, MclstexpConfig, CONFIG_FLAGS))
+    if args.mpp is not None:
+        kw["target_mpp"] = args.mpp
     if args.patch_size is not None and args.input_size is None and not args.tiny:
         kw["input_size"] = args.patch_size
     kw["seed"] = args.seed
@@ -245,24 +224,30 @@ def _config_overrides(args) -> dict[str, Any]:
 
 
 def _panel_args(args, adatas):
+    """The panel: ``--genes`` as given, else THE default panel (``data.panels.default_panel``,
+    the widget's too): base panel + the tissue's markers + ``--add-genes``."""
     from ..data.genes import parse_genes
+    from ..data.panels import default_panel
 
     if args.genes:
         return parse_genes(args.genes), None, "user panel"
-    if args.top_genes:
-        return None, args.top_genes, f"top {args.top_genes} variable genes"
-    panel, how = default_panel(args.data, adatas)
-    return panel, (None if panel else 1000), how
+    panel, how = default_panel(adatas, paths=args.data, add_genes=args.add_genes,
+                               tissue=args.tissue, top_genes=args.top_genes)
+    return panel, None, how
 
 
 def _print_table(table, file=None) -> None:
-    from ..evaluation.regression import summarise
+    from ..evaluation.regression import baseline_verdict, summarise
 
     file = file if file is not None else sys.stdout  # resolved at call time (capture-friendly)
     with_pd = table.copy()
     print(with_pd.to_string(index=False, float_format=lambda v: f"{v:.4f}"), file=file)
-    print("\nmean over sections:", file=file)
+    print("\nmean over sections, by protocol (unseen patient = the patient-level figure, "
+          "first):", file=file)
     print(summarise(table).to_string(float_format=lambda v: f"{v:.4f}"), file=file)
+    verdict = baseline_verdict(table)
+    if verdict["text"]:
+        print(("" if verdict["beats"] else "WARNING: ") + verdict["text"], file=file)
 
 
 # ----------------------------------------------------------------------------- actions
@@ -296,21 +281,21 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from ..evaluation.regression import evaluate_model
+    from ..evaluation.regression import BASELINES, evaluate_model
     from ..models import open_model
 
     model = open_model(args.model, "cpu", kind="mclstexp")
     adatas = load_sections(args.data, args.sections, quiet=args.quiet)
     model.check_genes(adatas)
     res = evaluate_model(model, adatas, baselines=() if args.no_baselines else
-                         ("ridge", "train_mean"), batch_size=args.batch_size or 64,
+                         BASELINES, batch_size=args.batch_size or 64,
                          device=args.device, cache_dir=_cache(args), progress=_progress(args))
     _finish(args, res)
     return 0
 
 
 def run_cross_validate(args) -> int:
-    from ..evaluation.regression import cross_validate
+    from ..evaluation.regression import BASELINES, cross_validate
 
     adatas = load_sections(args.data, args.sections, quiet=args.quiet)
     genes, top, how = _panel_args(args, adatas)
@@ -319,7 +304,7 @@ def run_cross_validate(args) -> int:
         print(f"leave-one-{args.by}-out over {', '.join(adatas)} ({kw['mode']} mode, "
               f"{kw['backbone']}, {how})", file=sys.stderr)
     res = cross_validate(adatas, by=args.by, genes=genes, top_genes=top,
-                         baselines=() if args.no_baselines else ("ridge", "train_mean"),
+                         baselines=() if args.no_baselines else BASELINES,
                          cache_dir=_cache(args), progress=_progress(args), **kw)
     _finish(args, res)
     return 0
@@ -341,17 +326,25 @@ def _finish(args, res) -> None:
 
 def run_predict(args) -> int:
     from ..analysis.slide_predict import predict_slide
+    from ..errors import InputError
     from ..io.export import write_h5ad
     from ..models import open_model
 
+    if getattr(args, "raster", False) and args.layout != "square":
+        raise InputError(args.out, "--raster needs the square pseudo-spot layout "
+                                   "(--layout square)")
     model = open_model(args.model, "cpu", kind="mclstexp")
-    adata = predict_slide(model, args.image, name=args.name, pitch_um=args.pitch_um,
+    adata = predict_slide(model, slide_image(args), name=args.name, pitch_um=args.pitch_um,
                           layout=args.layout, min_tissue=args.min_tissue,
                           batch_size=args.batch_size or 32, tile=args.tile, device=args.device,
-                          progress=_progress(args))
+                          baseline=args.baseline, progress=_progress(args))
     from ..io.sdata_write import write_result
 
     write_result(adata, args.out, write_h5ad)
+    if getattr(args, "raster", False):
+        from ..viewer.raster import raster_path, write_raster
+
+        print(f"wrote {write_raster(adata, raster_path(args.out))}")
     prov = adata.uns["napari_stexp"]
     print(f"wrote {args.out}: {adata.n_obs} pseudo-spots × {adata.n_vars} genes "
           f"({prov['mpp_handling']}; {prov['seconds']:.1f} s)")

@@ -9,7 +9,10 @@ A first positional argument equal to ``evaluate`` selects the second form (an im
 called ``evaluate`` can be given as ``./evaluate``). Per input image the first form writes
 ``DIR/<image stem>/labels.tif`` (or ``labels.ome.zarr`` with ``--format zarr``) and
 ``DIR/<image stem>/objects.csv`` with columns ``label, y, x, ymin, xmin, ymax, xmax, area,
-score`` (plus ``class`` when the backend knows it), all written atomically.
+score`` (plus ``class`` when the backend knows it) and ``DIR/<image stem>/cells.h5ad`` (one
+observation per cell: centroids in ``obsm['spatial']`` as (x, y) pixels, morphology in ``obs``,
+µm/px and the slide overview in ``uns['spatial']``; ``sc.pl.spatial`` plots it), all written
+atomically.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from ..errors import InputError
 
 METHODS = ("classical", "maskrcnn", "cellpose")
+CELLS_H5AD = "cells.h5ad"
 EVALUATE = "evaluate"
 
 
@@ -48,6 +52,13 @@ def register(sub) -> None:
     p.add_argument("--diameter", type=float, default=None, help="expected cell diameter (px)")
     p.add_argument("--mode", choices=("cells", "nuclei"), default=None,
                    help="classical: white cells in smears (default) or nuclei in H&E")
+    p.add_argument("--stain", choices=("auto", "purple", "hematoxylin", "dark"), default=None,
+                   help="classical: the channel nuclei are found in (auto: purple for RGB, dark "
+                        "for grey; hematoxylin: colour deconvolution with the slide's own H&E "
+                        "vectors, estimated on tissue)")
+    p.add_argument("--tissue", choices=("auto", "on", "off"), default=None,
+                   help="classical: segment whole slides only inside the tissue mask (auto: "
+                        "H&E nuclei mode on large images)")
     p.add_argument("--score-threshold", type=float, default=None,
                    help="maskrcnn: keep detections scoring at least this")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -70,10 +81,12 @@ def _params(args) -> dict:
     if args.weights is not None:
         key = "pretrained_model" if args.method == "cellpose" else "weights"
         params[key] = args.weights
-    for name in ("backbone", "diameter", "mode", "score_threshold"):
+    for name in ("backbone", "diameter", "mode", "score_threshold", "stain"):
         v = getattr(args, name)
         if v is not None:
             params[name] = v
+    if args.tissue is not None:
+        params["tissue"] = {"auto": "auto", "on": True, "off": False}[args.tissue]
     for item in args.param:
         if "=" not in item:
             raise InputError(None, f"--param expects KEY=VALUE, got '{item}'")
@@ -166,6 +179,11 @@ def segment_to_folder(image_path: str | Path, dest: str | Path, *, method: str =
         cols = OBJECT_COLUMNS + (["class"] if "class" in res.table else [])
         with atomic_path(dest / "objects.csv") as tmp:
             res.table[cols].to_csv(tmp, index=False)
+        from ..io.export import write_h5ad
+        from ..segmentation.morphology import cells_adata
+
+        write_h5ad(cells_adata(res, library_id=dest.name, mpp=pyr.mpp, pyramid=pyr,
+                               source=str(image_path)), dest / CELLS_H5AD)
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)

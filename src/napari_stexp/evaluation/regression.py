@@ -15,8 +15,15 @@ Metrics (one held-out section at a time, on the normalised targets ``log1p(CP10k
 - **MSE**, **MAE**: over all spots × genes.
 
 Baselines in the same run: ``ridge`` (ridge regression, alpha by efficient leave-one-out CV, on
-the same frozen image features the model starts from) and ``train_mean`` (the training spots'
-mean expression; MSE/MAE only). The retrieval reference is always the training sections: a test
+the same frozen image features the model starts from), ``pca_ridge`` (HEST-Benchmark's probe:
+the z-scored frozen features reduced to 256 principal components, then ridge with alpha chosen by
+an inner 5-fold cross-validation grouped by training section) and ``train_mean`` (the training
+spots' mean expression; MSE/MAE only).
+
+Protocol (column ``protocol``): ``unseen patient`` when no training section comes from the test
+section's patient (the honest, patient-level figure, listed first), ``held-out section of a
+training patient`` otherwise (optimistic: sections of one patient share tissue and batch), or
+``unknown`` when the patients are not recorded. The retrieval reference is always the training sections: a test
 section is never among the references (checked).
 """
 
@@ -34,9 +41,15 @@ import pandas as pd
 from ..errors import InputError
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
 
-REPORT_COLUMNS = ["method", "section", "n_spots", "pcc_acg", "pcc_heg", "mse", "mae"]
+REPORT_COLUMNS = ["method", "section", "n_spots", "pcc_acg", "pcc_heg", "mse", "mae",
+                  "protocol"]
 N_HEG = 50
 RIDGE_ALPHAS = (1e-1, 1.0, 1e1, 1e2, 1e3, 1e4, 1e5)
+PCA_COMPONENTS = 256
+BASELINES = ("ridge", "pca_ridge", "train_mean")
+UNSEEN = "unseen patient"
+SEEN = "held-out section of a training patient"
+PROTOCOL_ORDER = (UNSEEN, SEEN, "unknown")
 
 
 def gene_pcc(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -94,6 +107,47 @@ def ridge_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     return model.predict((test_x - mu) / sd).astype(np.float32)
 
 
+def pca_ridge_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                      groups: np.ndarray | None = None, *, n_components: int = PCA_COMPONENTS,
+                      alphas: Sequence[float] = RIDGE_ALPHAS, folds: int = 5) -> np.ndarray:
+    """HEST-Benchmark's probe: z-scored features → PCA (``n_components``, fitted on the training
+    spots) → ridge, alpha chosen by inner cross-validation (MSE; folds = the training sections
+    when there are at least 2, else ``folds`` contiguous blocks)."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import Ridge
+
+    x = np.asarray(train_x, np.float64)
+    y = np.asarray(train_y, np.float64)
+    mu = x.mean(axis=0)
+    sd = x.std(axis=0) + 1e-6
+    k = int(min(n_components, x.shape[0] - 1, x.shape[1]))
+    pca = PCA(n_components=max(k, 1), svd_solver="full", random_state=0)
+    z = pca.fit_transform((x - mu) / sd)
+    zt = pca.transform((np.asarray(test_x, np.float64) - mu) / sd)
+    n = len(z)
+    if groups is not None and len(np.unique(groups)) >= 2:
+        fold_of = np.unique(np.asarray(groups).astype(str), return_inverse=True)[1]
+    else:
+        fold_of = (np.arange(n) * min(folds, max(n, 1)) // max(n, 1)).astype(int)
+    err = np.zeros(len(alphas))
+    for f in np.unique(fold_of):
+        tr, va = fold_of != f, fold_of == f
+        if tr.sum() < 2 or va.sum() < 1:
+            continue
+        for i, a in enumerate(alphas):
+            r = Ridge(alpha=float(a)).fit(z[tr], y[tr])
+            err[i] += float(((r.predict(z[va]) - y[va]) ** 2).sum())
+    best = float(alphas[int(np.argmin(err))])
+    return Ridge(alpha=best).fit(z, y).predict(zt).astype(np.float32)
+
+
+def section_protocol(test_patient: str | None, train_patients: Sequence[str] | None) -> str:
+    """Which protocol a held-out section's figure comes from (see the module docstring)."""
+    if test_patient is None or not train_patients:
+        return "unknown"
+    return SEEN if str(test_patient) in {str(p) for p in train_patients} else UNSEEN
+
+
 def ridge_with_options(train_x: np.ndarray, train_y: np.ndarray, train_grid: np.ndarray | None,
                        train_sections: np.ndarray, test_views: np.ndarray,
                        test_grid: np.ndarray, cfg) -> np.ndarray:
@@ -129,17 +183,18 @@ class EvaluationResult:
 
 
 def _rows(method: str, section: str, m: dict, genes: Sequence[str], rows: list, genes_rows: list,
-          pcc: bool = True) -> None:
+          pcc: bool = True, protocol: str = "unknown") -> None:
     rows.append({"method": method, "section": section, "n_spots": m["n_spots"],
                  "pcc_acg": m["pcc_acg"] if pcc else np.nan,
-                 "pcc_heg": m["pcc_heg"] if pcc else np.nan, "mse": m["mse"], "mae": m["mae"]})
+                 "pcc_heg": m["pcc_heg"] if pcc else np.nan, "mse": m["mse"], "mae": m["mae"],
+                 "protocol": protocol})
     if pcc:
         genes_rows.append(pd.DataFrame({"method": method, "section": section,
                                         "gene": list(genes), "pcc": m["gene_pcc"]}))
 
 
 def evaluate_model(model, adatas: Mapping[str, Any], *, images: Mapping[str, Any] | None = None,
-                   baselines: Sequence[str] = ("ridge", "train_mean"), method: str = "mclstexp",
+                   baselines: Sequence[str] = BASELINES, method: str = "mclstexp",
                    batch_size: int = 64, device: Any = "auto",
                    cache_dir: str | os.PathLike | None | bool = None,
                    progress: ProgressFn | None = None, cancel: CancelFlag | None = None
@@ -149,8 +204,8 @@ def evaluate_model(model, adatas: Mapping[str, Any], *, images: Mapping[str, Any
     panel) or is among the model's retrieval references."""
     from ..data.genes import panel_targets
     from ..data.patches import open_section_image
-    from ..models.mclstexp import _device, section_frozen_features, section_grid
-    from ..training.feature_cache import backbone_signature, resolve_cache_dir
+    from ..models.feature_cache import backbone_signature, resolve_cache_dir
+    from ..models.mclstexp import _device, patient_of, section_frozen_features, section_grid
 
     model.check_genes(adatas)
     model.check_no_leak(list(adatas))
@@ -161,7 +216,8 @@ def evaluate_model(model, adatas: Mapping[str, Any], *, images: Mapping[str, Any
     notes: list[str] = []
     ref = model.reference
     encoder = bsig = None
-    if "ridge" in baselines:
+    train_patients = model.provenance.get("train_patients")
+    if "ridge" in baselines or "pca_ridge" in baselines:
         if ref.frozen_features is None:
             notes.append("ridge skipped: the model folder has no frozen training features")
         else:
@@ -175,6 +231,15 @@ def evaluate_model(model, adatas: Mapping[str, Any], *, images: Mapping[str, Any
         report(progress, i, len(adatas), f"evaluating {name}")
         true = panel_targets(adata, model.genes, model.config.target_sum,
                              source=f"section {name}", library="panel")
+        proto = section_protocol(patient_of(adata), train_patients)
+
+        def add(meth, pred, pcc=True, _name=name, _true=true, _proto=proto):
+            preds.setdefault(meth, {})[_name] = (pred if isinstance(pred, dict)
+                                                 else {"predicted": pred})
+            p = pred["predicted"] if isinstance(pred, dict) else pred
+            _rows(meth, _name, regression_metrics(p, _true, pcc=pcc), model.genes, rows,
+                  gene_rows, pcc=pcc, protocol=_proto)
+
         pyr = (images or {}).get(name) or open_section_image(adata, name)
         patches = model.section_patches(adata, name, pyr, cache_dir=cdir, cancel=cancel)
         grid = section_grid(adata)
@@ -190,32 +255,28 @@ def evaluate_model(model, adatas: Mapping[str, Any], *, images: Mapping[str, Any
         else:
             out = model.predict_patches(patches, grid=grid, batch_size=batch_size,
                                         device=device, cancel=cancel)
-        preds.setdefault(method, {})[name] = out
-        _rows(method, name, regression_metrics(out["predicted"], true), model.genes, rows,
-              gene_rows)
+        add(method, out)
         if encoder is not None:
             views = cfg.tta_views if cfg.uses_options else 1
             test_v = section_frozen_features(
                 encoder, bsig, adata, name, pyr, model.patch_spec, views=views,
                 cache_dir=cdir if cdir is not None else False, device=_device(device),
                 patches=patches, cancel=cancel)
-            p = ridge_predict(ref.frozen_features, ref.expression, test_v[0])
-            preds.setdefault("ridge", {})[name] = {"predicted": p}
-            _rows("ridge", name, regression_metrics(p, true), model.genes, rows, gene_rows)
-            if cfg.uses_options:
+            if "ridge" in baselines:
+                add("ridge", ridge_predict(ref.frozen_features, ref.expression, test_v[0]))
+            if "pca_ridge" in baselines:
+                add("pca_ridge", pca_ridge_predict(ref.frozen_features, ref.expression,
+                                                   test_v[0], groups=ref.sections))
+            if cfg.uses_options and "ridge" in baselines:
                 if cfg.context_neighbours != "none" and ref.grid is None:
                     notes.append("ridge+options skipped: the model folder has no reference grid")
                 else:
-                    p = ridge_with_options(ref.frozen_features, ref.expression, ref.grid,
-                                           ref.sections, test_v, grid, cfg)
-                    preds.setdefault("ridge+options", {})[name] = {"predicted": p}
-                    _rows("ridge+options", name, regression_metrics(p, true), model.genes,
-                          rows, gene_rows)
+                    add("ridge+options", ridge_with_options(
+                        ref.frozen_features, ref.expression, ref.grid, ref.sections, test_v,
+                        grid, cfg))
         if "train_mean" in baselines:
             p = np.broadcast_to(ref.expression.mean(axis=0, keepdims=True), true.shape)
-            preds.setdefault("train_mean", {})[name] = {"predicted": np.array(p)}
-            _rows("train_mean", name, regression_metrics(p, true, pcc=False), model.genes, rows,
-                  gene_rows, pcc=False)
+            add("train_mean", np.array(p), pcc=False)
         del pyr
     report(progress, len(adatas), len(adatas), "evaluation done")
     table = pd.DataFrame(rows, columns=REPORT_COLUMNS)
@@ -231,9 +292,10 @@ def cv_folds(adatas: Mapping[str, Any], by: str = "section") -> list[tuple[list[
         groups = {n: [n] for n in names}
     elif by == "patient":
         groups: dict[str, list[str]] = {}
+        from ..models.mclstexp import patient_of
+
         for n, a in adatas.items():
-            pat = str(a.obs["patient"].iloc[0]) if "patient" in a.obs and a.n_obs else n
-            groups.setdefault(pat, []).append(n)
+            groups.setdefault(patient_of(a) or n, []).append(n)
     else:
         raise InputError("by", f"unknown grouping '{by}' (section or patient)")
     if len(groups) < 2:
@@ -244,7 +306,7 @@ def cv_folds(adatas: Mapping[str, Any], by: str = "section") -> list[tuple[list[
 
 def cross_validate(adatas: Mapping[str, Any], *, by: str = "section", config=None,
                    genes: Sequence[str] | None = None, top_genes: int | None = None,
-                   baselines: Sequence[str] = ("ridge", "train_mean"),
+                   baselines: Sequence[str] = BASELINES,
                    images: Mapping[str, Any] | None = None,
                    cache_dir: str | os.PathLike | None | bool = None, device: Any = None,
                    progress: ProgressFn | None = None, cancel: CancelFlag | None = None,
@@ -302,6 +364,42 @@ def write_report(table: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean of each metric per method (for printing)."""
-    return table.groupby("method", sort=False)[["n_spots", "pcc_acg", "pcc_heg", "mse",
-                                                "mae"]].mean()
+    """Mean of each metric per (protocol, method), the patient-level protocol first (for
+    printing). Index: ``(protocol, method)``; a table without ``protocol`` gets "unknown"."""
+    t = table if "protocol" in table.columns else table.assign(protocol="unknown")
+    order = {p: i for i, p in enumerate(PROTOCOL_ORDER)}
+    s = t.groupby(["protocol", "method"], sort=False)[["n_spots", "pcc_acg", "pcc_heg", "mse",
+                                                       "mae"]].mean()
+    keys = sorted(s.index, key=lambda k: order.get(k[0], len(order)))
+    return s.loc[keys]
+
+
+def baseline_verdict(table: pd.DataFrame, method: str = "mclstexp",
+                     baselines: Sequence[str] = ("ridge", "pca_ridge", "ridge+options")) -> dict:
+    """Does ``method`` beat every baseline present (``ridge+options``: ridge with the model's own
+    spatial options, the like-for-like baseline of a model that uses them) on both PCC-ACG and
+    PCC-HEG, under the most honest protocol present? ``{"protocol", "beats": bool,
+    "best_baseline", "text"}``; the text says so plainly when it does not (for reports, the
+    widget status and the CLI)."""
+    s = summarise(table)
+    if s.empty:
+        return {"protocol": None, "beats": None, "best_baseline": None, "text": ""}
+    proto = s.index[0][0]
+    part = s.loc[proto]
+    if method not in part.index:
+        return {"protocol": proto, "beats": None, "best_baseline": None, "text": ""}
+    have = [b for b in baselines if b in part.index]
+    if not have:
+        return {"protocol": proto, "beats": None, "best_baseline": None, "text": ""}
+    best = max(have, key=lambda b: (part.loc[b, "pcc_acg"] + part.loc[b, "pcc_heg"]))
+    m = part.loc[method]
+    beats = all(m["pcc_acg"] > part.loc[b, "pcc_acg"] and m["pcc_heg"] > part.loc[b, "pcc_heg"]
+                for b in have)
+    fig = (f"{method} PCC-ACG {m['pcc_acg']:.3f} / PCC-HEG {m['pcc_heg']:.3f} vs {best} "
+           f"{part.loc[best, 'pcc_acg']:.3f} / {part.loc[best, 'pcc_heg']:.3f} ({proto})")
+    show = (f"show it with predict --baseline {best}" if best in ("ridge", "pca_ridge") else
+            "its slide prediction is not available; predict --baseline ridge gives plain ridge")
+    text = (f"{fig}: the model beats the baselines" if beats else
+            f"{fig}: the model does NOT beat the {best} baseline on both PCCs on these frozen "
+            f"features; {best} is the better predictor on at least one ({show})")
+    return {"protocol": proto, "beats": bool(beats), "best_baseline": best, "text": text}

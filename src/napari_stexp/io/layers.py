@@ -81,7 +81,7 @@ def spots_layer(adata, name: str | None = None, *, section: str | None = None,
         attrs["metadata"]["color_by"] = color_by
         if isinstance(features[color_by].dtype, pd.CategoricalDtype) or \
                 features[color_by].dtype == object:
-            attrs["face_color_cycle"] = CATEGORY_COLORS
+            attrs["face_color_cycle"] = fixed_cycle(features[color_by])
         else:
             attrs["face_colormap"] = "viridis"
     attrs.update(kwargs)
@@ -98,6 +98,26 @@ def boxes_layer(boxes: pd.DataFrame, name: str = "boxes", *, scale: float = 1.0,
              "face_color": "transparent", "edge_width": 2, "scale": (scale, scale),
              "metadata": {"kind": "boxes"}}
     if "name" in features:
-        attrs["edge_color"] = "name"
+        attrs["edge_color"] = fixed_colors(features["name"])  # the fixed box-class colours
     attrs.update(kwargs)
     return rects, attrs, "shapes"
+
+
+def fixed_cycle(values: pd.Series) -> dict:
+    """Points ``face_color_cycle`` mapping each category to its fixed colour (io.palette)."""
+    from .palette import color_map
+
+    cats = values.cat.categories if isinstance(values.dtype, pd.CategoricalDtype) else \
+        pd.unique(values.dropna())
+    cmap = color_map(cats)
+    return {c: cmap[str(c)] for c in cats}
+
+
+def fixed_colors(values: pd.Series) -> list[str]:
+    """One fixed colour (io.palette) per row of ``values``."""
+    from .palette import color_map
+
+    cmap = color_map(pd.unique(values.astype(str)))
+    return [cmap[v] for v in values.astype(str)]
+
+

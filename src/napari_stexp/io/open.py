@@ -30,12 +30,13 @@ class Opened:
     sdata: Any = None  # the SpatialData object (kind "spatialdata")
     coordinate_system: str | None = None
 
-    def layers(self, *, max_visible: int = 1) -> list[LayerDataTuple]:
+    def layers(self, *, max_visible: int = 1, skip_spots=()) -> list[LayerDataTuple]:
+        """``skip_spots``: sections without a spots layer (shown as rasters instead)."""
         if self.kind == "spatialdata":
             from .spatialdata import sdata_layers
 
-            return sdata_layers(self, max_visible=max_visible)
-        return build_layers(self, max_visible=max_visible)
+            return sdata_layers(self, max_visible=max_visible, skip_spots=skip_spots)
+        return build_layers(self, max_visible=max_visible, skip_spots=skip_spots)
 
 
 def detect_kind(path: str | os.PathLike) -> str | None:
@@ -78,9 +79,20 @@ def _has_class_subfolders(p: Path) -> bool:
     return bool(subs) and all(any(is_image_file(f) for f in d.iterdir()) for d in subs)
 
 
+def apply_user_mpp(pyr, mpp: float | None):
+    """Set the µm/px the user gave (``mpp_source = "user"``); ``None`` leaves the file's."""
+    if mpp is None:
+        return pyr
+    if not float(mpp) > 0:
+        raise InputError("mpp", f"must be a positive number, got {mpp}")
+    pyr.set_mpp(float(mpp), "user")
+    return pyr
+
+
 def open_path(path: str | os.PathLike, *, sections: list[str] | None = None,
-              images: bool = True) -> Opened:
-    """Read ``path`` with the right reader. Raises :class:`InputError` for what we can't read."""
+              images: bool = True, mpp: float | None = None) -> Opened:
+    """Read ``path`` with the right reader. Raises :class:`InputError` for what we can't read.
+    ``mpp``: the µm/px of an image the file does not describe (JPEG/PNG) or describes wrong."""
     p = Path(path)
     if not p.exists():
         raise InputError(p, "no such file or folder")
@@ -111,13 +123,13 @@ def open_path(path: str | os.PathLike, *, sections: list[str] | None = None,
     elif kind == "ome-zarr":
         from .ome_zarr import read_ome_zarr
 
-        pyr = read_ome_zarr(p)
+        pyr = apply_user_mpp(read_ome_zarr(p), mpp)
         out.images[pyr.name] = pyr
         out.summary = {"kind": kind, "path": str(p), "images": [_image_summary(pyr)]}
     elif kind == "image":
         from .wsi import open_image
 
-        pyr = open_image(p)
+        pyr = apply_user_mpp(open_image(p), mpp)
         out.images[pyr.name] = pyr
         out.summary = {"kind": kind, "path": str(p), "images": [_image_summary(pyr)]}
     elif kind == "voc-boxes":
@@ -157,7 +169,8 @@ def _image_summary(pyr) -> dict:
             "format": pyr.metadata.get("format")}
 
 
-def build_layers(opened: Opened, *, max_visible: int = 1) -> list[LayerDataTuple]:
+def build_layers(opened: Opened, *, max_visible: int = 1,
+                 skip_spots=()) -> list[LayerDataTuple]:
     """Layers for everything in ``opened``; only the first ``max_visible`` sections visible."""
     layers: list[LayerDataTuple] = []
     if opened.adatas:
@@ -167,6 +180,8 @@ def build_layers(opened: Opened, *, max_visible: int = 1) -> list[LayerDataTuple
             if img is not None:
                 layers.append(image_layer(img, f"{sec} H&E", visible=visible))
                 layers[-1][1]["metadata"]["section"] = sec
+            if sec in skip_spots:
+                continue
             layers.append(spots_layer(ad, section=sec, visible=visible))
             layers[-1][1]["metadata"]["adata"] = ad  # widgets find the AnnData here
         return layers

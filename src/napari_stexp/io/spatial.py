@@ -85,10 +85,13 @@ def build_st_adata(
     obs = pd.DataFrame(index=pd.Index([str(o) for o in obs_names], name=None))
     if extra_obs is not None:
         obs = obs.join(extra_obs)
-    obs["section"] = pd.Categorical([str(section)] * len(obs))
-    obs["patient"] = pd.Categorical([str(patient if patient is not None else section)] * len(obs))
+    n = len(obs)  # constant columns from codes (no n-item lists: 10⁶ bins)
+    obs["section"] = pd.Categorical.from_codes(np.zeros(n, np.int8), [str(section)])
+    obs["patient"] = pd.Categorical.from_codes(
+        np.zeros(n, np.int8), [str(patient if patient is not None else section)])
     if labels is None:
-        obs["label"] = pd.Categorical([np.nan] * len(obs))
+        obs["label"] = pd.Categorical.from_codes(np.full(n, -1, np.int8),
+                                                 pd.Index([], dtype="float64"))
     else:
         obs["label"] = pd.Categorical(pd.Series(list(labels), index=obs.index, dtype=object))
     if array_xy is not None:

@@ -114,9 +114,10 @@ def _check_points(root: Path) -> set[str]:
     return missing
 
 
-def read_sdata(path: str | os.PathLike):
+def read_sdata(path: str | os.PathLike, selection: tuple[str, ...] | None = None):
     """``spatialdata.read_zarr`` with our errors: a missing or unreadable element file raises
-    :class:`InputError` naming it; points without parquet are skipped with a warning."""
+    :class:`InputError` naming it; points without parquet are skipped with a warning.
+    ``selection``: only these element groups (e.g. ``("images",)``)."""
     sd = _require_spatialdata(path)
     root = Path(path)
     if not root.exists():
@@ -125,7 +126,7 @@ def read_sdata(path: str | os.PathLike):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            sdata = sd.read_zarr(root, on_bad_files="warn")
+            sdata = sd.read_zarr(root, on_bad_files="warn", selection=selection)
         except Exception as exc:
             raise InputError(root, f"not a readable SpatialData store ({type(exc).__name__}: "
                                    f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
@@ -145,9 +146,19 @@ def read_sdata(path: str | os.PathLike):
     return sdata
 
 
+def read_sdata_selection(path: str | os.PathLike, selection: tuple[str, ...]):
+    """Only the element groups in ``selection`` of a store (images stay lazy)."""
+    return read_sdata(path, selection=selection)
+
+
 def _cs_unit_is_um(element: Any, cs: str) -> bool:
     """True when the element's transformation to ``cs`` declares micrometre axes."""
     from spatialdata.transformations import get_transformation
+
+    from .sdata_fast import FastCircles
+
+    if isinstance(element, FastCircles):
+        return bool(element.units.get(cs, set()) & _UM_UNITS)
 
     try:
         t = get_transformation(element, to_coordinate_system=cs)
@@ -155,14 +166,20 @@ def _cs_unit_is_um(element: Any, cs: str) -> bool:
         return False
     axes = getattr(t, "output_coordinate_system", None) or []
     units = {str(getattr(a, "unit", "") or "").lower() for a in axes}
-    return bool(units & {"micrometer", "micron", "um", "µm"})
+    return bool(units & _UM_UNITS)
+
+
+_UM_UNITS = {"micrometer", "micron", "um", "µm"}
 
 
 def _affine_yx(element: Any, cs: str, path: Path) -> np.ndarray:
     """3×3 affine (row, col, 1) from the element's intrinsic space to ``cs``."""
     from spatialdata.transformations import get_transformation
 
-    all_t = get_transformation(element, get_all=True) or {}
+    from .sdata_fast import FastCircles
+
+    all_t = element.transformations if isinstance(element, FastCircles) else \
+        (get_transformation(element, get_all=True) or {})
     if cs not in all_t:
         raise InputError(path, f"no transformation to coordinate system '{cs}'; it has: "
                                f"{', '.join(sorted(all_t)) or 'none'}")
@@ -185,6 +202,11 @@ def _linear_scale(m: np.ndarray) -> float:
 
 def _shape_geometry(gdf, m: np.ndarray) -> tuple[pd.Index, np.ndarray, float | None, str]:
     """(ids, centres (x, y) in cs, diameter in cs units, 'circle'|'polygon')."""
+    from .sdata_fast import FastCircles, circles_geometry
+
+    if isinstance(gdf, FastCircles):
+        ids, rc, diam = circles_geometry(gdf, m, _linear_scale(m))
+        return ids, _apply(m, rc)[:, ::-1], diam, "circle"
     geom = gdf.geometry
     kinds = set(geom.geom_type.unique())
     if kinds <= {"Point"}:
@@ -256,10 +278,15 @@ def read_spatialdata(path: str | os.PathLike, *, coordinate_system: str | None =
                      images: bool = True, sdata: Any = None):
     """Read a SpatialData store into an :class:`~napari_stexp.io.open.Opened` record."""
     from .open import Opened
+    from .sdata_fast import fast_sdata
     from .spatial import build_st_adata
 
     root = Path(path)
-    sdata = read_sdata(root) if sdata is None else sdata
+    if sdata is None:
+        if not root.exists():
+            raise InputError(root, "no such store")
+        _require_spatialdata(root)
+        sdata = fast_sdata(root, images=images) or read_sdata(root)
     systems = list(sdata.coordinate_systems)
     cs = coordinate_system or (DEFAULT_CS if DEFAULT_CS in systems else (systems or [None])[0])
     if cs is None or cs not in systems:
@@ -281,7 +308,8 @@ def read_spatialdata(path: str | os.PathLike, *, coordinate_system: str | None =
             raise InputError(tpath, f"obs lacks region_key '{rkey}' or instance_key '{ikey}'")
         regions = [region] if isinstance(region, str) else list(region)
         for reg in regions:
-            sub = table[table.obs[rkey].astype(str) == str(reg)]
+            mask = (table.obs[rkey].astype(str) == str(reg)).to_numpy()
+            sub = table if mask.all() else table[mask]
             if reg in sdata.shapes:
                 elem = sdata.shapes[reg]
                 m = _affine_yx(elem, cs, root / "shapes" / reg)
@@ -317,6 +345,8 @@ def read_spatialdata(path: str | os.PathLike, *, coordinate_system: str | None =
             extra.index = names if len(names) and isinstance(names[0], str) \
                 else pd.Index([str(v) for v in names])
             labels = extra.pop("label") if "label" in extra else None
+            if labels is not None and not labels.notna().any():
+                labels = None  # all unlabelled: the same column, without a 10⁶-item list
             adata = build_st_adata(_as_csr(sub.X), extra.index, sub.var_names, xy[pos],
                                    section=sec, patient=sec, labels=labels,
                                    spot_diameter_fullres=frame.get("spot_diameter_fullres", diam),
@@ -380,22 +410,32 @@ def _first_image(sdata, cs: str, um: bool, name: str | None = None):
 # ----------------------------------------------------------------------------- layers
 
 
-def sdata_layers(opened, *, max_visible: int = 1) -> list:
+def sdata_layers(opened, *, max_visible: int = 1, skip_spots=()) -> list:
     """Layers for a SpatialData record, with the metadata napari-spatialdata's widgets read
     (``sdata``, ``adata``, ``name``, ``region_key``, ``instance_key``, ``table_names``,
-    ``_current_cs``, ``_active_in_cs``, ``indices``) next to ours (``adata``, ``section``)."""
+    ``_current_cs``, ``_active_in_cs``, ``indices``) next to ours (``adata``, ``section``).
+    ``skip_spots``: sections shown otherwise (as rasters): no Points layer, and on the fast
+    path the full store is not read for them."""
     from .layers import spots_layer
+    from .sdata_fast import FastSData
 
     sdata = getattr(opened, "sdata", None)
     cs = getattr(opened, "coordinate_system", DEFAULT_CS)
     layers = []
     done_images = set()
+    if isinstance(sdata, FastSData):
+        if any(sec not in skip_spots for sec in opened.adatas):
+            sdata = opened.sdata = sdata.load()  # Points layers: napari-spatialdata reads sdata
+        else:
+            sdata = sdata._images_sdata  # the image layers' elements (lazy, read already)
     for i, (sec, ad) in enumerate(opened.adatas.items()):
         visible = i < max_visible
         img = opened.images.get(sec)
         if img is not None and img.name not in done_images:
             layers.append(_sd_image_layer(img, sdata, cs, visible))
             done_images.add(img.name)
+        if sec in skip_spots:
+            continue
         meta = ad.uns["spatial"][sec]["metadata"]
         data, attrs, kind = spots_layer(ad, section=sec, visible=visible)
         attrs["metadata"].update({

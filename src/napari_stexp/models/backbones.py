@@ -1,5 +1,8 @@
 """Image encoders shared by the expression model and the classifier.
 
+Every name of the encoder registry (:mod:`.encoders`: the CNNs below and the pathology foundation
+models) is accepted by :func:`build_image_encoder`; this module builds the CNN entries.
+
 :func:`build_image_encoder` returns ``(module, feature_dim)``: the module takes a float batch
 ``(B, 3, H, W)`` with values in ``[0, 1]`` (ImageNet mean/std normalisation happens inside, so
 callers never forget it) and returns globally average-pooled features ``(B, feature_dim)``.
@@ -20,17 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, StexpError
+from .encoders import ENCODERS, IMAGENET_MEAN, IMAGENET_STD, build_encoder, read_state_dict
 
-#: Backbone name -> pooled feature dimension.
-BACKBONES: dict[str, int] = {
-    "densenet121": 1024,
-    "resnet18": 512,
-    "resnet50": 2048,
-    "tinycnn": 64,  # a 4-block CNN for tests and quick CPU experiments (no ImageNet weights)
-}
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Backbone name -> pooled feature dimension (every registry entry; tinycnn is a 4-block CNN for
+#: tests and quick CPU experiments, without ImageNet weights).
+BACKBONES: dict[str, int] = {name: s.feature_dim for name, s in ENCODERS.items()}
+#: torchvision ResNet modules in the order of our trunk's nn.Sequential
+RESNET_ORDER = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+CNN_BACKBONES = tuple(name for name, s in ENCODERS.items() if s.kind == "cnn")
 
 _WEIGHTS_ENUMS = {
     "densenet121": "DenseNet121_Weights",
@@ -118,18 +118,9 @@ def imagenet_state_dict(name: str) -> dict:
             "or pass a local weights file, or use weights=None") from exc
 
 
-def _clean_state_dict(state: Any, path: Path) -> dict:
-    if isinstance(state, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not state:
-        raise InputError(path, "not a state dict (expected a mapping of parameter names to "
-                               "tensors)")
+def _clean_state_dict(state: dict) -> dict:
     out = {}
     for k, v in state.items():
-        k = str(k)
         for prefix in ("module.", "model.", "encoder.", "image_encoder."):
             k = k.removeprefix(prefix)
         out[k] = v
@@ -155,8 +146,7 @@ def _load_into(encoder, name: str, state: dict, source: Any) -> None:
             fixed[m.group(1) + m.group(2) if m else k] = v
         mapped = fixed
     elif name.startswith("resnet"):
-        order = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
-        idx = {n: str(i) for i, n in enumerate(order)}
+        idx = {n: str(i) for i, n in enumerate(RESNET_ORDER)}
         mapped = {}
         for k, v in state.items():
             head, _, rest = k.partition(".")
@@ -179,14 +169,21 @@ def _load_into(encoder, name: str, state: dict, source: Any) -> None:
 
 
 def build_image_encoder(name: str = "densenet121", weights: str | os.PathLike | None = None,
-                        memory_efficient: bool = True):
-    """Build ``(encoder, feature_dim)`` for ``name`` in :data:`BACKBONES`.
+                        memory_efficient: bool = True, *, reduced: bool = False):
+    """Build ``(encoder, feature_dim)`` for any registry entry (:mod:`.encoders`).
 
     ``memory_efficient`` uses DenseNet's checkpointed dense layers (recomputes concatenations in
     the backward pass: much lower training memory for little extra time; no effect on others).
+    ``reduced``: the test build of a foundation model (same key layout, far smaller).
     """
+    return build_encoder(name, weights, reduced=reduced, memory_efficient=memory_efficient)
+
+
+def build_cnn_encoder(name: str, weights: str | os.PathLike | None = None, *,
+                      memory_efficient: bool = True):
+    """``(encoder, feature_dim)`` of a CNN entry (:data:`CNN_BACKBONES`)."""
     name = str(name).lower()
-    if name not in BACKBONES:
+    if name not in CNN_BACKBONES:
         raise InputError(name, f"unknown backbone (choose from {', '.join(BACKBONES)})")
     dim = BACKBONES[name]
     cls = _encoder_class()
@@ -201,16 +198,14 @@ def build_image_encoder(name: str = "densenet121", weights: str | os.PathLike | 
         _load_into(encoder, name, imagenet_state_dict(name), f"{name} ImageNet weights")
         return encoder, dim
     path = Path(weights).expanduser()
+    if str(weights).lower() in ("pretrained", "auto", "default") or path.is_dir():
+        from .encoders import find_weights
+
+        path = find_weights(name, weights)
     if not path.is_file():
         raise InputError(path, "weights file not found (weights must be None, 'imagenet' or a "
                                "path to a state dict)")
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt/unsupported file
-        raise InputError(path, f"cannot read weights file ({type(exc).__name__}: {exc})") from exc
-    _load_into(encoder, name, _clean_state_dict(state, path), path)
+    _load_into(encoder, name, _clean_state_dict(read_state_dict(path)), path)
     return encoder, dim
 
 

@@ -14,7 +14,7 @@ Recognition with Batch-Agnostic Encoder" (ISBI 2025). Three stages:
    averaged within-modality similarities (soft targets: spots whose images *and* expression
    look alike are not pushed apart). When spots have labels, a class-guided term treats the gene
    embeddings of same-class spots as positives too. ``cached`` mode freezes the backbone and
-   trains on features computed once (:mod:`~napari_stexp.training.feature_cache`); ``finetune``
+   trains on features computed once (:mod:`~napari_stexp.models.feature_cache`); ``finetune``
    trains the backbone too, on augmented patches.
 3. **Classifier** on the (L2-normalised) image embedding: a linear layer trained with
    class-balanced cross-entropy, then temperature-scaled on a spatially blocked validation split
@@ -47,6 +47,7 @@ from ..errors import InputError, StexpWarning
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
 from ..training.engine import discard_stale_checkpoint
 from ._folder import section_source
+from ._options import option
 from .gene_vae import GeneVAEConfig, clean_labels
 
 FORMAT = "napari-stexp/batch-agnostic-classifier"
@@ -70,38 +71,38 @@ class ClassifierConfig:
     """Everything that defines a model and its training (saved in ``config.json``)."""
 
     # image encoder
-    backbone: str = "resnet18"
-    weights: str | None = None  # None | 'imagenet' | path to a state dict
-    mode: str = "cached"  # 'cached' (frozen backbone, cached features) | 'finetune'
-    patch_size: int = 224  # px at target_mpp (field of view = patch_size * target_mpp µm)
-    input_size: int = 224  # px fed to the network (same field, resampled)
+    backbone: str = option("resnet18", help="image encoder: resnet18, densenet121, resnet50, tinycnn")
+    weights: str | None = option(None, help="none (random init), imagenet (torchvision; online or cached) or a weights file")
+    mode: str = option("cached", help="cached: frozen backbone, features cached (fast on a CPU); finetune: train the backbone too", choices=MODES)
+    patch_size: int = option(224, help="patch px at the training µm/px", min=16, max=4096)
+    input_size: int = option(224, help="network input px for a patch (smaller = faster)", min=16, max=1024)
     target_mpp: float | None = None  # filled from the training images when None
     augment: bool = True  # finetune mode: flips/rotations + colour jitter
     cache_views: int = 1  # cached mode: 1 or 8 (dihedral views as augmentation)
     # gene encoder
     gene_latent: str = "vae"  # 'vae' | 'obsm:<key>' (e.g. 'obsm:X_scVI')
     gene: GeneVAEConfig = field(default_factory=GeneVAEConfig)
-    n_top_genes: int = 1000
-    gene_sections: str = "all"  # 'all' sections with counts, or 'image' sections only
+    n_top_genes: int = option(1000, help="gene panel size (most variable genes)", min=10, max=100_000)
+    gene_sections: str = option("all", help="sections that train the gene encoder: all with counts, or image sections only", choices=("all", "image"))
     # contrastive stage
-    objective: str = "contrastive"  # 'contrastive' | 'supervised' (baseline)
-    loss: str = "infonce"  # 'infonce' | 'soft' (BLEEP-style soft targets)
-    temperature: float = 0.1
-    class_weight: float = 0.5  # weight of the class-guided term (0 = off)
+    objective: str = option("contrastive", help="contrastive, or supervised (baseline: labels only, no genes)", choices=OBJECTIVES)
+    loss: str = option("infonce", help="infonce: CLIP-style; soft: BLEEP-style soft targets", choices=LOSSES)
+    temperature: float = option(0.1, help="contrastive temperature", min=1e-4)
+    class_weight: float = option(0.5, help="weight of the class-guided term (0 = off)", min=0.0)
     projection_dim: int = 128
     dropout: float = 0.1
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
+    epochs: int = option(30, help="image-encoder epochs", min=0, max=100_000, label="image epochs")
+    batch_size: int = option(64, help="training batch", min=2, max=4096)
+    lr: float = option(1e-3, help="learning rate", min=0.0)
     backbone_lr_scale: float = 0.1  # finetune: backbone lr = lr * this
     weight_decay: float = 1e-4
     # classifier + calibration
     classes: list[str] | None = None  # fixed class list (labels outside -> unlabelled)
-    min_class_spots: int = 3  # classes with fewer labelled image spots are dropped (warning)
+    min_class_spots: int = option(3, help="drop classes with fewer labelled image spots", min=1)
     class_balance: bool = True
     classifier_epochs: int = 150
     classifier_lr: float = 1e-2
-    val_fraction: float = 0.2  # spatially blocked validation split for temperature scaling
+    val_fraction: float = option(0.2, help="spatially blocked validation share for calibration", min=0.0, max=0.9)
     val_block: int = 4  # block side in array units (ST: 4 units = 800 µm)
     # general
     seed: int = 0
@@ -584,8 +585,9 @@ def train_classifier(
     from ..io.spatial import validate_st_adata
     from ..training.distributed import all_gather_tensor, all_gather_with_grad
     from ..training.engine import TrainConfig, fit, seed_everything
-    from ..training.feature_cache import backbone_signature, resolve_cache_dir
     from .backbones import build_image_encoder
+    from .encoders import apply_encoder_geometry
+    from .feature_cache import backbone_signature, resolve_cache_dir
     from .gene_vae import ObsmLatent, fit_gene_vae
 
     t_start = time.perf_counter()
@@ -636,6 +638,7 @@ def train_classifier(
     # ---- geometry
     from .mclstexp import section_frozen_features, target_mpp_of
 
+    apply_encoder_geometry(cfg)  # a foundation model reads patches at its own µm/px
     if cfg.target_mpp is None:
         cfg.target_mpp = target_mpp_of(imgs)
     pitch, diam = median_spot_geometry([adatas[n] for n in img_names])

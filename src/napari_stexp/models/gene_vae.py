@@ -34,6 +34,7 @@ from ..data.genes import expression_transform
 from ..errors import InputError, StexpWarning
 from ..io.spatial import counts_matrix
 from ..progress import CancelFlag, ProgressFn, check_cancel
+from ._options import option
 
 #: Label values that mean "no label".
 MISSING_LABELS = frozenset({"", "nan", "none", "na", "unknown", "undetermined"})
@@ -54,18 +55,18 @@ class GeneVAEWarning(StexpWarning):
 class GeneVAEConfig:
     """Parameters of the gene encoder (all recorded in the model folder)."""
 
-    n_latent: int = 16  # 10-32 is the useful range
+    n_latent: int = option(16, help="gene latent size", min=2, max=256, label="latent size")
     n_hidden: int = 128
     n_layers: int = 1
     dropout: float = 0.1
-    batch_conditioning: bool = True  # decoder sees the batch (the point of the model)
+    batch_conditioning: bool = option(True, help="condition the gene decoder on the patient (the batch-agnostic part; off = baseline)", label="condition the gene decoder on the patient")
     encode_batch: bool = False  # encoder sees it too (unseen batches then get a zero vector)
     library: str = "observed"  # "observed" log-library or "learned" (scVI's library encoder)
     dispersion: str = "gene"  # "gene" or "gene-batch"
     classifier: bool = True  # scANVI-style head on z, used when labels exist
     classifier_weight: float = 10.0
     kl_warmup: float = 0.3  # fraction of the epochs over which the KL weight rises 0 -> 1
-    epochs: int = 100
+    epochs: int = option(100, help="gene VAE epochs", min=1, max=100_000, label="gene epochs")
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-6

@@ -22,7 +22,7 @@
 Training runs through the shared engine (:func:`napari_stexp.training.engine.fit`) in two modes:
 ``finetune`` (the whole network on augmented patches, as the paper) and ``cached`` (frozen
 backbone; features computed once and cached on disk, see
-:mod:`napari_stexp.training.feature_cache`; only the heads and the spot encoder train).
+:mod:`napari_stexp.models.feature_cache`; only the heads and the spot encoder train).
 
 This module imports torch at the top; nothing imported at plugin start imports it.
 """
@@ -34,7 +34,7 @@ import os
 import platform
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,113 +61,17 @@ from ..progress import CancelFlag, ProgressFn, check_cancel, report
 from ..training.engine import discard_stale_checkpoint
 from ._folder import section_source
 from .heads import ProjectionHead
+from .mclstexp_config import (  # noqa: F401 - re-exported: the config's home is torch-free
+    CONTEXT_MODES,
+    CPU_AUTO_DEFAULTS,
+    MODES,
+    PRESETS,
+    MclstexpConfig,
+    resolve_mode,
+)
 
 FORMAT = "napari-stexp/mclstexp"
 FORMAT_VERSION = 2  # 2: the model-folder contract (digests); 1 still opens
-MODES = ("finetune", "cached")
-CONTEXT_MODES = ("none", "concat", "mean")
-
-
-# ----------------------------------------------------------------------------- configuration
-
-
-@dataclass
-class MclstexpConfig:
-    """Everything that defines a model and its training (saved in ``config.json``)."""
-
-    # image encoder
-    backbone: str = "densenet121"
-    weights: str | None = None  # None | 'imagenet' | path
-    memory_efficient: bool = True
-    channels_last: bool = False
-    # heads / spot encoder
-    projection_dim: int = 256
-    heads: int = 8
-    dim_head: int = 64
-    depth: int = 2
-    ff_dim: int | None = None  # None: the panel's width (reference: mlp_dim = spot_dim)
-    dropout: float = 0.0
-    pos_size_x: int = 64
-    pos_size_y: int = 64
-    pos_margin: int = 8
-    # loss
-    temperature: float = 1.0
-    normalize_embeddings: bool = False
-    learn_temperature: bool = False
-    init_temperature: float = 0.07
-    # data
-    patch_size: int = 224
-    input_size: int = 224
-    target_mpp: float | None = None
-    target_sum: float = 1e4
-    augment: bool = True
-    jitter: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    # retrieval
-    top_k: int = 200
-    distance: str = "euclidean"  # 'euclidean' (issue/BLEEP) | 'l1' (published mclSTExp code)
-    # training
-    mode: str = "finetune"
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-4
-    weight_decay: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = False  # bfloat16 autocast on CPU
-    cache_views: int = 1  # cached mode: 1 = patch as is, 8 = all rotations/flips (augmentation)
-    standardize_features: bool = True  # cached mode: z-score frozen features before the head
-    # spatial context and test-time augmentation (options beyond the paper; image-only, so they
-    # work on H&E-only slides too; defaults = the paper)
-    context_neighbours: str = "none"  # 'none' | 'concat' | 'mean': own + neighbours' features
-    context_radius: float = 1.5  # neighbours: centres within this many spot pitches
-    smooth_neighbours: float = 0.0  # weight of the neighbours' mean prediction (0 = off)
-    tta_views: int = 1  # prediction: mean embedding over 1, 2, 4 or 8 rotations/flips
-    # slide geometry (filled from the training data)
-    spot_pitch_um: float | None = None
-    spot_diameter_um: float | None = None
-
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise InputError("mode", f"unknown mode '{self.mode}' (choose from {', '.join(MODES)})")
-        if self.distance not in ("euclidean", "l1"):
-            raise InputError("distance", f"unknown distance '{self.distance}'")
-        for name in ("epochs", "top_k", "batch_size", "patch_size", "input_size"):
-            v = getattr(self, name)
-            if v < (0 if name == "epochs" else 1):
-                raise InputError(name, f"must be positive, got {v}")
-        if self.batch_size < 2 and self.epochs > 0:
-            raise InputError("batch_size", "contrastive training needs batches of at least 2")
-        if self.cache_views not in (1, 2, 4, 8):
-            raise InputError("cache_views", "must be 1, 2, 4 or 8")
-        if self.tta_views not in (1, 2, 4, 8):
-            raise InputError("tta_views", "must be 1, 2, 4 or 8")
-        if self.context_neighbours not in CONTEXT_MODES:
-            raise InputError("context_neighbours", f"unknown context '{self.context_neighbours}' "
-                                                   f"(choose from {', '.join(CONTEXT_MODES)})")
-        if not self.context_radius > 0:
-            raise InputError("context_radius", f"must be positive, got {self.context_radius}")
-        if not 0.0 <= self.smooth_neighbours <= 1.0:
-            raise InputError("smooth_neighbours",
-                             f"must be between 0 and 1, got {self.smooth_neighbours}")
-
-    @property
-    def uses_grid(self) -> bool:
-        """True if prediction needs the spots' grid (spatial context or smoothing)."""
-        return self.context_neighbours != "none" or self.smooth_neighbours > 0
-
-    @property
-    def uses_options(self) -> bool:
-        """True if any prediction option beyond the paper is on (grid options or TTA)."""
-        return self.uses_grid or self.tta_views > 1
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> MclstexpConfig:
-        names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
-        if "jitter" in kw and kw["jitter"] is not None:
-            kw["jitter"] = tuple(kw["jitter"])
-        return cls(**kw)
-
 
 # ----------------------------------------------------------------------------- network
 
@@ -404,7 +308,7 @@ class ExpressionModel:
 
         if self.config.context_neighbours != "none" or self.config.tta_views > 1:
             self._need_grid(grid, len(patches))
-            from ..training.feature_cache import compute_features
+            from .feature_cache import compute_features
 
             feats = compute_features(self.net.image_encoder, patches, batch_size=batch_size,
                                      device=_device(device), views=self.config.tta_views,
@@ -653,6 +557,13 @@ def target_mpp_of(images: Mapping[str, Any]) -> float | None:
     return float(np.median(vals)) if vals else None
 
 
+def patient_of(adata) -> str | None:
+    """A section's patient (``obs['patient']``), or None when not recorded."""
+    if "patient" in adata.obs and adata.n_obs:
+        return str(adata.obs["patient"].iloc[0])
+    return None
+
+
 def section_frozen_features(encoder, backbone_sig: dict, adata, name: str, image, spec, *,
                             views: int = 1, cache_dir: Any = None, batch_size: int = 64,
                             device: Any = "cpu", channels_last: bool = False,
@@ -661,7 +572,7 @@ def section_frozen_features(encoder, backbone_sig: dict, adata, name: str, image
                             ) -> np.ndarray:
     """Frozen-backbone features ``(views, n, D)`` of a section's spots, cached on disk."""
     from ..data.patches import check_geometry, extract_patches, read_size_px
-    from ..training.feature_cache import (
+    from .feature_cache import (
         cache_key,
         cached_features,
         compute_features,
@@ -755,8 +666,9 @@ def train_expression_model(
     )
     from ..training.distributed import all_gather_tensor, all_gather_with_grad
     from ..training.engine import TrainConfig, fit, seed_everything
-    from ..training.feature_cache import backbone_signature, resolve_cache_dir
     from .backbones import module_digest
+    from .encoders import apply_encoder_geometry
+    from .feature_cache import backbone_signature, resolve_cache_dir
 
     t_start = time.perf_counter()
     cfg = MclstexpConfig(**asdict(config)) if config is not None else MclstexpConfig()
@@ -778,6 +690,7 @@ def train_expression_model(
 
     # images, geometry (µm/px handling: see data/patches.py)
     imgs = {n: (images or {}).get(n) or open_section_image(adatas[n], n) for n in names}
+    apply_encoder_geometry(cfg)  # a foundation model reads patches at its own µm/px
     if cfg.target_mpp is None:
         cfg.target_mpp = target_mpp_of(imgs)
     pitch, diam = median_spot_geometry(adatas)
@@ -927,6 +840,8 @@ def train_expression_model(
         "seed": cfg.seed, "device": str(device), "mode": cfg.mode,
         "sections": names, "n_spots": int(n), "n_genes": len(panel),
         "data": {nm: section_source(adatas[nm]) for nm in names},
+        "train_patients": sorted({p for p in (patient_of(adatas[nm]) for nm in names)
+                                  if p is not None}),
         "initial_backbone_digest": initial_digest,
         "n_parameters": int(sum(p.numel() for p in net.parameters())),
         "seconds_total": time.perf_counter() - t_start, "seconds_training": fit_seconds,

@@ -32,7 +32,7 @@ AUTO_TILE_SIZE = 2048
 
 __all__ = [
     "OBJECT_COLUMNS", "Backend", "BackendUnavailableError", "SegmentationResult", "get_backend",
-    "list_backends", "objects_table", "register_backend", "segment", "prepare",
+    "list_backends", "objects_table", "register_backend", "segment", "prepare", "tissue_for",
 ]
 
 
@@ -60,21 +60,49 @@ def prepare(image: Any, method: str = "classical", **params: Any) -> dict:
     """The global settings ``method`` would use for ``image`` (thresholds, diameter, model).
 
     Computed from the whole image when it is small, else from a mosaic of spread-out tiles
-    (see :func:`tiling.global_sample`); tiled and untiled runs share them.
+    (see :func:`tiling.global_sample`); tiled and untiled runs share them. Whole slides with
+    tissue masking on (see :func:`tissue_for`) are sampled inside the tissue.
     """
+    image = _as_image(image)
+    backend = get_backend(method)
+    return _prepare(image, backend, {**backend.defaults, **params},
+                    tissue_for(image, backend, {**backend.defaults, **params}))
+
+
+def tissue_for(image: Any, backend: Backend, params: dict):
+    """The tissue mask ``(mask, downsample)`` a whole-slide run of ``backend`` uses, or ``None``.
+
+    ``params['tissue']``: ``True`` always, ``False`` never, ``'auto'`` for RGB images in nuclei
+    mode larger than one global sample (whole H&E slides); ``None`` as well when the image shows
+    no tissue/glass contrast."""
+    from .tiling import SAMPLE_PIXELS, image_shape
+    from .tissue import slide_tissue
+
+    want = params.get("tissue", "auto")
+    if not backend.tissue_aware or want in (False, "off", "false", None):
+        return None
+    shape = image_shape(_as_image(image))
+    if want == "auto" and (params.get("mode") != "nuclei" or len(shape) != 3
+                           or shape[0] * shape[1] <= SAMPLE_PIXELS):
+        return None
+    return slide_tissue(image)
+
+
+def _prepare(image: Any, backend: Backend, p: dict, tissue) -> dict:
     from .base import check_image_shape
     from .tiling import global_sample, image_shape
+    from .tissue import tissue_sample
 
-    image = _as_image(image)
     check_image_shape(image_shape(image))
-    backend = get_backend(method)
     if not backend.available():
-        backend.run(None, params, None, None)  # raises BackendUnavailableError with advice
-    p = {**backend.defaults, **params}
+        backend.run(None, p, None, None)  # raises BackendUnavailableError with advice
     if backend.prepare is None:
         return p
     if not backend.needs_sample:
         return backend.prepare(None, p)
+    if tissue is not None:
+        sample, mask = tissue_sample(image, tissue)
+        return backend.prepare(sample, p, mask)
     sample, _ = global_sample(image)
     return backend.prepare(sample, p)
 
@@ -99,21 +127,30 @@ def segment(image: Any, method: str = "classical", *, device: str = "auto",
     shape = image_shape(image)
     check_image_shape(shape)
     backend = get_backend(method)
-    params = {**params, "device": device}
+    params = {**backend.defaults, **params, "device": device}
     check_cancel(cancel, "segmentation")
-    p = prepare(image, method, **params)
+    tissue = tissue_for(image, backend, params)
+    p = _prepare(image, backend, params, tissue)
     H, W = shape[:2]
     if tile_size is None and (H * W > AUTO_TILE_PIXELS or labels_out is not None):
         tile_size = AUTO_TILE_SIZE
     if tile_size is None:
         arr = read_window(image, 0, 0, H, W)
+        if tissue is not None:
+            from .tissue import window_mask
+
+            p = {**p, "tissue_window": window_mask(tissue, 0, 0, H, W)}
         res = backend.run(arr, p, progress, cancel)
         res.metadata.setdefault("method", method)
         res.metadata["tiled"] = False
-        return res
-    res = segment_tiled(image, backend, p, tile_size=int(tile_size), overlap=overlap,
-                        labels_out=labels_out, progress=progress, cancel=cancel)
-    res.metadata.update({"method": method, **{k: v for k, v in p.items()
-                                              if k in ("diameter", "nucleus_threshold",
-                                                       "background", "stain", "mode")}})
+    else:
+        res = segment_tiled(image, backend, p, tile_size=int(tile_size), overlap=overlap,
+                            labels_out=labels_out, progress=progress, cancel=cancel,
+                            tissue=tissue)
+        res.metadata.update({"method": method, **{k: v for k, v in p.items()
+                                                  if k in ("diameter", "nucleus_threshold",
+                                                           "background", "stain", "mode")}})
+    res.metadata["tissue_masked"] = tissue is not None
+    if tissue is not None:
+        res.metadata["tissue_fraction"] = float(tissue[0].mean())
     return res

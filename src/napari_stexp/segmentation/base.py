@@ -61,6 +61,9 @@ class Backend:
     defaults: dict = field(default_factory=dict)
     #: does ``prepare`` look at the pixels (else it gets ``None`` and no sample is read)?
     needs_sample: bool = True
+    #: whole slides: ``prepare(sample, params, mask)`` takes the sample's tissue pixels and
+    #: ``run`` takes ``params['tissue_window']`` (the tile's tissue; objects outside dropped)
+    tissue_aware: bool = False
 
 
 _BACKENDS: dict[str, Backend] = {}

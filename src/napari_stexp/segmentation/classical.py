@@ -46,6 +46,10 @@ DEFAULTS: dict[str, Any] = {
                                # (cells) or 20 % (nuclei) of a disc of the diameter
     "max_area": None,          # largest object (px); None: 5 discs of the diameter
     "smooth": None,            # Gaussian sigma of the stain channel; None: from the diameter
+    "stain_vectors": None,     # 'hematoxylin': 3x3 (H, E, residual) optical-density rows;
+                               # None: estimated from the (tissue) pixels, else skimage's
+    "tissue": "auto",          # whole slides: segment only inside the tissue mask; 'auto': on
+                               # for RGB nuclei mode on large images, True/False: always/never
 }
 
 
@@ -90,9 +94,10 @@ def _close(m: np.ndarray, r: float) -> np.ndarray:
     return _erode(_dilate(pm, r), r)[k:-k, k:-k] | m
 
 
-def stain_channel(img: np.ndarray, stain: str = "auto") -> np.ndarray:
-    """A channel in which nuclei are bright: 'purple' = B - (R+G)/2, 'hematoxylin' (HED
-    deconvolution), or 'dark' = 1 - intensity (grey images)."""
+def stain_channel(img: np.ndarray, stain: str = "auto", vectors=None) -> np.ndarray:
+    """A channel in which nuclei are bright: 'purple' = B - (R+G)/2, 'hematoxylin' (colour
+    deconvolution with the slide's ``vectors``, see :func:`estimate_stain_vectors`, or
+    skimage's fixed H&E vectors), or 'dark' = 1 - intensity (grey images)."""
     if stain == "auto":
         stain = "dark" if img.ndim == 2 else "purple"
     if stain not in MIN_CONTRAST:
@@ -104,10 +109,54 @@ def stain_channel(img: np.ndarray, stain: str = "auto") -> np.ndarray:
     if stain == "purple":
         return (img[..., 2] - 0.5 * (img[..., 0] + img[..., 1])).astype(np.float32)
     if stain == "hematoxylin":
-        from skimage.color import rgb2hed
+        if vectors is None:
+            from skimage.color import rgb2hed
 
-        return rgb2hed(img)[..., 0].astype(np.float32)
+            return rgb2hed(img)[..., 0].astype(np.float32)
+        conv = np.linalg.inv(np.asarray(vectors, np.float64))[:, 0].astype(np.float32)
+        return np.maximum(_od(img) @ conv, 0).astype(np.float32)
     return (1.0 - img.mean(axis=-1)).astype(np.float32)
+
+
+def _od(img: np.ndarray) -> np.ndarray:
+    """Optical density in skimage's HED units (natural log scaled by ``log(1e-6)``)."""
+    return (np.log(np.maximum(img, 1e-6)) / np.float32(np.log(1e-6))).astype(np.float32)
+
+
+def estimate_stain_vectors(img: np.ndarray, mask: np.ndarray | None = None,
+                           min_od: float = 0.15 / np.log10(1e6), max_pixels: int = 200_000
+                           ) -> np.ndarray | None:
+    """H&E stain vectors of an RGB image (Macenko et al. 2009), from the stained pixels inside
+    ``mask``: rows ``(hematoxylin, eosin, residual)`` of unit optical-density vectors, or
+    ``None`` when the pixels do not show two distinct stains.
+
+    The optical densities of stained pixels lie near the plane of the two largest principal
+    directions; the extreme angles (1st and 99th percentile) in that plane are the two stains,
+    the one absorbing more red is hematoxylin."""
+    od = _od(img)
+    sel = od.sum(axis=-1) > min_od
+    if mask is not None:
+        sel &= mask
+    px = od[sel]
+    if len(px) < 500:
+        return None
+    if len(px) > max_pixels:
+        px = px[np.random.default_rng(0).choice(len(px), max_pixels, replace=False)]
+    _, vecs = np.linalg.eigh(np.cov(px.T.astype(np.float64)))
+    plane = vecs[:, 1:]  # the two largest principal directions
+    plane = plane * np.where(plane.sum(axis=0) < 0, -1.0, 1.0)
+    proj = px @ plane
+    phi = np.arctan2(proj[:, 1], proj[:, 0])
+    lo, hi = np.percentile(phi, (1, 99))
+    v1 = plane @ np.array([np.cos(lo), np.sin(lo)])
+    v2 = plane @ np.array([np.cos(hi), np.sin(hi)])
+    h, e = (v1, v2) if v1[0] > v2[0] else (v2, v1)
+    h, e = np.abs(h) / np.linalg.norm(h), np.abs(e) / np.linalg.norm(e)
+    if float(h @ e) > np.cos(np.deg2rad(10)):  # one stain only
+        return None
+    res = np.cross(h, e)
+    res = np.abs(res) / max(np.linalg.norm(res), 1e-9)
+    return np.stack([h, e, res])
 
 
 def _smooth(a: np.ndarray, sigma: float) -> np.ndarray:
@@ -124,38 +173,49 @@ def _resolve_stain(img: np.ndarray, stain: str) -> str:
     return stain
 
 
-def prepare_classical(image: np.ndarray, params: dict) -> dict:
-    """Global settings from one (sample of the) image: stain, smoothing, background level,
-    nucleus threshold and expected diameter. Returns a new params dict (explicit values kept)."""
+def prepare_classical(image: np.ndarray, params: dict, mask: np.ndarray | None = None) -> dict:
+    """Global settings from one (sample of the) image: stain (and its vectors), smoothing,
+    background level, nucleus threshold and expected diameter, computed on the pixels of
+    ``mask`` (the tissue; default all). Returns a new params dict (explicit values kept)."""
     p = {**DEFAULTS, **params}
     if p["mode"] not in MODES:
         raise InputError(None, f"unknown mode '{p['mode']}' (choose from {', '.join(MODES)})")
     img = as_rgb_or_grey(image)
     stain = _resolve_stain(img, p["stain"])
     p["stain"] = stain
-    ch = stain_channel(img, stain)
+    if stain not in MIN_CONTRAST:
+        raise InputError(None, f"unknown stain '{stain}' (choose from {', '.join(STAINS)})")
+    if mask is not None and mask.sum() < 64:
+        mask = None
+    if stain == "hematoxylin" and p["stain_vectors"] is None and img.ndim == 3:
+        vec = estimate_stain_vectors(img, mask)
+        p["stain_vectors"] = None if vec is None else vec.tolist()
+    ch = stain_channel(img, stain, p["stain_vectors"])
     sigma0 = 1.0 if p["smooth"] is None else float(p["smooth"])
     from skimage.filters import threshold_multiotsu, threshold_otsu
 
     chs = _smooth(ch, sigma0)
-    # Background level: the stain value of the brightest (emptiest) quarter of the image.
+    # Background level: the stain value of the brightest (emptiest) quarter of the image
+    # (of the tissue, when a mask is given).
     grey = img if img.ndim == 2 else img.mean(axis=-1)
-    bright = grey >= np.quantile(grey, 0.75)
-    bg = float(np.median(chs[bright])) if bright.any() else float(np.median(chs))
+    g_in = grey if mask is None else grey[mask]
+    c_in = chs if mask is None else chs[mask]
+    bright = g_in >= np.quantile(g_in, 0.75)
+    bg = float(np.median(c_in[bright])) if bright.any() else float(np.median(c_in))
     p["background"] = bg
-    p["background_grey"] = float(np.median(grey[bright])) if bright.any() else float(
-        np.median(grey))
+    p["background_grey"] = float(np.median(g_in[bright])) if bright.any() else float(
+        np.median(g_in))
     if p["nucleus_threshold"] is None:
         try:
             if p["mode"] == "cells":
-                t = float(threshold_multiotsu(chs, classes=3)[-1])
+                t = float(threshold_multiotsu(c_in, classes=3)[-1])
             else:
-                t = float(threshold_otsu(chs))
+                t = float(threshold_otsu(c_in))
         except ValueError:  # flat image
             t = bg + MIN_CONTRAST[stain]
         p["nucleus_threshold"] = max(t, bg + MIN_CONTRAST[stain])
     if p["diameter"] is None:
-        p["diameter"] = _estimate_diameter(chs, p)
+        p["diameter"] = _estimate_diameter(chs if mask is None else np.where(mask, chs, bg), p)
     d = float(p["diameter"])
     if not d > 0:
         raise InputError(None, f"diameter must be positive, got {p['diameter']!r}")
@@ -220,6 +280,7 @@ def segment_classical(image: Any, params: dict | None = None, progress: Progress
     from .base import relabel_sequential
 
     params = dict(params or {})
+    tissue_px = params.pop("tissue_window", None)
     need = ("background", "nucleus_threshold", "diameter", "smooth")
     prepared = all(params.get(k) is not None for k in need) and params.get("stain") in MIN_CONTRAST
     p = {**DEFAULTS, **(params if prepared else prepare_classical(image, params))}
@@ -228,9 +289,13 @@ def segment_classical(image: Any, params: dict | None = None, progress: Progress
         raise InputError(None, f"stain '{p['stain']}' needs an RGB image; grey images use 'dark'")
     report(progress, 0, 4, "stain")
     d = float(p["diameter"])
-    ch = stain_channel(img, p["stain"])
+    ch = stain_channel(img, p["stain"], p.get("stain_vectors"))
     ch = _smooth(ch, p["smooth"] or 0.0)
     bg, t_nuc = float(p["background"]), float(p["nucleus_threshold"])
+    if tissue_px is not None:  # a whole-slide tile: its tissue, normalised to the slide
+        from .tissue import normalise_tile
+
+        ch = normalise_tile(ch, np.asarray(tissue_px, bool), bg)
     disc = np.pi * (d / 2) ** 2
     min_area = float(p["min_area"]) if p["min_area"] is not None else (
         0.15 if p["mode"] == "cells" else 0.2) * disc
@@ -269,7 +334,12 @@ def segment_classical(image: Any, params: dict | None = None, progress: Progress
     table = objects_table(labels, scores)
     report(progress, 4, 4, "done")
     meta = {k: p[k] for k in ("mode", "stain", "diameter", "background", "nucleus_threshold")}
-    return SegmentationResult(labels=labels, table=table, metadata={"method": "classical", **meta})
+    res = SegmentationResult(labels=labels, table=table, metadata={"method": "classical", **meta})
+    if tissue_px is not None:
+        from .tissue import drop_outside
+
+        res = drop_outside(res, np.asarray(tissue_px, bool))
+    return res
 
 
 def _windows(mask: np.ndarray, margin: int) -> list[tuple[slice, slice]]:
@@ -476,4 +546,5 @@ register_backend(Backend(
     halo=classical_halo,
     description="stain colour + seeded watershed (no weights)",
     defaults=DEFAULTS,
+    tissue_aware=True,
 ))

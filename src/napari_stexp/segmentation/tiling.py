@@ -167,18 +167,19 @@ def _temporary_labels_store() -> Path:
 
 def iter_segment_tiled(image: Any, backend: Backend, params: dict, *, tile_size: int,
                        overlap: int | None = None, labels_out: str | os.PathLike | None = None,
-                       cancel: CancelFlag | None = None
+                       cancel: CancelFlag | None = None, tissue=None
                        ) -> Iterator[tuple[int, int, SegmentationResult | None]]:
     """Generator form of :func:`segment_tiled`: yields ``(tiles done, tiles total, None)`` after
     every tile and finally ``(total, total, result)``. ``params`` must already hold the global
-    settings (``backend.prepare`` applied)."""
+    settings (``backend.prepare`` applied). ``tissue``: ``(mask, downsample)`` (see
+    :mod:`.tissue`): tiles without tissue are skipped, the others get their tissue mask."""
     shape = image_shape(image)
     H, W = shape[:2]
     tile = _pair(tile_size)
     if overlap is None:
         overlap = backend.halo(params) if backend.halo else 64
     total = n_tiles(shape, tile)
-    state = {"rows": [], "feats": [], "extra": set(), "dup": 0, "cut": 0}
+    state = {"rows": [], "feats": [], "extra": set(), "dup": 0, "cut": 0, "tissue": tissue}
     if labels_out is None and H * W > LABELS_IN_MEMORY_PIXELS:
         labels_out = _temporary_labels_store()
     if labels_out is None:
@@ -217,8 +218,17 @@ def _run_tiles(image, backend, params, shape, tile, overlap, out, state, cancel)
     yield 0, total, None
     for t in tile_slide(shape, tile, overlap):
         check_cancel(cancel, "segmentation")
+        run_params = params
+        if state["tissue"] is not None:
+            from .tissue import window_mask
+
+            run_params = {**params, "tissue_window": window_mask(state["tissue"], t.r0, t.c0,
+                                                                 t.r1, t.c1)}
+            if not run_params["tissue_window"].any():
+                yield t.index + 1, total, None
+                continue
         window = read_window(image, t.r0, t.c0, t.r1, t.c1)
-        res = backend.run(window, params, None, cancel)
+        res = backend.run(window, run_params, None, cancel)
         lab = np.asarray(res.labels)
         tab = res.table
         if len(tab):
@@ -268,13 +278,13 @@ def _run_tiles(image, backend, params, shape, tile, overlap, out, state, cancel)
 
 def segment_tiled(image: Any, backend: Backend, params: dict, *, tile_size: int,
                   overlap: int | None = None, labels_out: str | os.PathLike | None = None,
-                  progress: ProgressFn | None = None, cancel: CancelFlag | None = None
-                  ) -> SegmentationResult:
+                  progress: ProgressFn | None = None, cancel: CancelFlag | None = None,
+                  tissue=None) -> SegmentationResult:
     """Segment ``image`` tile by tile (see the module doc). Progress is reported per tile."""
     result = None
     for done, total, res in iter_segment_tiled(image, backend, params, tile_size=tile_size,
                                                overlap=overlap, labels_out=labels_out,
-                                               cancel=cancel):
+                                               cancel=cancel, tissue=tissue):
         report(progress, done, total, f"tile {done}/{total}")
         result = res
     assert result is not None

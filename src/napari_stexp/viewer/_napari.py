@@ -12,6 +12,9 @@ def add_layer_tuples(viewer, layer_tuples) -> list:
         layer = Layer.create(data, meta, ltype)
         viewer.add_layer(layer)
         added.append(layer)
+    from .palettes import show_on_canvas
+
+    show_on_canvas(viewer, added)  # scale bar in µm, legend of the shown value
     return added
 
 

@@ -8,12 +8,13 @@ affine from grid pixels to the section's µm frame (the same frame as
 are scattered into level 0 (one float32 per bin, NaN where there is no bin); coarser levels are
 dask ``coarsen`` views (NaN-aware mean), computed only when napari shows them. The layer's value
 at the cursor is the bin's value; :func:`bin_at` gives the bin (obs row) under a position.
-Switching the gene (:func:`set_raster_values`) rebuilds the levels lazily from a cached CSC copy of
-the counts (one column read per switch).
+Switching the gene (:func:`set_raster_values`) rebuilds the levels lazily from one column of the
+counts (a scan of the CSR indices: no CSC copy, no dense matrix).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,6 @@ class BinGrid:
         rc_um = spots_rc_um(adata, section)
         self.affine = _fit_affine(self.r, self.c, rc_um)
         self._counts = counts_matrix(adata)
-        self._csc = None
 
     def column(self, key: str) -> np.ndarray:
         """Per-bin values for a gene (counts), an obs column (categories → codes) or
@@ -59,11 +59,16 @@ class BinGrid:
             import scipy.sparse as sp
 
             j = int(ad.var_names.get_loc(key))
-            if sp.issparse(self._counts):
-                if self._csc is None:
-                    self._csc = sp.csc_matrix(self._counts)
-                return np.asarray(self._csc[:, j].toarray()).ravel().astype(np.float32)
-            return np.asarray(self._counts[:, j], np.float32).ravel()
+            X = self._counts
+            if sp.issparse(X):
+                if X.format == "csr":  # one column without a CSC copy: a scan of the nnz
+                    out = np.zeros(X.shape[0], np.float32)
+                    pos = np.flatnonzero(X.indices == j)
+                    rows = np.searchsorted(X.indptr, pos, side="right") - 1
+                    np.add.at(out, rows, X.data[pos])
+                    return out
+                return np.asarray(X[:, j].toarray()).ravel().astype(np.float32)
+            return np.asarray(X[:, j], np.float32).ravel()
         if key in ad.obs:
             col = ad.obs[key]
             if isinstance(col.dtype, pd.CategoricalDtype):
@@ -158,22 +163,113 @@ def bin_at(layer, position) -> int | None:
     return None
 
 
+def default_key(adata) -> str:
+    """The gene a raster shows first: the one with the most counts."""
+    from ..io.spatial import counts_matrix
+
+    return str(adata.var_names[int(np.argmax(np.asarray(counts_matrix(adata).sum(axis=0))
+                                             .ravel()))])
+
+
+def raster_or_none(adata, section: str | None = None, *, grid: BinGrid | None = None,
+                   **kwargs) -> tuple[Any, dict, str] | None:
+    """The raster layer of ``adata``'s most-counted gene, or None when it has no bin grid."""
+    try:
+        grid = grid or BinGrid(adata, section)
+    except ValueError:
+        return None
+    return raster_layer(adata, default_key(adata), section=section, grid=grid, **kwargs)
+
+
+def selection_layer(adata, *, section: str | None = None, grid: BinGrid | None = None,
+                    name: str | None = None, **kwargs) -> tuple[Any, dict, str]:
+    """The bins as a Labels layer for the explorer's linked selection: label ``i + 1`` is obs
+    row ``i`` (``features`` has one row per bin: ``index``, ``spot_id``), drawn transparent
+    until the explorer highlights a selection on it (selected bins in their group's colour).
+    Multiscale like the raster (coarser levels are lazy 2× subsamplings)."""
+    import dask.array as da
+
+    grid = grid or BinGrid(adata, section)
+    sec = section or (str(adata.obs["section"].iloc[0]) if "section" in adata.obs else "bins")
+    base = grid.index + 1  # 0 = no bin
+    levels = [da.from_array(base, chunks=1024)]
+    while max(levels[-1].shape) > COARSEST and min(levels[-1].shape) >= 4:
+        levels.append(levels[-1][::2, ::2])
+    features = pd.DataFrame({"index": np.arange(1, adata.n_obs + 1, dtype=np.int64),
+                             "spot_id": adata.obs_names.astype(str)})
+    from napari.utils.colormaps import DirectLabelColormap
+
+    clear = DirectLabelColormap(color_dict={None: np.zeros(4, np.float32),
+                                            0: np.zeros(4, np.float32)})
+    attrs = {"name": name or f"{sec} bins", "affine": grid.affine, "multiscale": True,
+             "features": features, "colormap": clear, "opacity": 0.8,
+             "metadata": {"kind": "bin-selection", "section": sec, "adata": adata,
+                          "bin_grid": grid, "n_bins": int(adata.n_obs)}}
+    attrs.update(kwargs)
+    return levels, attrs, "labels"
+
+
+def raster_layers(adata, section: str | None = None, **kwargs) -> list:
+    """The raster of ``adata``'s most-counted gene and its bins overlay for the explorer's
+    linked selection ([] when it has no bin grid)."""
+    try:
+        grid = BinGrid(adata, section)
+    except ValueError:
+        return []
+    visible = kwargs.get("visible", True)
+    return [raster_or_none(adata, section, grid=grid, **kwargs),
+            selection_layer(adata, section=section, grid=grid, visible=visible)]
+
+
+def raster_path(out) -> Path:
+    """Where ``expression predict --raster`` writes the raster beside ``out`` (.h5ad/.zarr)."""
+    p = Path(out)
+    return p.with_name(p.name.split(".")[0] + "_raster.ome.zarr")
+
+
+def write_raster(adata, path, *, genes=None, section: str | None = None) -> Path:
+    """Write ``adata``'s values over its bin grid (pseudo-spots of a square grid, HD bins) as
+    one OME-Zarr multiscale image (``c, y, x``: one channel per gene, NaN where there is no
+    bin; one pixel per bin). The level-0 pixel size is the grid pitch in µm (unknown µm/px:
+    a unit-less scale). The root attributes ``napari_stexp`` carry the channel genes and the
+    affine from raster pixels (row, col) to the section's frame (µm, or full-resolution pixels
+    when µm/px is unknown), so the raster overlays the slide."""
+    import zarr
+
+    from ..io.export import write_ome_zarr
+    from ..io.frame import mpp_of
+
+    grid = BinGrid(adata, section)
+    names = list(adata.var_names) if genes is None else [str(g) for g in genes]
+    X = adata.X
+    stack = np.empty((len(names),) + grid.shape, np.float32)
+    for k, g in enumerate(names):
+        j = adata.var_names.get_loc(g)
+        col = X[:, j]
+        col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
+        stack[k] = grid.level0(np.asarray(col, np.float32).ravel())
+    A = grid.affine
+    pitch = (float(np.hypot(A[0, 0], A[1, 0])), float(np.hypot(A[0, 1], A[1, 1])))
+    scale = pitch if mpp_of(adata) is not None else None
+    out = write_ome_zarr(path, stack, axes="cyx", scale_um=scale,
+                         name=Path(path).name.split(".")[0])
+    root = zarr.open_group(str(out), mode="r+")
+    root.attrs["napari_stexp"] = {"kind": "bin-raster", "genes": names,
+                                  "affine": A.tolist(), "n_bins": int(adata.n_obs),
+                                  "frame": "micrometer" if scale else "fullres pixels"}
+    return out
+
+
 def rasterize_large(layers: list, threshold: int = RASTER_THRESHOLD) -> list:
     """Replace spot Points layers with more than ``threshold`` points on a bin grid by a raster
-    of their first colouring (total counts by default)."""
+    of their first colouring (total counts by default) and its bins overlay (selection)."""
     out = []
     for data, attrs, kind in layers:
         meta = attrs.get("metadata") or {}
         ad = meta.get("adata")
         if kind == "points" and ad is not None and len(data) > threshold:
-            try:
-                grid = BinGrid(ad, meta.get("section"))
-            except ValueError:
-                out.append((data, attrs, kind))
-                continue
-            key = ad.var_names[int(np.argmax(np.asarray(grid._counts.sum(axis=0)).ravel()))]
-            out.append(raster_layer(ad, key, section=meta.get("section"), grid=grid,
-                                    visible=attrs.get("visible", True)))
+            r = raster_layers(ad, meta.get("section"), visible=attrs.get("visible", True))
+            out.extend(r or [(data, attrs, kind)])
             continue
         out.append((data, attrs, kind))
     return out

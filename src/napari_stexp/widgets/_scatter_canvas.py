@@ -116,8 +116,11 @@ def categorical_colors(values) -> ColourMapping:
     codes = cat.codes.astype(np.int64)
     cats = [str(c) for c in cat.categories]
     pal = np.ones((len(cats) + 1, 4), np.float32)
-    for i in range(len(cats)):
-        pal[i, :3] = CATEGORY_PALETTE[i % len(CATEGORY_PALETTE)]
+    from ..viewer.palettes import FIXED, label_colors
+
+    fixed = label_colors([c for c in cats if c in FIXED])  # pathologist labels, box classes
+    for i, c in enumerate(cats):
+        pal[i, :3] = fixed[c][:3] if c in fixed else CATEGORY_PALETTE[i % len(CATEGORY_PALETTE)]
     for i, c in enumerate(cats):  # explicit "unknown"/"unselected" stay grey
         if c.lower() in ("unknown", "nan", "none", "unselected"):
             pal[i] = MISSING_COLOR

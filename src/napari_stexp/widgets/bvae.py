@@ -45,7 +45,6 @@ from ._common import (
     add_layer_tuples,
     notify_error,
     notify_info,
-    warm_torch,
 )
 
 TRAVERSAL_LAYER = "bvae traversal"
@@ -98,8 +97,10 @@ def labels_features_with_latents(features, cells, z: np.ndarray):
 
 
 def traversal_layer_tuple(trav, name: str = TRAVERSAL_LAYER) -> tuple:
-    """The traversal as an Image layer (dims, steps, H, W, 3): sliders = latent dim and step."""
-    return (trav.images, {"name": name, "rgb": True,
+    """The traversal as an Image layer (dims, steps, 1, H, W, 3): sliders = latent dim and step;
+    the singleton axis lines up with a crop stack's crop axis, so the step slider has its own
+    axis (it does not run to the number of crops)."""
+    return (trav.images[:, :, None], {"name": name, "rgb": True,
                           "metadata": {"dims": trav.dims.tolist(),
                                        "steps_sigma": trav.values.tolist(),
                                        "scores": trav.scores.tolist(), "source": "bvae"}},
@@ -368,9 +369,8 @@ class BVAEWidget(WorkerMixin, QWidget):
         genes = self.genes_edit.text().strip() or None
         cmap = self.map_edit.text().strip() or None
         out = self.model_edit.text().strip() or None
-        warm_torch()
         return self._run(_train_job, cells, genes, cmap, config, out, self._bridge,
-                         self._cancel, returned=self._on_model, label="training")
+                         self._cancel, returned=self._on_model, label="training", torch=True)
 
     def load(self, path: str | None = None):
         path = path or self.model_edit.text().strip()
@@ -378,7 +378,7 @@ class BVAEWidget(WorkerMixin, QWidget):
             notify_error("choose a model directory first")
             return None
         self.model_edit.setText(str(path))
-        return self._run(_load_job, path, returned=self._on_model, label="loading")
+        return self._run(_load_job, path, returned=self._on_model, label="loading", torch=True)
 
     def set_model(self, model) -> None:
         """Use an already trained/loaded ``BVAEModel`` (tests, scripts)."""
@@ -429,7 +429,7 @@ class BVAEWidget(WorkerMixin, QWidget):
             job_args = ("folder", model, folder)
             ret = self._on_embedded
         return self._run(_embed_job, *job_args, self._bridge, self._cancel,
-                         returned=ret, label="embedding")
+                         returned=ret, label="embedding", torch=True)
 
     def embed_cells(self, cells, labels_layer: str | None = None) -> np.ndarray:
         """Synchronous embedding of a ``CellCropDataset`` (tests, scripts)."""
@@ -448,7 +448,10 @@ class BVAEWidget(WorkerMixin, QWidget):
             for name in (CROPS_LAYER, POINTS_LAYER):
                 if name in self.viewer.layers:
                     self.viewer.layers.remove(name)
-            add_layer_tuples(self.viewer, crops_layer_tuples(cells, z))
+            from ..viewer.palettes import link_crop_class
+
+            link_crop_class(self.viewer, add_layer_tuples(self.viewer,
+                                                          crops_layer_tuples(cells, z))[0])
             target = POINTS_LAYER
         self.session.add_embedding(EmbeddingRef(name="bvae", layer=target, data=z,
                                                 source="bvae"))
@@ -474,14 +477,14 @@ class BVAEWidget(WorkerMixin, QWidget):
             self._on_traversal(_traverse_job(*args, None, None))
             return self.traversal
         return self._run(_traverse_job, *args, self._bridge, self._cancel,
-                         returned=self._on_traversal, label="traversing")
+                         returned=self._on_traversal, label="traversing", torch=True)
 
     def _on_traversal(self, trav):
         self.traversal = trav
         if TRAVERSAL_LAYER in self.viewer.layers:
             self.viewer.layers.remove(TRAVERSAL_LAYER)
         (layer,) = add_layer_tuples(self.viewer, [traversal_layer_tuple(trav)])
-        self.viewer.dims.axis_labels = ("latent dim", "step", "y", "x")
+        self.viewer.dims.axis_labels = ("latent dim", "step", "crop", "y", "x")
         self.viewer.dims.set_current_step(0, 0)
         self.viewer.dims.set_current_step(1, len(trav.values) // 2)
         self.status.setText("traversal: rows = dims " + ", ".join(
@@ -528,7 +531,7 @@ class BVAEWidget(WorkerMixin, QWidget):
             self._on_trajectory(_trajectory_job(*args))
             return self.trajectory
         return self._run(_trajectory_job, *args, returned=self._on_trajectory,
-                         label="trajectory")
+                         label="trajectory", torch=True)
 
     def _on_trajectory(self, traj):
         self.trajectory = traj

@@ -20,7 +20,6 @@ coloured by class or by patient.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,66 +28,29 @@ import pandas as pd
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
-    QListWidget,
-    QListWidgetItem,
-    QProgressBar,
-    QPushButton,
     QSlider,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
 )
 
-from ..session import EmbeddingRef, get_session
-from ._common import ProgressBridge, WorkerMixin, layer_adata, notify_error, warm_torch
+from ..models.batch_agnostic import ClassifierConfig
+from ..session import EmbeddingRef
+from ..viewer.palettes import legend_html  # the one legend
+from ._model_widget import NO_PRESET, SLIDE_PREFIX, ModelWidget
+from ._tooltips import tip
 
 CLASS_COLUMN = "batch_agnostic_class"
-SLIDE_PREFIX = "slide: "
-#: Stable colours for the her2st classes; other classes take the next free tab10 colour.
-KNOWN_COLORS = {
-    "invasive cancer": "#d62728",
-    "cancer in situ": "#ff7f0e",
-    "immune infiltrate": "#9467bd",
-    "breast glands": "#1f77b4",
-    "connective tissue": "#2ca02c",
-    "adipose tissue": "#e6c619",
-}
-TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-         "#7f7f7f", "#bcbd22", "#17becf"]
+__all__ = ["CLASS_COLUMN", "SLIDE_PREFIX", "ClassifyWidget", "class_colors"]
 
 
 # ----------------------------------------------------------------------------- GUI-free part
 
 
 def class_colors(classes: list[str]) -> dict[str, np.ndarray]:
-    """A fixed RGBA colour per class (the same class always gets the same colour)."""
-    from matplotlib.colors import to_rgba
+    """A fixed RGBA colour per class (the one palette: viewer.palettes)."""
+    from ..viewer.palettes import label_colors
 
-    out: dict[str, np.ndarray] = {}
-    used = {KNOWN_COLORS[c] for c in classes if c in KNOWN_COLORS}
-    free = [c for c in TAB10 if c not in used]
-    for c in classes:
-        hexc = KNOWN_COLORS.get(c) or (free.pop(0) if free else "#7f7f7f")
-        out[c] = np.array(to_rgba(hexc), np.float32)
-    return out
-
-
-def legend_html(classes: list[str], colors: dict[str, np.ndarray] | None = None,
-                counts: dict[str, int] | None = None) -> str:
-    """An HTML legend: a coloured square and the class name (and count) per class."""
-    colors = colors or class_colors(classes)
-    rows = []
-    for c in classes:
-        r, g, b, _ = (np.asarray(colors[c]) * 255).astype(int)
-        n = f" ({counts.get(c, 0)})" if counts is not None else ""
-        rows.append(f'<span style="color: rgb({r},{g},{b})">&#9632;</span> {c}{n}')
-    return "<br>".join(rows)
+    return label_colors(classes)
 
 
 @dataclass
@@ -209,6 +171,7 @@ def class_layer_tuples(pred: ClassPrediction, threshold: float = 0.0) -> list:
     face = np.stack([colors[c] for c in pred.predicted]) if len(pred.proba) else \
         np.zeros((0, 4), np.float32)
     shown = feats["shown"].to_numpy(bool)
+    face = faded_colors(face, shown)
     meta = {"kind": "batch_agnostic_classes", "section": pred.name, "classes": pred.classes,
             "class_colors": {c: v.tolist() for c, v in colors.items()},
             "legend": legend_html(pred.classes, colors), "threshold": float(threshold)}
@@ -226,9 +189,23 @@ def class_layer_tuples(pred: ClassPrediction, threshold: float = 0.0) -> list:
     return [cls, conf]
 
 
+#: Face alpha of the points below the confidence threshold: faded, so the threshold is visible
+#: on the canvas (napari 0.9.2 ignores ``Points.shown`` when every dimension is displayed).
+FADED_ALPHA = 0.08
+
+
+def faded_colors(colors: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """``colors`` (n, 4) with alpha 1 where ``shown`` and :data:`FADED_ALPHA` elsewhere."""
+    out = np.array(colors, dtype=np.float32, copy=True)
+    if len(out):
+        out[:, 3] = np.where(shown, 1.0, FADED_ALPHA)
+    return out
+
+
 def apply_threshold(layers, threshold: float) -> int:
-    """Hide rows whose ``confidence`` is below ``threshold`` (``shown`` mask + features column)
-    in each layer; returns how many rows are hidden in the first layer."""
+    """Hide rows whose ``confidence`` is below ``threshold`` (``shown`` mask, features column
+    and a faded face colour, which is what the canvas shows) in each layer; returns how many
+    rows are hidden in the first layer."""
     hidden = 0
     for i, layer in enumerate(layers):
         feats = layer.features.copy()
@@ -236,6 +213,7 @@ def apply_threshold(layers, threshold: float) -> int:
         feats["shown"] = shown
         layer.features = feats
         layer.shown = shown
+        layer.face_color = faded_colors(layer.face_color, shown)
         layer.metadata = {**(layer.metadata or {}), "threshold": float(threshold)}
         if i == 0:
             hidden = int((~shown).sum())
@@ -283,85 +261,56 @@ def _classify_job(model, adatas, images, slide, progress, cancel):
 
 
 
-class ClassifyWidget(WorkerMixin, QWidget):
+def _quick_preset() -> dict:
+    from ..models._options import get_option
+    from ..models.batch_agnostic import ClassifierConfig
+
+    tiny = ClassifierConfig.tiny()
+    return {p: get_option(tiny, p) for p in ClassifyWidget.FORM}
+
+
+class ClassifyWidget(ModelWidget):
     """Train/load the batch-agnostic classifier, classify a slide or sections, threshold."""
 
-    def __init__(self, napari_viewer, parent=None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self.session = get_session(napari_viewer)
-        self.model = None
-        self.predictions: dict[str, ClassPrediction] = {}
-        self._worker = None
-        self._cancel = threading.Event()
-        self._build()
-        self.refresh()
-        self.viewer.layers.events.inserted.connect(self.refresh)
-        self.viewer.layers.events.removed.connect(self.refresh)
-        self.session.events.adatas.connect(self.refresh)
+    CONFIG = ClassifierConfig
+    FORM = ("backbone", "weights", "mode", "loss", "epochs", "gene.epochs", "gene.n_latent",
+            "gene.batch_conditioning")
+    SESSION_KEY = "classifier"
+    KIND = "classify"
+    SECTIONS_LABEL = "Training sections (ST; labels on sections with H&E):"
+    ACTION = "Classify"
+    RUN_LABEL = "classifying"
+    TRAIN_PHASES = 4  # gene VAE, image features, contrastive epochs, classifier
+    QUICK = "quick"
+    _train_job = staticmethod(_train_job)
+    _load_job = staticmethod(_load_job)
+    _predict_job = staticmethod(_classify_job)
 
-    # ---------------------------------------------------------------- layout
-    def _build(self):
-        lay = QVBoxLayout(self)
-        lay.addWidget(QLabel("Training sections (ST; labels on sections with H&E):"))
-        self.sections = QListWidget()
-        self.sections.setToolTip("check the sections to train on: sections with counts train "
-                                 "the gene encoder, sections with H&E + labels the classifier")
-        self.sections.setMaximumHeight(110)
-        lay.addWidget(self.sections)
-        form = QFormLayout()
+    def __init__(self, napari_viewer, parent=None):
+        type(self).PRESETS = {self.QUICK: _quick_preset()}
+        super().__init__(napari_viewer, parent)
+
+    def _build_form_extra(self, form):
+        self.backbone, self.weights, self.mode, self.loss = (
+            self.field(k) for k in ("backbone", "weights", "mode", "loss"))
+        self.epochs, self.gene_epochs, self.latent, self.batch_cond = (
+            self.field(k) for k in ("epochs", "gene.epochs", "gene.n_latent",
+                                    "gene.batch_conditioning"))
         self.quick = QCheckBox("quick settings (tiny CNN, few epochs)")
-        self.quick.setToolTip("trains in seconds on a CPU; for a first look, not for results")
-        self.backbone = QComboBox()
-        self.backbone.addItems(["resnet18", "densenet121", "resnet50", "tinycnn"])
-        self.weights = QLineEdit("none")
-        self.weights.setToolTip("none, imagenet (torchvision; online or cached) or a file path")
-        self.mode = QComboBox()
-        self.mode.addItems(["cached", "finetune"])
-        self.mode.setToolTip("cached: frozen backbone, features cached (fast on a CPU); "
-                             "finetune: train the backbone too")
-        self.loss = QComboBox()
-        self.loss.addItems(["infonce", "soft"])
-        self.loss.setToolTip("infonce: CLIP-style; soft: BLEEP-style soft targets")
-        self.epochs = QSpinBox()
-        self.epochs.setRange(0, 1000)
-        self.epochs.setValue(30)
-        self.gene_epochs = QSpinBox()
-        self.gene_epochs.setRange(1, 2000)
-        self.gene_epochs.setValue(100)
-        self.latent = QSpinBox()
-        self.latent.setRange(2, 64)
-        self.latent.setValue(16)
-        self.batch_cond = QCheckBox("condition the gene decoder on the patient")
-        self.batch_cond.setChecked(True)
-        self.batch_cond.setToolTip("the batch-agnostic part; off = baseline")
-        for label, w in (("", self.quick), ("backbone", self.backbone),
-                         ("weights", self.weights), ("mode", self.mode), ("loss", self.loss),
-                         ("image epochs", self.epochs), ("gene epochs", self.gene_epochs),
-                         ("latent size", self.latent), ("", self.batch_cond)):
-            form.addRow(label, w)
-        lay.addLayout(form)
-        row = QHBoxLayout()
-        self.train_btn = QPushButton("Train")
-        self.load_btn = QPushButton("Load model…")
-        self.save_btn = QPushButton("Save model…")
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        for b in (self.train_btn, self.load_btn, self.save_btn, self.cancel_btn):
-            row.addWidget(b)
-        lay.addLayout(row)
-        crow = QHBoxLayout()
-        self.target = QComboBox()
-        self.target.setToolTip("a section (spots) or an H&E slide (patch grid over tissue)")
-        self.classify_btn = QPushButton("Classify")
-        crow.addWidget(self.target, 1)
-        crow.addWidget(self.classify_btn)
-        lay.addLayout(crow)
+        self.quick.setToolTip(tip("preset"))
+        self.quick.toggled.connect(
+            lambda on: self.preset.setCurrentText(self.QUICK if on else NO_PRESET))
+        self.preset.currentTextChanged.connect(
+            lambda name: self.quick.setChecked(name == self.QUICK))
+        form.insertRow(0, "", self.quick)
+
+    def _build_results(self, lay):
+        self.classify_btn = self.action_btn
         trow = QHBoxLayout()
         self.threshold = QSlider(Qt.Orientation.Horizontal)
         self.threshold.setRange(0, 100)
         self.threshold.setValue(0)
-        self.threshold.setToolTip("hide patches whose top-class probability is below this")
+        self.threshold.setToolTip(tip("classify.threshold"))
         self.threshold_label = QLabel("hide below: 0.00")
         trow.addWidget(self.threshold_label)
         trow.addWidget(self.threshold, 1)
@@ -369,144 +318,28 @@ class ClassifyWidget(WorkerMixin, QWidget):
         self.legend = QLabel("")
         self.legend.setTextFormat(Qt.TextFormat.RichText)
         lay.addWidget(self.legend)
-        self.progress_bar = QProgressBar()
-        self.status = QLabel("no model")
-        self.status.setWordWrap(True)
-        lay.addWidget(self.progress_bar)
-        lay.addWidget(self.status)
-        lay.addStretch(1)
-        self._bridge = ProgressBridge(self.progress_bar, self.status)
-        self.train_btn.clicked.connect(lambda: self.train())
-        self.load_btn.clicked.connect(lambda: self.load())
-        self.save_btn.clicked.connect(lambda: self.save())
-        self.cancel_btn.clicked.connect(self.cancel)
-        self.classify_btn.clicked.connect(lambda: self.classify())
         self.threshold.valueChanged.connect(lambda v: self.set_threshold(v / 100.0))
 
-    # ---------------------------------------------------------------- sources
-    def available_sections(self) -> dict:
-        """Sections from the session and from spots layers that carry their AnnData."""
-        out = dict(self.session.adatas)
-        for layer in self.viewer.layers:
-            ad = layer_adata(layer)
-            if ad is not None and "section" in ad.obs and ad.n_obs:
-                out.setdefault(str(ad.obs["section"].iloc[0]), ad)
-        return out
-
-    def slide_layers(self) -> list[str]:
-        from napari.layers import Image
-
-        return [ly.name for ly in self.viewer.layers if isinstance(ly, Image)]
-
-    def refresh(self, *_):
-        checked = set(self.checked_sections())
-        secs = self.available_sections()
-        self.sections.clear()
-        for name in secs:
-            it = QListWidgetItem(name)
-            it.setFlags(it.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            it.setCheckState(Qt.CheckState.Checked if (name in checked or not checked)
-                             else Qt.CheckState.Unchecked)
-            self.sections.addItem(it)
-        current = self.target.currentText()
-        self.target.clear()
-        self.target.addItems([SLIDE_PREFIX + n for n in self.slide_layers()] + list(secs))
-        if current:
-            i = self.target.findText(current)
-            if i >= 0:
-                self.target.setCurrentIndex(i)
-
-    def checked_sections(self) -> list[str]:
-        return [self.sections.item(i).text() for i in range(self.sections.count())
-                if self.sections.item(i).checkState() == Qt.CheckState.Checked]
-
-    def set_checked(self, names) -> None:
-        names = set(names)
-        for i in range(self.sections.count()):
-            it = self.sections.item(i)
-            it.setCheckState(Qt.CheckState.Checked if it.text() in names
-                             else Qt.CheckState.Unchecked)
-
-    def _images_for(self, names) -> dict:
-        """Session pyramids, else an image layer tagged with the section (full resolution)."""
-        from napari.layers import Image
-
-        from .expression import pyramid_from_layer
-
-        out = {n: self.session.images[n] for n in names if n in self.session.images}
-        for layer in self.viewer.layers:
-            sec = (layer.metadata or {}).get("section")
-            if isinstance(layer, Image) and sec in names and sec not in out:
-                out[sec] = pyramid_from_layer(layer)
-        return out
-
     # ---------------------------------------------------------------- running
-    def _action_buttons(self) -> tuple:
-        return (self.train_btn, self.load_btn, self.save_btn, self.classify_btn)
-
     def train_config(self, **overrides):
-        """The :class:`ClassifierConfig` the form describes (``overrides`` win)."""
-        from ..models.batch_agnostic import ClassifierConfig
+        """The :class:`ClassifierConfig` the form describes (the preset first; the form's
+        values, which the preset filled, then ``overrides`` win)."""
+        from ..models._options import set_option
 
-        cfg = ClassifierConfig.tiny() if self.quick.isChecked() else ClassifierConfig(
-            epochs=self.epochs.value())
-        cfg.backbone = "tinycnn" if self.quick.isChecked() else self.backbone.currentText()
-        w = self.weights.text().strip()
-        cfg.weights = None if w.lower() in ("", "none", "random") else w
-        cfg.mode = self.mode.currentText()
-        cfg.loss = self.loss.currentText()
-        if not self.quick.isChecked():
-            cfg.gene.epochs = self.gene_epochs.value()
-            cfg.gene.n_latent = self.latent.value()
-        cfg.gene.batch_conditioning = self.batch_cond.isChecked()
+        cfg = (ClassifierConfig.tiny() if self.preset.currentText() == self.QUICK
+               else ClassifierConfig())
+        for path, v in self.form_options().items():
+            set_option(cfg, path, v)
         for k, v in overrides.items():
             setattr(cfg, k, v)
         return cfg
 
-    def train(self, **overrides):
-        """Train on the checked sections in a worker; returns the worker."""
-        names = self.checked_sections()
-        if not names:
-            notify_error("check at least one training section")
-            return None
-        secs = self.available_sections()
-        try:
-            cfg = self.train_config(**overrides)
-            cfg.validate()
-        except Exception as exc:  # noqa: BLE001 - bad settings are shown, never a crash
-            notify_error(exc)
-            return None
-        warm_torch()
-        return self._run(_train_job, {n: secs[n] for n in names}, self._images_for(names), cfg,
-                         self._bridge, self._cancel, returned=self.set_model, label="training")
+    def make_train_args(self, overrides: dict) -> tuple:
+        cfg = self.train_config(**overrides)
+        cfg.validate()
+        return (cfg,)
 
-    def load(self, path: str | None = None):
-        if path is None:
-            path = QFileDialog.getExistingDirectory(self, "classifier model folder")
-        if not path:
-            return None
-        warm_torch()
-        return self._run(_load_job, path, returned=self.set_model, label="loading")
-
-    def save(self, path: str | None = None):
-        if self.model is None:
-            notify_error("train or load a model first")
-            return None
-        if path is None:
-            path = QFileDialog.getExistingDirectory(self, "save the model into a new folder")
-        if not path:
-            return None
-        try:
-            self.model.save(path)
-        except Exception as exc:  # noqa: BLE001 - shown, never a crash
-            notify_error(exc)
-            return None
-        self.status.setText(f"saved {path}")
-        return path
-
-    def set_model(self, model) -> None:
-        self.model = model
-        self.session.models = {**self.session.models, "classifier": model}
+    def on_model(self, model) -> None:
         colors = class_colors(model.classes)
         self.legend.setText(legend_html(model.classes, colors))
         val = (model.provenance or {}).get("validation") or {}
@@ -516,34 +349,10 @@ class ClassifyWidget(WorkerMixin, QWidget):
 
     def classify(self, target: str | None = None):
         """Classify the chosen slide or section in a worker; returns the worker."""
-        if self.model is None:
-            notify_error("train or load a model first")
-            return None
-        target = target or self.target.currentText()
-        if not target:
-            notify_error("choose a slide or section to classify")
-            return None
-        slide = None
-        adatas: dict = {}
-        if target.startswith(SLIDE_PREFIX):
-            from .expression import pyramid_from_layer
+        return self.run_on(target)
 
-            lname = target[len(SLIDE_PREFIX):]
-            if lname not in self.viewer.layers:
-                notify_error(f"{lname}: no such image layer")
-                return None
-            pyr = self.session.images.get(lname) or pyramid_from_layer(self.viewer.layers[lname])
-            slide = (lname, pyr)
-        else:
-            secs = self.available_sections()
-            if target not in secs:
-                notify_error(f"{target}: no such section")
-                return None
-            adatas = {target: secs[target]}
-        warm_torch()
-        return self._run(_classify_job, self.model, adatas, self._images_for(list(adatas)),
-                         slide, self._bridge, self._cancel, returned=self._on_classified,
-                         label="classifying")
+    def on_results(self, preds) -> None:
+        self._on_classified(preds)
 
     def _on_classified(self, preds: list[ClassPrediction]):
         from ._common import add_layer_tuples
@@ -560,6 +369,7 @@ class ClassifyWidget(WorkerMixin, QWidget):
                 self.session.add_embedding(ref)
         if preds:
             p = preds[-1]
+            self.show_with_slide(p.name, [self.viewer.layers[f"{p.name} classes"]])
             counts = pd.Series(p.predicted).value_counts().to_dict()
             self.legend.setText(legend_html(p.classes, class_colors(p.classes), counts))
         self.status.setText(f"classified {', '.join(p.name for p in preds)}")

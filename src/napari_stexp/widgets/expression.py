@@ -14,7 +14,6 @@ the main thread. Layers per section ``S``:
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,27 +23,19 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QCompleter,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QListWidget,
-    QListWidgetItem,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
 )
 
-from ..io.frame import pyramid_from_layer
-from ..session import EmbeddingRef, get_session
-from ._common import ProgressBridge, WorkerMixin, layer_adata, notify_error, warm_torch
+from ..models.mclstexp_config import PRESETS, MclstexpConfig
+from ..session import EmbeddingRef
+from ._common import notify_error
+from ._model_widget import SLIDE_PREFIX, ModelWidget
+from ._tooltips import tip
 
 EMBED_PREFIX = "mclstexp_"
-SLIDE_PREFIX = "slide: "
+__all__ = ["EMBED_PREFIX", "SLIDE_PREFIX", "ExpressionWidget", "SectionPrediction"]
 
 
 # ----------------------------------------------------------------------------- GUI-free part
@@ -65,6 +56,7 @@ class SectionPrediction:
     measured: np.ndarray | None = None  # (n, G) normalised measured expression
     pcc: np.ndarray | None = None  # (G,) per-gene PCC
     in_reference: bool = False  # the section is among the model's references (optimistic)
+    protocol: str = ""  # PCC protocol: unseen patient / held-out section of a training patient
     adata: Any = None  # the slide prediction AnnData (H&E-only slides)
 
     def gene_index(self, gene: str) -> int:
@@ -81,8 +73,9 @@ def predict_for_sections(model, adatas: dict, images: dict | None = None, *, pro
     """Predict every spot of ST sections; measured values and per-gene PCC when the section has
     the model's genes."""
     from ..data.genes import DISPLAY_LIBRARY, measured_expression, panel_targets
-    from ..evaluation.regression import gene_pcc
+    from ..evaluation.regression import gene_pcc, section_protocol
     from ..io.frame import layer_spot_size, spots_rc_um
+    from ..models.mclstexp import patient_of
 
     out = []
     refs = set(model.reference.section_names)
@@ -102,7 +95,9 @@ def predict_for_sections(model, adatas: dict, images: dict | None = None, *, pro
             name=name, coords_um=spots_rc_um(adata), size_um=layer_spot_size(adata),
             genes=list(model.genes), predicted=res["predicted"], confidence=res["confidence"],
             embeddings=res["embeddings"], obs_names=list(map(str, adata.obs_names)),
-            measured=measured, pcc=pcc, in_reference=name in refs))
+            measured=measured, pcc=pcc, in_reference=name in refs,
+            protocol=section_protocol(patient_of(adata), model.provenance.get("train_patients"))
+            if measured is not None else ""))
     return out
 
 
@@ -180,12 +175,20 @@ def confidence_layer_tuple(pred: SectionPrediction) -> tuple:
 # ----------------------------------------------------------------------------- Qt part
 
 
-
-
 def _train_job(adatas, images, kw, progress, cancel):
-    from ..models.mclstexp import train_expression_model
+    from ..models.mclstexp import resolve_mode, train_expression_model
 
-    return train_expression_model(adatas, images=images, progress=progress, cancel=cancel, **kw)
+    kw = {**kw, "mode": resolve_mode(kw.get("mode", "auto"), kw.get("device", "auto"))}
+    add, tissue = kw.pop("add_genes", None), kw.pop("tissue", "breast")
+    how = "user panel"
+    if kw.get("genes") is None and kw.get("top_genes") is None:
+        from ..data.panels import default_panel  # the CLI's default panel
+
+        kw["genes"], how = default_panel(adatas, add_genes=add, tissue=tissue)
+    model = train_expression_model(adatas, images=images, progress=progress, cancel=cancel,
+                                   **kw)
+    model.provenance["panel"] = how
+    return model
 
 
 def _load_job(path):
@@ -194,7 +197,7 @@ def _load_job(path):
     return open_model(path, "cpu", kind="mclstexp")
 
 
-def _predict_job(model, adatas, images, slide, progress, cancel, device):
+def _predict_job(model, adatas, images, slide, progress, cancel, device="auto"):
     if slide is not None:
         name, pyr = slide
         return [predict_for_slide(model, pyr, name, progress=progress, cancel=cancel,
@@ -203,83 +206,48 @@ def _predict_job(model, adatas, images, slide, progress, cancel, device):
                                 device=device)
 
 
-class ExpressionWidget(WorkerMixin, QWidget):
+class ExpressionWidget(ModelWidget):
     """Train/load mclSTExp, predict sections or a slide, show gene maps (searchable gene box)."""
 
-    def __init__(self, napari_viewer, parent=None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self.session = get_session(napari_viewer)
-        self.model = None
-        self.predictions: dict[str, SectionPrediction] = {}
-        self._worker = None
-        self._cancel = threading.Event()
-        self._build()
-        self.refresh()
-        self.viewer.layers.events.inserted.connect(self.refresh)
-        self.viewer.layers.events.removed.connect(self.refresh)
-        self.session.events.adatas.connect(self.refresh)
+    CONFIG = MclstexpConfig
+    FORM = ("mode", "backbone", "weights", "epochs", "input_size", "batch_size",
+            "smooth_neighbours")
+    PRESETS = PRESETS
+    SESSION_KEY = "mclstexp"
+    KIND = "expression"
+    SECTIONS_LABEL = "Training sections (ST with H&E):"
+    ACTION = "Predict"
+    RUN_LABEL = "predicting"
+    TRAIN_PHASES = 3  # patch features, epochs, reference embeddings
+    _train_job = staticmethod(_train_job)
+    _load_job = staticmethod(_load_job)
+    _predict_job = staticmethod(_predict_job)
 
-    # ---------------------------------------------------------------- layout
-    def _build(self):
-        lay = QVBoxLayout(self)
-        lay.addWidget(QLabel("Training sections (ST with H&E):"))
-        self.sections = QListWidget()
-        self.sections.setToolTip("check the sections to train on")
-        self.sections.setMaximumHeight(110)
-        lay.addWidget(self.sections)
-        form = QFormLayout()
-        self.mode = QComboBox()
-        self.mode.addItems(["cached", "finetune"])
-        self.mode.setToolTip("cached: frozen backbone, features cached (minutes on a CPU); "
-                             "finetune: the whole network (the paper; needs a GPU)")
-        self.backbone = QComboBox()
-        self.backbone.addItems(["densenet121", "resnet18", "resnet50", "tinycnn"])
-        self.weights = QLineEdit("none")
-        self.weights.setToolTip("none, imagenet (torchvision; online or cached) or a file path")
-        self.epochs = QSpinBox()
-        self.epochs.setRange(0, 1000)
-        self.epochs.setValue(10)
-        self.input_size = QSpinBox()
-        self.input_size.setRange(16, 512)
-        self.input_size.setValue(224)
-        self.input_size.setToolTip("network input px for a 224 px patch at the training µm/px "
-                                   "(smaller = faster)")
-        self.batch = QSpinBox()
-        self.batch.setRange(2, 1024)
-        self.batch.setValue(128)
-        self.smooth = QDoubleSpinBox()
-        self.smooth.setRange(0.0, 1.0)
-        self.smooth.setSingleStep(0.05)
-        self.smooth.setValue(0.0)
-        self.smooth.setToolTip("option beyond the paper (0 = off): each prediction becomes "
-                               "(1 - w) · own + w · the mean of its neighbouring spots' "
-                               "predictions (image-only; see docs/mclstexp.md)")
-        for label, w in (("mode", self.mode), ("backbone", self.backbone),
-                         ("weights", self.weights), ("epochs", self.epochs),
-                         ("input px", self.input_size), ("batch", self.batch),
-                         ("smoothing", self.smooth)):
-            form.addRow(label, w)
-        lay.addLayout(form)
-        row = QHBoxLayout()
-        self.train_btn = QPushButton("Train")
-        self.load_btn = QPushButton("Load model…")
-        self.save_btn = QPushButton("Save model…")
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        for b in (self.train_btn, self.load_btn, self.save_btn, self.cancel_btn):
-            row.addWidget(b)
-        lay.addLayout(row)
-        prow = QHBoxLayout()
-        self.target = QComboBox()
-        self.target.setToolTip("a section (measured values shown beside) or an H&E-only slide")
-        self.predict_btn = QPushButton("Predict")
-        prow.addWidget(self.target, 1)
-        prow.addWidget(self.predict_btn)
-        lay.addLayout(prow)
+    def _build_form_extra(self, form):
+        self.mode, self.backbone, self.weights = (self.field(k) for k in
+                                                  ("mode", "backbone", "weights"))
+        self.epochs, self.input_size, self.batch, self.smooth = (
+            self.field(k) for k in ("epochs", "input_size", "batch_size", "smooth_neighbours"))
+        # "auto" (the CLI's default too): finetune on a GPU, cached on a CPU
+        self.mode.insertItem(0, "auto")
+        self.mode.setCurrentIndex(0)
+        from ..data.panels import TISSUE_MARKERS
+
+        self.add_genes = QLineEdit()
+        self.add_genes.setPlaceholderText("add genes, e.g. ERBB2,ESR1")
+        self.add_genes.setToolTip(tip("genes"))
+        self.tissue = QComboBox()
+        self.tissue.addItems(list(TISSUE_MARKERS))
+        self.tissue.setToolTip(tip("tissue"))
+        form.addRow("gene panel +", self.add_genes)
+        form.addRow("tissue markers", self.tissue)
+
+    def _build_results(self, lay):
+        self.predict_btn = self.action_btn
         grow = QHBoxLayout()
         self.gene_box = QLineEdit()
         self.gene_box.setPlaceholderText("gene (type to search)")
+        self.gene_box.setToolTip(tip("expression.gene"))
         self.completer = QCompleter([])
         self.completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
         self.completer.setFilterMode(Qt.MatchFlag.MatchContains)
@@ -288,117 +256,19 @@ class ExpressionWidget(WorkerMixin, QWidget):
         grow.addWidget(self.gene_box, 1)
         grow.addWidget(self.pcc_label)
         lay.addLayout(grow)
-        self.progress_bar = QProgressBar()
-        self.status = QLabel("no model")
-        self.status.setWordWrap(True)
-        lay.addWidget(self.progress_bar)
-        lay.addWidget(self.status)
-        lay.addStretch(1)
-        self._bridge = ProgressBridge(self.progress_bar, self.status)
-        self.train_btn.clicked.connect(lambda: self.train())
-        self.load_btn.clicked.connect(lambda: self.load())
-        self.save_btn.clicked.connect(lambda: self.save())
-        self.cancel_btn.clicked.connect(self.cancel)
-        self.predict_btn.clicked.connect(lambda: self.predict())
         self.gene_box.returnPressed.connect(lambda: self.show_gene(self.gene_box.text()))
         self.completer.activated.connect(self.show_gene)
 
-    # ---------------------------------------------------------------- sources
-    def available_sections(self) -> dict:
-        """Sections from the session and from spots layers that carry their AnnData."""
-        out = dict(self.session.adatas)
-        for layer in self.viewer.layers:
-            ad = layer_adata(layer)
-            if ad is not None and "section" in ad.obs and ad.n_obs:
-                out.setdefault(str(ad.obs["section"].iloc[0]), ad)
-        return out
-
-    def slide_layers(self) -> list[str]:
-        from napari.layers import Image
-
-        return [ly.name for ly in self.viewer.layers if isinstance(ly, Image)]
-
-    def refresh(self, *_):
-        checked = set(self.checked_sections())
-        secs = self.available_sections()
-        self.sections.clear()
-        for name in secs:
-            it = QListWidgetItem(name)
-            it.setFlags(it.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            it.setCheckState(Qt.CheckState.Checked if name in checked
-                             else Qt.CheckState.Unchecked)
-            self.sections.addItem(it)
-        current = self.target.currentText()
-        self.target.clear()
-        self.target.addItems(list(secs) + [SLIDE_PREFIX + n for n in self.slide_layers()])
-        if current:
-            i = self.target.findText(current)
-            if i >= 0:
-                self.target.setCurrentIndex(i)
-
-    def checked_sections(self) -> list[str]:
-        return [self.sections.item(i).text() for i in range(self.sections.count())
-                if self.sections.item(i).checkState() == Qt.CheckState.Checked]
-
-    def set_checked(self, names) -> None:
-        names = set(names)
-        for i in range(self.sections.count()):
-            it = self.sections.item(i)
-            it.setCheckState(Qt.CheckState.Checked if it.text() in names
-                             else Qt.CheckState.Unchecked)
-
-    def _images_for(self, names) -> dict:
-        return {n: self.session.images[n] for n in names if n in self.session.images}
-
     # ---------------------------------------------------------------- running
-    def _action_buttons(self) -> tuple:
-        return (self.train_btn, self.load_btn, self.save_btn, self.predict_btn)
-
     def train_options(self) -> dict:
-        w = self.weights.text().strip()
-        return {"mode": self.mode.currentText(), "backbone": self.backbone.currentText(),
-                "weights": None if w.lower() in ("", "none", "random") else w,
-                "epochs": self.epochs.value(), "input_size": self.input_size.value(),
-                "batch_size": self.batch.value(), "smooth_neighbours": self.smooth.value()}
+        add = self.add_genes.text().strip()
+        return {**self.form_options(), "add_genes": add or None,
+                "tissue": self.tissue.currentText()}
 
-    def train(self, **overrides):
-        """Train on the checked sections in a worker; returns the worker."""
-        names = self.checked_sections()
-        if not names:
-            notify_error("check at least one training section")
-            return None
-        secs = self.available_sections()
-        kw = {**self.train_options(), **overrides}
-        warm_torch()
-        return self._run(_train_job, {n: secs[n] for n in names}, self._images_for(names), kw,
-                         self._bridge, self._cancel, returned=self.set_model, label="training")
+    def make_train_args(self, overrides: dict) -> tuple:
+        return ({**self.train_options(), **overrides},)
 
-    def load(self, path: str | None = None):
-        if path is None:
-            path = QFileDialog.getExistingDirectory(self, "mclSTExp model folder")
-        if not path:
-            return None
-        return self._run(_load_job, path, returned=self.set_model, label="loading")
-
-    def save(self, path: str | None = None):
-        if self.model is None:
-            notify_error("train or load a model first")
-            return None
-        if path is None:
-            path = QFileDialog.getExistingDirectory(self, "save the model into a new folder")
-        if not path:
-            return None
-        try:
-            self.model.save(path)
-        except Exception as exc:  # noqa: BLE001 - shown, never a crash
-            notify_error(exc)
-            return None
-        self.status.setText(f"saved {path}")
-        return path
-
-    def set_model(self, model) -> None:
-        self.model = model
-        self.session.models = {**self.session.models, "mclstexp": model}
+    def on_model(self, model) -> None:
         self.completer = QCompleter(list(model.genes))
         self.completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
         self.completer.setFilterMode(Qt.MatchFlag.MatchContains)
@@ -411,31 +281,10 @@ class ExpressionWidget(WorkerMixin, QWidget):
 
     def predict(self, target: str | None = None):
         """Predict the chosen section or slide in a worker; returns the worker."""
-        if self.model is None:
-            notify_error("train or load a model first")
-            return None
-        target = target or self.target.currentText()
-        if not target:
-            notify_error("choose a section or slide to predict")
-            return None
-        slide = None
-        adatas = {}
-        if target.startswith(SLIDE_PREFIX):
-            lname = target[len(SLIDE_PREFIX):]
-            pyr = self.session.images.get(lname)
-            if pyr is None:
-                pyr = pyramid_from_layer(self.viewer.layers[lname])
-            slide = (lname, pyr)
-        else:
-            secs = self.available_sections()
-            if target not in secs:
-                notify_error(f"{target}: no such section")
-                return None
-            adatas = {target: secs[target]}
-        warm_torch()
-        return self._run(_predict_job, self.model, adatas, self._images_for(adatas), slide,
-                         self._bridge, self._cancel, "auto", returned=self._on_predicted,
-                         label="predicting")
+        return self.run_on(target)
+
+    def on_results(self, preds) -> None:
+        self._on_predicted(preds)
 
     def _on_predicted(self, preds: list[SectionPrediction]):
         from ._common import add_layer_tuples
@@ -448,6 +297,9 @@ class ExpressionWidget(WorkerMixin, QWidget):
                 source="mclstexp"))
         note = " (section is in the training reference: optimistic)" if any(
             p.in_reference for p in preds) else ""
+        protos = sorted({p.protocol for p in preds if p.protocol and not p.in_reference})
+        if protos:
+            note += f"; PCC protocol: {', '.join(protos)}"
         self.status.setText(f"predicted {', '.join(p.name for p in preds)}{note}")
         gene = self.gene_box.text().strip() or (self.model.genes[0] if self.model else "")
         if gene:
@@ -492,6 +344,7 @@ class ExpressionWidget(WorkerMixin, QWidget):
             gene = match[0]
         self.gene_box.setText(gene)
         layers = [self._set_layer(t, add_layer_tuples) for t in gene_layer_tuples(pred, gene)]
+        self.show_with_slide(pred.name, layers)
         i = pred.genes.index(gene)
         if pred.pcc is not None and np.isfinite(pred.pcc[i]):
             self.pcc_label.setText(f"PCC: {pred.pcc[i]:.3f}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qtpy.QtWidgets import (
+    QDoubleSpinBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -18,6 +19,7 @@ from qtpy.QtWidgets import (
 from ..io.open import format_summary
 from ..session import get_session
 from ._common import add_layer_tuples, notify_error, start_worker
+from ._tooltips import tip
 
 
 class LoaderWidget(QWidget):
@@ -33,6 +35,13 @@ class LoaderWidget(QWidget):
         self.path_edit.setPlaceholderText("file or folder (slide, .h5ad, Visium, her2st, smears)")
         self.sections_edit = QLineEdit()
         self.sections_edit.setPlaceholderText("sections to load, e.g. B4, C2 (empty: all)")
+        self.mpp_spin = QDoubleSpinBox()
+        self.mpp_spin.setDecimals(4)
+        self.mpp_spin.setRange(0.0, 1000.0)
+        self.mpp_spin.setSingleStep(0.05)
+        self.mpp_spin.setSpecialValueText("µm/px: from the file")
+        self.mpp_spin.setSuffix(" µm/px")
+        self.mpp_spin.setToolTip(tip("loader.mpp"))
         file_btn, dir_btn = QPushButton("File…"), QPushButton("Folder…")
         file_btn.clicked.connect(self._choose_file)
         dir_btn.clicked.connect(self._choose_dir)
@@ -55,6 +64,7 @@ class LoaderWidget(QWidget):
         lay = QVBoxLayout(self)
         lay.addLayout(row)
         lay.addWidget(self.sections_edit)
+        lay.addWidget(self.mpp_spin)
         lay.addLayout(buttons)
         lay.addWidget(self.status)
         lay.addWidget(self.summary)
@@ -82,7 +92,8 @@ class LoaderWidget(QWidget):
         self.status.setText(f"reading {Path(path).name} …")
         self.open_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
-        self._worker = start_worker(open_path, path, sections=secs,
+        mpp = float(self.mpp_spin.value()) or None
+        self._worker = start_worker(open_path, path, sections=secs, mpp=mpp,
                                     returned=self._on_opened, errored=self._on_error,
                                     finished=self._on_finished, progress={"desc": "Open data"})
         return self._worker
@@ -104,7 +115,10 @@ class LoaderWidget(QWidget):
         if opened.adatas:
             self.session.current_slide = next(iter(opened.adatas))
         self.summary.setPlainText(format_summary(opened.summary))
-        self.status.setText(f"opened {opened.kind}")
+        unknown = [n for n, pyr in opened.images.items() if not getattr(pyr, "mpp", None)]
+        note = (f"; µm/px unknown for {', '.join(unknown)}: placed at 1 unit per pixel "
+                "(set µm/px above and open again)" if unknown else "")
+        self.status.setText(f"opened {opened.kind}{note}")
 
     def _on_error(self, exc):
         self.status.setText("failed")

@@ -49,6 +49,11 @@ TOOLTIPS = {
     "tile": "0: whole image (large images are tiled anyway). Else tile size in pixels.",
     "overlap": "0: the backend's default (about 1.5 cell diameters)",
     "mode": "cells: white cells in blood smears (nucleus + cytoplasm). nuclei: H&E nuclei.",
+    "stain": "classical: the channel nuclei are found in. auto: purple (B - (R+G)/2) for RGB, "
+             "dark for grey. hematoxylin: colour deconvolution with the slide's own H&E "
+             "vectors (estimated on tissue); usually finds more H&E nuclei.",
+    "tissue": "classical: on whole slides, segment only inside the tissue mask (auto: H&E "
+              "nuclei mode on large images); settings are then estimated on tissue.",
     "diameter": "expected cell diameter in pixels; 0 estimates it from the image",
     "min_area": "smallest object kept, in pixels; 0: from the diameter",
     "weights": "Mask R-CNN: empty = untrained, 'coco', 'imagenet' or a trained model file",
@@ -184,6 +189,12 @@ class SegmentWidget(QWidget):
         self.overlap_spin.setSpecialValueText("auto")
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(["cells", "nuclei"])
+        from ..segmentation.classical import STAINS
+
+        self.stain_combo = QComboBox()
+        self.stain_combo.addItems(list(STAINS))
+        self.tissue_combo = QComboBox()
+        self.tissue_combo.addItems(["auto", "on", "off"])
         self.diameter_spin = QDoubleSpinBox()
         self.diameter_spin.setRange(0, 10_000)
         self.diameter_spin.setSpecialValueText("auto")
@@ -221,6 +232,8 @@ class SegmentWidget(QWidget):
         af = QFormLayout(adv)
         af.addRow("overlap", self.overlap_spin)
         af.addRow("mode", self.mode_combo)
+        af.addRow("stain", self.stain_combo)
+        af.addRow("tissue only", self.tissue_combo)
         af.addRow("diameter (px)", self.diameter_spin)
         af.addRow("min area (px)", self.min_area_spin)
         wrow = QHBoxLayout()
@@ -245,6 +258,7 @@ class SegmentWidget(QWidget):
         for w, key in ((self.image_combo, "image"), (self.method_combo, "method"),
                        (self.device_combo, "device"), (self.tile_spin, "tile"),
                        (self.overlap_spin, "overlap"), (self.mode_combo, "mode"),
+                       (self.stain_combo, "stain"), (self.tissue_combo, "tissue"),
                        (self.diameter_spin, "diameter"), (self.min_area_spin, "min_area"),
                        (self.weights_edit, "weights"), (self.backbone_combo, "backbone"),
                        (self.score_spin, "score"), (self.roi_check, "roi")):
@@ -278,6 +292,9 @@ class SegmentWidget(QWidget):
         p: dict[str, Any] = {}
         if method == "classical":
             p["mode"] = self.mode_combo.currentText()
+            p["stain"] = self.stain_combo.currentText()
+            p["tissue"] = {"auto": "auto", "on": True, "off": False}[
+                self.tissue_combo.currentText()]
             if self.min_area_spin.value():
                 p["min_area"] = int(self.min_area_spin.value())
         if self.diameter_spin.value() and method in ("classical", "cellpose"):

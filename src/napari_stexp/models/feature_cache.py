@@ -5,8 +5,10 @@ The cache key is a SHA-256 of a *data signature* and a *backbone signature*:
 
 - data: the image file (resolved path, size, mtime) — or, for in-memory images, a digest of the
   patch pixels — plus the spot centres, the region size read per patch and the network input size;
-- backbone: its name, the weights choice and a digest of the actual parameters and buffers (so a
-  randomly initialised backbone is identified exactly, whatever seed produced it);
+- backbone: its name (the encoder registry entry), the weights choice and a digest of the actual
+  parameters and buffers (so a randomly initialised backbone is identified exactly, whatever seed
+  produced it, and a weights file by its content); for the foundation-model entries also the
+  pooling and normalisation, which are not parameters;
 - the number of views (1 = the patch as is; 8 = the 8 rotations/flips, for augmentation).
 
 Files: ``<cache>/features/<key>.npy`` (float32 ``(views, n_spots, dim)``) and ``<key>.json``
@@ -76,9 +78,13 @@ def data_signature(pyramid, centres: np.ndarray, read_px: float, input_size: int
 
 def backbone_signature(encoder, name: str, weights: Any) -> dict:
     """Name, weights choice and parameter digest of a frozen backbone."""
-    from ..models.backbones import module_digest, weights_label
+    from .backbones import module_digest, weights_label
 
-    return {"name": str(name), "weights": weights_label(weights), "digest": module_digest(encoder)}
+    sig = {"name": str(name), "weights": weights_label(weights), "digest": module_digest(encoder)}
+    extra = getattr(encoder, "spec_signature", None)  # registry ViTs: pooling, mean/std
+    if extra:
+        sig["encoder"] = dict(extra)
+    return sig
 
 
 def cache_key(data_sig: dict, backbone_sig: dict, views: int = 1) -> str:
