@@ -27,3 +27,10 @@ class CancelledError(StexpError):
 
 class DeviceError(StexpError, RuntimeError):
     """A requested compute device is not available."""
+
+
+class StexpWarning(UserWarning):
+    """Base class of the warnings napari-stexp issues (a repair, a dropped item, a doubtful
+    assumption). ``warnings.simplefilter("error", StexpWarning)`` makes them all errors, and
+    ``warnings.filterwarnings("ignore", category=StexpWarning)`` silences them all, the way
+    ``except StexpError`` catches every error."""

@@ -17,8 +17,8 @@ PKG = "napari_stexp"
 
 # Lowest first. A module may import its own tier or lower.
 TIERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("napari_stexp", "errors", "progress", "_provenance", "_torch_guard", "io._atomic",
-              "io.keys")),
+    ("core", ("napari_stexp", "errors", "progress", "_provenance", "_lazy", "_torch_guard",
+              "io._atomic", "io.keys")),
     ("io", ("io",)),
     ("data", ("data",)),
     ("training", ("training",)),

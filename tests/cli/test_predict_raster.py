@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tests.cli.test_expression_cli import _cli, synthetic_model  # noqa: F401  (the same fixtures)
 
 from napari_stexp import cli
-from test_expression_cli import _cli, synthetic_model  # noqa: F401  (the same fixtures)
 
 
 @pytest.fixture(scope="module")

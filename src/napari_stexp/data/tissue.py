@@ -57,7 +57,7 @@ def od_threshold(od: np.ndarray) -> float | None:
     Glass is the histogram's mode with a narrow spread ``σ`` (from the values below the mode);
     Otsu's threshold alone lands inside the tissue on slides with pale, loose tissue, and
     ``mode + 8σ`` alone picks up stain haze around it: the geometric mean of the two does
-    neither on the her2st sections (tests/test_tissue.py)."""
+    neither on the her2st sections (tests/data/test_tissue.py)."""
     from skimage.filters import threshold_otsu
 
     od = np.asarray(od, np.float32).ravel()

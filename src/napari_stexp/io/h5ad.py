@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import InputError
+from ..errors import InputError, StexpWarning
 from .spatial import split_sections, validate_st_adata
 
 #: obs columns that may say which library (section) a spot belongs to, in order of preference.
 LIBRARY_COLUMNS = ("section", "library_id", "library", "sample", "batch")
 
 
-class H5adWarning(UserWarning):
+class H5adWarning(StexpWarning):
     """An h5ad was read with a repair or a doubtful assumption (e.g. normalised X as counts)."""
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import InputError
+from ..errors import InputError, StexpWarning
 from .spatial import build_st_adata
 
 #: Centre-to-centre distance of the ST v1 array (one array unit) and spot diameter, in µm.
@@ -50,7 +50,7 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 _SECTION_COLUMNS = ["section", "patient", "counts", "spots", "image", "pixel_scale", "labels"]
 
 
-class Her2stWarning(UserWarning):
+class Her2stWarning(StexpWarning):
     """Something in a her2st folder was dropped or repaired while reading (rows, images)."""
 
 

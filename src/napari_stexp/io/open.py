@@ -121,7 +121,7 @@ def open_path(path: str | os.PathLike, *, sections: list[str] | None = None,
             rows.append(row)
         out.summary = {"kind": kind, "path": str(p), "sections": rows}
     elif kind == "ome-zarr":
-        from .export import read_ome_zarr
+        from .ome_zarr import read_ome_zarr
 
         pyr = apply_user_mpp(read_ome_zarr(p), mpp)
         out.images[pyr.name] = pyr

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
+from ..errors import InputError, StexpWarning
 from .image import ImagePyramid
 
 BOX_COLUMNS = ["name", "xmin", "ymin", "xmax", "ymax"]
@@ -24,7 +24,7 @@ CROP_PATH_COLUMNS = ("crop_path", "image_path", "path", "file", "filename")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
 
-class SmearWarning(UserWarning):
+class SmearWarning(StexpWarning):
     """Something odd but recoverable in a smear annotation (clipped or dropped boxes)."""
 
 

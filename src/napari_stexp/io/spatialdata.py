@@ -33,14 +33,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
+from ..errors import InputError, StexpWarning
+from .ome_zarr import is_ngff
 
 ELEMENT_GROUPS = ("images", "labels", "shapes", "points", "tables", "table")
 EXTRA_HINT = "reading SpatialData stores needs the spatialdata extra: pip install 'napari-stexp[spatialdata]'"
 DEFAULT_CS = "global"
 
 
-class SpatialDataWarning(UserWarning):
+class SpatialDataWarning(StexpWarning):
     """An element of a SpatialData store was skipped while reading."""
 
 
@@ -72,7 +73,7 @@ def looks_like_spatialdata(path: str | os.PathLike) -> bool:
         return False
     if "spatialdata_attrs" in _attrs(p):
         return True
-    if "multiscales" in _attrs(p):  # a plain OME-Zarr image (it may hold a labels/ group)
+    if is_ngff(p):  # a plain OME-Zarr image (it may hold a labels/ group)
         return False
     return any(_is_group(p / g) for g in ELEMENT_GROUPS if g != "labels")
 

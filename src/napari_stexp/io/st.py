@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
+from ..errors import InputError, StexpWarning
 from .frame import mpp_of
 from .keys import (
     IMAGE_SCALE,
@@ -39,7 +39,7 @@ from .spatial import spatial_info
 ST_KINDS = ("her2st", "visium", "h5ad", "xenium", "visium-hd", "spatialdata")
 
 
-class STWarning(UserWarning):
+class STWarning(StexpWarning):
     """Sections renamed, images missing or other repairs done by the ST dispatcher."""
 
 

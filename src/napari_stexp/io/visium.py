@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import InputError
+from ..errors import InputError, StexpWarning
 from .spatial import build_st_adata
 
 VISIUM_SPOT_DIAMETER_UM = 55.0
@@ -38,7 +38,7 @@ POSITION_FILES = ("tissue_positions.csv", "tissue_positions_list.csv", "tissue_p
 MATRIX_FILES = ("filtered_feature_bc_matrix.h5",)
 
 
-class VisiumWarning(UserWarning):
+class VisiumWarning(StexpWarning):
     """Something in a Space Ranger folder was dropped or replaced while reading."""
 
 

@@ -145,24 +145,10 @@ def is_image_file(path: str | os.PathLike) -> bool:
     p = Path(path)
     s = _suffix(p)
     if s in ZARR_SUFFIXES or p.is_dir():
-        return p.is_dir() and _looks_like_ngff(p)
+        from .ome_zarr import is_ngff
+
+        return is_ngff(p)
     return s in IMAGE_SUFFIXES
-
-
-def _looks_like_ngff(p: Path) -> bool:
-    import json
-
-    for name in (".zattrs", "zarr.json"):
-        f = p / name
-        if f.is_file():
-            try:
-                attrs = json.loads(f.read_text())
-            except (OSError, ValueError):
-                return False
-            attrs = attrs.get("attributes", attrs)
-            attrs = attrs.get("ome", attrs)
-            return "multiscales" in attrs
-    return False
 
 
 def _sniff(path: Path) -> str:
@@ -191,7 +177,7 @@ def open_image(path: str | os.PathLike) -> ImagePyramid:
         raise InputError(p, "file not found")
     s = _suffix(p)
     if p.is_dir() or s in ZARR_SUFFIXES:
-        from .export import read_ome_zarr
+        from .ome_zarr import read_ome_zarr
 
         return read_ome_zarr(p)
     if s not in IMAGE_SUFFIXES:

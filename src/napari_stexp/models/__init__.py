@@ -4,12 +4,35 @@
 batch-agnostic classifier, β-VAE, gene VAE) by the ``format`` tag of its ``config.json``
 (see :mod:`napari_stexp.models._folder`), as :func:`napari_stexp.io.open` does for data.
 Importing this package is cheap: each model's module (and torch) loads on first use.
+
+Expression (mclSTExp, :mod:`.mclstexp`)
+    ``ExpressionModel``, ``MclstexpConfig``, ``train_expression_model``.
+Batch-agnostic classifier (:mod:`.batch_agnostic`)
+    ``BatchAgnosticClassifier``, ``ClassifierConfig``, ``train_classifier``,
+    ``evaluate_classifier``.
+β-VAE and gene VAE (:mod:`.betavae`, :mod:`.gene_vae`)
+    ``BVAEModel``, ``BVAEConfig``, ``train_bvae``; ``FittedGeneVAE``, ``GeneVAEConfig``,
+    ``fit_gene_vae``.
+Model folders (:mod:`._folder`)
+    ``write_model_folder``, ``read_model_folder`` -> ``ModelFolder``; ``LOADERS`` maps a
+    folder's kind to the class that loads it.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+from .._lazy import lazy_exports
+
+_LAZY, __getattr__, __dir__ = lazy_exports(__name__, {
+    ".mclstexp": ("ExpressionModel", "MclstexpConfig", "train_expression_model"),
+    ".batch_agnostic": ("BatchAgnosticClassifier", "ClassifierConfig", "train_classifier",
+                        "evaluate_classifier"),
+    ".betavae": ("BVAEModel", "BVAEConfig", "train_bvae"),
+    ".gene_vae": ("FittedGeneVAE", "GeneVAEConfig", "fit_gene_vae"),
+    "._folder": ("write_model_folder", "read_model_folder", "ModelFolder"),
+})
 
 #: model kind (the tag ``napari-stexp/<kind>``) -> (module, class) whose ``load`` opens it
 LOADERS = {
@@ -44,4 +67,4 @@ def open_model(path: str | os.PathLike, device: Any = "auto", *, kind: str | Non
     return loader.load(folder.path, device=device)
 
 
-__all__ = ["LOADERS", "open_model"]
+__all__ = ["LOADERS", "open_model", *_LAZY]

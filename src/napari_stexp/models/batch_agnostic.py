@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from .._provenance import clean_provenance, run_signature, version
-from ..errors import InputError
+from ..errors import InputError, StexpWarning
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
 from ..training.engine import discard_stale_checkpoint
 from ._folder import section_source
@@ -59,7 +59,7 @@ OBJECTIVES = ("contrastive", "supervised")
 PREFIX = "batch_agnostic"
 
 
-class ClassifierWarning(UserWarning):
+class ClassifierWarning(StexpWarning):
     """Something was dropped or could not be done as asked (rare classes, no calibration...)."""
 
 

@@ -31,7 +31,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..data.genes import expression_transform
-from ..errors import InputError
+from ..errors import InputError, StexpWarning
 from ..io.spatial import counts_matrix
 from ..progress import CancelFlag, ProgressFn, check_cancel
 from ._options import option
@@ -44,7 +44,7 @@ FORMAT = "napari-stexp/gene-vae"
 FORMAT_VERSION = 2  # 2: the model-folder contract; 1 = gene_vae.pt {state_dict, meta}
 
 
-class GeneVAEWarning(UserWarning):
+class GeneVAEWarning(StexpWarning):
     """A gene-encoder input was repaired or a setting had no effect (e.g. a single batch)."""
 
 

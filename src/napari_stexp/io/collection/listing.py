@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections import OrderedDict
@@ -15,6 +14,7 @@ import pandas as pd
 
 from ...errors import InputError
 from ..h5ad import adata_summary, h5ad_metadata
+from ..ome_zarr import ngff_kind, ngff_label_names
 from ._items import _H5AD, _ROLE_PATTERNS, FLAGS, SlideItem
 
 # ----------------------------------------------------------------------------- listing
@@ -118,7 +118,7 @@ def _bundle_items(files: list[tuple[Path, str]]) -> list[SlideItem]:
                     g["h5ads"].append(str(p))
                     g["h5ad_meta"].append((meta, sec))
             continue
-        kind = _ngff_kind(p) if p.is_dir() else None
+        kind = ngff_kind(p) if p.is_dir() else None
         if role == "cells" or kind == "labels":
             g = group(base if role == "cells" else stem, batch)
             g["cells"] = str(p)
@@ -126,7 +126,7 @@ def _bundle_items(files: list[tuple[Path, str]]) -> list[SlideItem]:
             g = group(stem, batch)
             if g["image"] is None:
                 g["image"] = str(p)
-            labels = _ngff_label_names(p) if kind == "image" else []
+            labels = ngff_label_names(p) if kind == "image" else []
             if labels and g["cells"] is None:
                 g["cells"], g["cells_labels"] = str(p), labels[0]
 
@@ -254,31 +254,6 @@ def _unique_names(items: list[SlideItem]) -> list[SlideItem]:
             it.name = f"{it.name}#{n + 1}"
     return items
 
-
-
-def _ngff_attrs(p: Path) -> dict:
-    for name in (".zattrs", "zarr.json"):
-        f = p / name
-        if f.is_file():
-            try:
-                attrs = json.loads(f.read_text())
-            except (OSError, ValueError):
-                return {}
-            attrs = attrs.get("attributes", attrs)
-            return attrs.get("ome", attrs)
-    return {}
-
-
-def _ngff_kind(p: Path) -> str | None:
-    attrs = _ngff_attrs(p)
-    if "multiscales" not in attrs:
-        return None
-    return "labels" if "image-label" in attrs else "image"
-
-
-def _ngff_label_names(p: Path) -> list[str]:
-    return [str(n) for n in _ngff_attrs(p / "labels").get("labels", [])
-            if (p / "labels" / str(n)).is_dir()]
 
 
 def _flags_from_adata(item: SlideItem, adata) -> None:

@@ -109,7 +109,7 @@ def _merge_results(adata, extra, source: str) -> None:
 def _open_cells(item: SlideItem) -> ImagePyramid:
     labels = item.info.get("cells_labels")
     if labels:
-        from ..export import read_ome_zarr
+        from ..ome_zarr import read_ome_zarr
 
         return read_ome_zarr(item.cells, labels=labels)
     from ..wsi import open_image

@@ -42,7 +42,6 @@ def _table_rows(table) -> list[tuple[str, ...]]:
             for r in range(table.rowCount())]
 
 
-@pytest.mark.gui
 def test_traversal_browser_follows_the_sliders(make_napari_viewer, aligned_model, cells):
     from napari_stexp.session import get_session
     from napari_stexp.widgets.bvae import POINTS_LAYER, TRAVERSAL_LAYER, BVAEWidget
@@ -82,7 +81,6 @@ def test_traversal_browser_follows_the_sliders(make_napari_viewer, aligned_model
     assert _table_rows(w.expr_table) != after
 
 
-@pytest.mark.gui
 def test_trajectory_panel_and_labels_embedding(make_napari_viewer, qtbot, aligned_model,
                                                cells):
     from napari_stexp.session import get_session
@@ -125,7 +123,6 @@ def test_trajectory_panel_and_labels_embedding(make_napari_viewer, qtbot, aligne
     assert traj.expression.shape == (6, 120)
 
 
-@pytest.mark.gui
 def test_training_in_a_worker(make_napari_viewer, qtbot, pbc_dir, tmp_path):
     from napari_stexp.widgets.bvae import BVAEWidget
 

@@ -29,14 +29,6 @@ from napari_stexp.models.betavae import (  # noqa: E402
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def pbc_table(pbc_dir, per_class: int = 3) -> pd.DataFrame:
     """A few real PBC crops per class (paths into the shared data, nothing copied)."""
     t = pd.read_csv(pbc_dir / "labels.csv")

@@ -1,6 +1,6 @@
 """The latent explorer: layer links (no Qt) and the dock widget driven like a user (Qt, Xvfb).
 
-Run the GUI tests with ``xvfb-run -a pytest -m gui tests/test_explorer_widget.py``.
+Run the GUI tests with ``xvfb-run -a pytest -m gui tests/widgets/test_explorer_widget.py``.
 """
 
 from __future__ import annotations
@@ -190,7 +190,6 @@ def _messages(widget, severity=None):
             if severity is None or str(n.severity).lower().endswith(severity)]
 
 
-@pytest.mark.gui
 def test_lasso_marks_exactly_the_rows_inside_in_every_linked_layer(explorer):
     viewer, w = explorer
     _show_dims(w)
@@ -225,7 +224,6 @@ def test_lasso_marks_exactly_the_rows_inside_in_every_linked_layer(explorer):
     assert b.features["selection"].tolist() == ["far", "far", "far", g]  # the old column stays
 
 
-@pytest.mark.gui
 def test_mouse_drag_on_the_canvas_runs_the_same_lasso(explorer):
     viewer, w = explorer
     _show_dims(w)
@@ -245,7 +243,6 @@ def test_mouse_drag_on_the_canvas_runs_the_same_lasso(explorer):
     assert w.group_indices("group 1").tolist() == [0, 1, 3, 4, 9, 10, 11, 14]
 
 
-@pytest.mark.gui
 def test_selecting_in_the_slide_rings_the_points_in_the_scatter(explorer):
     viewer, w = explorer
     _show_dims(w)
@@ -262,7 +259,6 @@ def test_selecting_in_the_slide_rings_the_points_in_the_scatter(explorer):
         ["group 1", UNSELECTED, "group 1"]
 
 
-@pytest.mark.gui
 def test_colour_by_switches_continuous_and_categorical_without_reprojecting(explorer,
                                                                             monkeypatch):
     import napari_stexp.widgets.explorer as E
@@ -293,7 +289,6 @@ def test_colour_by_switches_continuous_and_categorical_without_reprojecting(expl
     assert len(calls) == 1  # colours never recompute the projection
 
 
-@pytest.mark.gui
 def test_export_writes_the_groups(explorer, tmp_path):
     viewer, w = explorer
     _show_dims(w)
@@ -308,7 +303,6 @@ def test_export_writes_the_groups(explorer, tmp_path):
     assert only["group"].unique().tolist() == ["far"] and len(only) == 3
 
 
-@pytest.mark.gui
 def test_export_h5ad_on_the_synthetic_slide(make_napari_viewer, tmp_path):
     import anndata as ad
 
@@ -344,7 +338,6 @@ def test_export_h5ad_on_the_synthetic_slide(make_napari_viewer, tmp_path):
     w.cleanup()
 
 
-@pytest.mark.gui
 def test_mismatched_lengths_notify_and_change_nothing(explorer):
     viewer, w = explorer
     get_session = __import__("napari_stexp.session", fromlist=["get_session"]).get_session
@@ -365,7 +358,6 @@ def test_mismatched_lengths_notify_and_change_nothing(explorer):
         assert "selection" not in viewer.layers[name].features  # nothing was written
 
 
-@pytest.mark.gui
 def test_nan_rows_are_missing_never_selected_and_empty_selection_is_a_message(explorer):
     viewer, w = explorer
     a = viewer.layers["slide A"]
@@ -383,7 +375,6 @@ def test_nan_rows_are_missing_never_selected_and_empty_selection_is_a_message(ex
     assert a.features["selection"].tolist() == before
 
 
-@pytest.mark.gui
 def test_hover_names_the_item(explorer):
     viewer, w = explorer
     _show_dims(w)
@@ -394,7 +385,6 @@ def test_hover_names_the_item(explorer):
     assert "slide B row 2" in w.hover_label.text() and "spot_id b2" in w.hover_label.text()
 
 
-@pytest.mark.gui
 def test_projection_runs_in_a_worker(explorer, qtbot):
     viewer, w = explorer
     w.set_source("features:emb_|2")
@@ -407,7 +397,6 @@ def test_projection_runs_in_a_worker(explorer, qtbot):
     assert frame.shape[2] == 4 and frame[..., :3].std() > 0  # points were drawn
 
 
-@pytest.mark.gui
 def test_gl_renderer_draws_points_and_rings(qtbot):
     """The GPU path (chosen automatically on hardware OpenGL) draws the same scene."""
     from qtpy.QtWidgets import QWidget
@@ -434,7 +423,6 @@ def test_gl_renderer_draws_points_and_rings(qtbot):
     sc.close()
 
 
-@pytest.mark.gui
 def test_auto_renderer_picks_gl_on_hardware_and_raster_on_software(qtbot, monkeypatch):
     from qtpy.QtWidgets import QWidget
 
@@ -455,7 +443,6 @@ def test_auto_renderer_picks_gl_on_hardware_and_raster_on_software(qtbot, monkey
         sc.close()
 
 
-@pytest.mark.gui
 def test_works_through_the_viewer_proxy_napari_gives_plugins(make_napari_viewer):
     """npe2 hands widgets a PublicOnlyProxy viewer: every attribute is a fresh proxy object."""
     from napari.utils._proxies import PublicOnlyProxy

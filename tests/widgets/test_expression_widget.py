@@ -15,13 +15,7 @@ def pair():
     return synthetic_pair(n=10, n_genes=12)
 
 
-def _wait(qtbot, worker, timeout=60_000):
-    with qtbot.waitSignal(worker.finished, timeout=timeout):
-        pass
-
-
-@pytest.mark.gui
-def test_widget_trains_predicts_and_shows_a_gene(make_napari_viewer, qtbot, pair):
+def test_widget_trains_predicts_and_shows_a_gene(make_napari_viewer, wait_worker, pair):
     from napari_stexp.evaluation.regression import gene_pcc
     from napari_stexp.session import get_session
     from napari_stexp.widgets.expression import EMBED_PREFIX, ExpressionWidget
@@ -38,12 +32,12 @@ def test_widget_trains_predicts_and_shows_a_gene(make_napari_viewer, qtbot, pair
     w.set_checked(["TRAIN"])
     worker = w.train(mode="cached", backbone="tinycnn", epochs=15, input_size=32,
                      patch_size=64, batch_size=32, top_k=20, device="cpu", cache_dir=False)
-    _wait(qtbot, worker)
+    wait_worker(worker)
     assert w.model is not None and len(w.model.history) == 15
     assert session.models["mclstexp"] is w.model
 
     worker = w.predict("TEST")
-    _wait(qtbot, worker)
+    wait_worker(worker)
     pred = w.predictions["TEST"]
     assert not pred.in_reference
     layers = w.show_gene("gene003")  # search is case-insensitive
@@ -85,8 +79,7 @@ def test_widget_trains_predicts_and_shows_a_gene(make_napari_viewer, qtbot, pair
     assert w.show_gene("NOPE") == []
 
 
-@pytest.mark.gui
-def test_widget_predicts_an_h_and_e_only_slide(make_napari_viewer, qtbot, pair):
+def test_widget_predicts_an_h_and_e_only_slide(make_napari_viewer, wait_worker, pair):
     from napari_stexp.io.layers import image_layer
     from napari_stexp.models.mclstexp import train_expression_model
     from napari_stexp.widgets._common import add_layer_tuples
@@ -103,7 +96,7 @@ def test_widget_predicts_an_h_and_e_only_slide(make_napari_viewer, qtbot, pair):
     w.set_model(model)
     assert w.target.findText(SLIDE_PREFIX + "slide H&E") >= 0
     worker = w.predict(SLIDE_PREFIX + "slide H&E")
-    _wait(qtbot, worker)
+    wait_worker(worker)
     pred = w.predictions["slide H&E"]
     assert pred.measured is None and pred.adata is not None
     w.show_gene("GENE001")
@@ -116,8 +109,7 @@ def test_widget_predicts_an_h_and_e_only_slide(make_napari_viewer, qtbot, pair):
     assert (lay.data[:, 0] < h * 2.8).all() and (lay.data[:, 1] < w_ * 2.8).all()
 
 
-@pytest.mark.gui
-def test_widget_smoothing_option_reaches_the_model(make_napari_viewer, qtbot, pair):
+def test_widget_smoothing_option_reaches_the_model(make_napari_viewer, wait_worker, pair):
     """The smoothing box trains a model with the option, and the section it predicts is
     smoothed over the spot grid (the option's own output, not the raw retrieval)."""
     from napari_stexp.session import get_session
@@ -135,10 +127,10 @@ def test_widget_smoothing_option_reaches_the_model(make_napari_viewer, qtbot, pa
     w.smooth.setValue(0.5)
     worker = w.train(mode="cached", backbone="tinycnn", epochs=2, input_size=32,
                      patch_size=64, batch_size=32, top_k=20, device="cpu", cache_dir=False)
-    _wait(qtbot, worker)
+    wait_worker(worker)
     assert w.model is not None and w.model.config.smooth_neighbours == 0.5
     worker = w.predict("TEST")
-    _wait(qtbot, worker)
+    wait_worker(worker)
     got = w.predictions["TEST"].predicted
     raw = w.model.predict_sections({"TEST": adatas["TEST"]}, images, device="cpu")["TEST"]
     np.testing.assert_allclose(got, raw["predicted"], rtol=1e-4, atol=1e-5)

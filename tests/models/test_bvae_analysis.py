@@ -25,14 +25,6 @@ from napari_stexp.models.betavae import BVAEConfig, BVAEModel, train_bvae  # noq
 PBMC_MAP = {"class0": "CD14+ Monocyte", "class1": "CD19+ B", "class2": "CD56+ NK"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def synth_cells():
     imgs, labels = synthetic_cell_images(6, 3, size=48, seed=2)

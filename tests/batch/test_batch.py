@@ -23,8 +23,8 @@ import pytest
 from napari_stexp.batch import engine as batch
 from napari_stexp.errors import InputError
 
-HERE = Path(__file__).resolve().parent
-THIS = __name__  # workers import the helper tasks below from this module (importlib mode: "tests.test_batch")
+ROOT = Path(__file__).resolve().parents[2]  # the repository: "tests.batch.test_batch" imports from here
+THIS = __name__  # workers import the helper tasks below from this module (importlib mode: "tests.batch.test_batch")
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -73,8 +73,8 @@ def _no_temporaries(out: Path) -> bool:
 
 
 # --------------------------------------------------------------------------- helper tasks
-# Resolved by name on the workers ("test_batch:run_..."): the workers get this directory on
-# sys.path from the pytest process (spawn copies sys.path) or PYTHONPATH (subprocess).
+# Resolved by name on the workers ("tests.batch.test_batch:run_..."): the workers get the repository
+# on sys.path from the pytest process (spawn copies sys.path) or PYTHONPATH (subprocess).
 
 
 def run_dies_once(model, input_path, out_dir, stem, options):
@@ -232,7 +232,7 @@ def test_interrupted_run_resumes_without_redoing(slides, cluster, tmp_path):
             batch.run_batch("segment", {[str(p) for p in slides]!r}, {str(out)!r},
                             n_workers=2, options={opts!r}, task={task!r})
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get(
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get(
         "PYTHONPATH", "")]), OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

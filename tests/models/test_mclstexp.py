@@ -17,14 +17,6 @@ TINY = dict(backbone="tinycnn", patch_size=64, input_size=32, batch_size=64, top
             device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def pair():
     return synthetic_pair()

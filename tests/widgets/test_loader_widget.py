@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.gui
-
 
 def _open(qtbot, widget, path, sections=""):
     widget.sections_edit.setText(sections)
@@ -111,6 +109,7 @@ def test_npe2_reader_opens_smear_with_boxes(make_napari_viewer, bccd_dir):
     assert allpts[:, 0].max() <= 480 and allpts[:, 1].max() <= 640
 
 
+@pytest.mark.gui  # a display for the napari subprocess (no Qt fixture here to mark it by)
 def test_demo_screenshot(tmp_path):
     out = tmp_path / "demo.png"
     exe = Path(sys.executable).parent / "napari-stexp"

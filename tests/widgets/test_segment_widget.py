@@ -7,8 +7,6 @@ import pytest
 
 from napari_stexp.data.synthetic_smear import make_synthetic_smear
 
-pytestmark = pytest.mark.gui
-
 
 @pytest.fixture(scope="module")
 def smear():

@@ -4,21 +4,11 @@ section (spots), thresholds uncertain patches and registers embeddings in the se
 from __future__ import annotations
 
 import numpy as np
-import pytest
-
-pytestmark = pytest.mark.gui
 
 CLASSES = ["adipose tissue", "connective tissue", "invasive cancer"]
 
 
-def _wait(qtbot, worker, timeout=240_000):
-    assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=timeout):
-        pass
-    qtbot.wait(50)
-
-
-def test_classify_sample_slide(make_napari_viewer, qtbot):
+def test_classify_sample_slide(make_napari_viewer, wait_worker):
     import torch
 
     from napari_stexp.session import get_session
@@ -38,12 +28,12 @@ def test_classify_sample_slide(make_napari_viewer, qtbot):
     assert "SYN1" in w.available_sections()
     w.set_checked(["SYN1"])
     w.quick.setChecked(True)
-    _wait(qtbot, w.train())
+    wait_worker(w.train())
     assert w.model is not None and w.model.classes == CLASSES
     assert "invasive cancer" in w.legend.text()
 
     # whole slide: patch grid over tissue
-    _wait(qtbot, w.classify(SLIDE_PREFIX + image_name))
+    wait_worker(w.classify(SLIDE_PREFIX + image_name))
     cls_layer = viewer.layers[f"{image_name} classes"]
     conf_layer = viewer.layers[f"{image_name} confidence"]
     feats = cls_layer.features
@@ -80,7 +70,7 @@ def test_classify_sample_slide(make_napari_viewer, qtbot):
     assert ref.data.shape == (n, w.model.config.projection_dim)
 
     # a section (spots): classes + gene latent, colourable by patient
-    _wait(qtbot, w.classify("SYN1"))
+    wait_worker(w.classify("SYN1"))
     sec = viewer.layers["SYN1 classes"]
     assert "patient" in sec.features and set(sec.features["patient"].astype(str)) == {"P1"}
     gref = sess.embeddings["SYN1 gene latent"]

@@ -13,8 +13,6 @@ import pytest
 from napari_stexp.analysis.features import gene_expression
 from napari_stexp.io.collection import SlideCollection
 
-pytestmark = pytest.mark.gui
-
 HER2ST_IMAGE = {"A1", "B4", "C2", "C3", "C4", "C5"}
 HER2ST_LABELS = {"A1", "B1", "C1", "D1", "E1", "F1"}
 
