@@ -96,7 +96,7 @@ def _child(job: dict, queue) -> None:
         secs = time.perf_counter() - t0
         peak = _peak_rss_mb()
         queue.put({"seconds": secs, "cells": n, "peak_mb": max(peak - base, 0.0)})
-    except BaseException as exc:  # report, never hang the parent
+    except BaseException as exc:  # noqa: BLE001 - report to the parent, never hang it
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
@@ -187,7 +187,7 @@ def bench_bccd(args) -> None:
                   "images_per_s": len(ids) / csecs, "baseline": "classical",
                   "baseline_f1": ours["f1"],
                   "ratio": cp["f1"] / ours["f1"] if ours["f1"] else None})
-        except Exception as exc:  # e.g. weights not downloadable offline
+        except Exception as exc:  # noqa: BLE001 - an optional backend: reported as skipped
             emit({"name": "bccd_wbc_detection", "backend": "cellpose",
                   "skipped": f"{type(exc).__name__}: {exc}"})
     else:
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_large(args, rec.get("untiled_mb_per_mpx"))
     if not args.no_bvae and (HERE / "_bvae_knn.py").exists():
         sys.path.insert(0, str(HERE))
-        import _bvae_knn  # noqa: PLC0415
+        import _bvae_knn
 
         bargs = _bvae_knn.build_parser().parse_args(shlex.split(args.bvae_args)) \
             if hasattr(_bvae_knn, "build_parser") else argparse.Namespace()

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from expression import PeakRSS  # noqa: E402  (same-folder benchmark helpers)
+from expression import PeakRSS
 
 
 def emit(**kw) -> None:

@@ -341,7 +341,7 @@ def _tiff_size(path: Path) -> tuple[int, int] | None:
         with tifffile.TiffFile(path) as tf:
             shp = tf.series[0].shape
         return int(shp[0]), int(shp[1])
-    except Exception:
+    except Exception:  # noqa: BLE001 - not a TIFF: no size
         return None
 
 

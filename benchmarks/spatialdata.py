@@ -96,7 +96,7 @@ def job_ours(store: str) -> dict:
 
 def job_napari_spatialdata(store: str) -> dict:
     import spatialdata as sd
-    import spatialdata._io  # noqa: F401
+    import spatialdata._io
     import torch  # noqa: F401
     from napari.utils.events import EventedList
     from napari_spatialdata._model import DataModel

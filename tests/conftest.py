@@ -10,7 +10,7 @@ import pytest
 # Keep torch/BLAS from oversubscribing the 2 cores CI has.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-from napari_stexp.datasets import data_root  # noqa: E402
+from napari_stexp.datasets import data_root
 
 
 def pytest_configure(config):

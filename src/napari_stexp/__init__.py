@@ -5,6 +5,6 @@ Importing the package is cheap: no torch, no Qt. Submodules load what they need 
 
 __version__ = "0.1.0"
 
-from .errors import InputError, StexpError, StexpWarning  # noqa: E402
+from .errors import InputError, StexpError, StexpWarning
 
 __all__ = ["InputError", "StexpError", "StexpWarning", "__version__"]

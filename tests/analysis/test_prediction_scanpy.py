@@ -7,11 +7,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
-from expression_helpers import untrained_expression_model  # noqa: E402
+from expression_helpers import untrained_expression_model
 
 
 @pytest.fixture(scope="module")

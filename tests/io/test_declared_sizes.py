@@ -15,7 +15,7 @@ import pytest
 from napari_stexp.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
-from _craft import huge_tiled_tiff, lying_jpeg  # noqa: E402
+from _craft import huge_tiled_tiff, lying_jpeg
 
 
 def _cli(*args, timeout=60):

@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("spatialdata")
 
-from napari_stexp.io import sdata_fast  # noqa: E402
-from napari_stexp.io.spatialdata import read_spatialdata  # noqa: E402
+from napari_stexp.io import sdata_fast
+from napari_stexp.io.spatialdata import read_spatialdata
 
 
 def _same(a, b):

@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("spatialdata")
 
-from napari_stexp.errors import InputError  # noqa: E402
-from napari_stexp.io.open import detect_kind, format_summary, open_path  # noqa: E402
-from napari_stexp.io.spatialdata import SpatialDataWarning, read_spatialdata  # noqa: E402
+from napari_stexp.errors import InputError
+from napari_stexp.io.open import detect_kind, format_summary, open_path
+from napari_stexp.io.spatialdata import SpatialDataWarning, read_spatialdata
 
 
 def test_merfish_old_layout(merfish):

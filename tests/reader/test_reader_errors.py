@@ -12,7 +12,7 @@ from napari_stexp._reader import get_reader, read_paths
 from napari_stexp.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
-from _craft import huge_tiled_tiff  # noqa: E402
+from _craft import huge_tiled_tiff
 
 
 def test_huge_declared_tiff_is_a_clear_error(tmp_path):

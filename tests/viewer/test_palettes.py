@@ -117,7 +117,7 @@ def test_scale_bar_and_legend_on_by_default(make_napari_viewer):
     # a numeric colour gets napari's colour bar
     (counts,) = add_layer_tuples(viewer, [spots_layer(a, color_by="total_counts",
                                                       name="counts")])
-    assert counts._overlays["face_colorbar"].visible  # noqa: SLF001
+    assert counts._overlays["face_colorbar"].visible
     assert "total_counts" in text.text
 
 

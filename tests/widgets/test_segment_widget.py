@@ -18,7 +18,7 @@ def _run(qtbot, widget):
     waiting on the signal itself could miss a worker that fails at once)."""
     worker = widget.run()
     assert worker is not None
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)  # noqa: SLF001
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
     qtbot.wait(50)
 
 
@@ -93,7 +93,7 @@ def test_segment_widget_cancel(make_napari_viewer, qtbot, smear):
     worker = w.run()
     assert worker is not None
     w.cancel()
-    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)  # noqa: SLF001
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
     qtbot.wait(50)
     assert "smear cells" not in viewer.layers
     assert w.status.text() == "cancelled"

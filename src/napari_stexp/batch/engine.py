@@ -384,7 +384,7 @@ def _run_local(res, kind, todo, out, model_dir, options, task, progress, total) 
         try:
             res.records.append(run_one(kind, str(p), str(out), model_dir, options, task))
             res.done.append(str(p))
-        except Exception as exc:  # one bad slide must not stop the batch
+        except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
             res.failed[str(p)] = f"{type(exc).__name__}: {exc}"
         _progress_line(res, total, progress, p.name)
 
@@ -419,7 +419,7 @@ def _run_distributed(res, kind, todo, out, model_dir, options, task, progress, t
             try:
                 res.records.append(fut.result())
                 res.done.append(str(p))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
                 res.failed[str(p)] = f"{type(exc).__name__}: {exc}"
             _progress_line(res, total, progress, p.name)
     finally:

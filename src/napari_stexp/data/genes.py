@@ -82,7 +82,7 @@ def load_gene_file(path: str | os.PathLike) -> list[str]:
     if p.suffix.lower() == ".npy":
         try:
             arr = np.load(p, allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - object arrays, corrupt files
+        except Exception as exc:
             raise InputError(p, f"cannot read gene list ({type(exc).__name__}: {exc}); "
                                 "expected a numpy array of strings") from exc
         if arr.dtype.kind not in "US":

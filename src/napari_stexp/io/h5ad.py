@@ -103,7 +103,7 @@ def read_st_h5ad(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(path, "file not found")
     try:
         adata = ad.read_h5ad(path)
-    except Exception as exc:  # noqa: BLE001 - h5py/anndata raise many types on corrupt files
+    except Exception as exc:
         raise InputError(path, f"cannot read h5ad (corrupt or truncated?): "
                                f"{type(exc).__name__}: {exc}") from exc
     if adata.n_obs == 0:
@@ -271,7 +271,7 @@ def _h5ad_metadata_legacy(path: Path) -> dict[str, Any]:
 
     try:
         a = ad.read_h5ad(path, backed="r")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(path, f"cannot read h5ad: {type(exc).__name__}: {exc}") from exc
     try:
         summary = adata_summary(a)

@@ -82,7 +82,7 @@ def _from_manifest(root: Path) -> pd.DataFrame:
     path = root / "sections.csv"
     try:
         man = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is bad input
+    except Exception as exc:
         raise InputError(path, f"cannot read the manifest: {exc}") from exc
     missing = [c for c in ("section", "counts", "spots") if c not in man.columns]
     if missing:
@@ -188,7 +188,7 @@ def her2st_gene_panel(root: str | os.PathLike) -> list[str]:
         raise InputError(path, "gene panel file not found")
     try:
         return [str(g) for g in np.load(path, allow_pickle=False)]
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(path, f"cannot read the gene panel: {exc}") from exc
 
 
@@ -292,7 +292,7 @@ def read_counts_tsv(path: str | os.PathLike) -> tuple[list[str], list[str], np.n
 
         try:
             df = pd.read_csv(io.BytesIO(raw), sep="\t", index_col=0)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise InputError(path, f"cannot parse the count table: {exc}") from exc
         try:
             vals = df.to_numpy(dtype=np.float64)
@@ -322,7 +322,7 @@ def _read_table(path: Path, required: Sequence[str], what: str) -> pd.DataFrame:
         df = pd.read_csv(path, sep="\t")
     except FileNotFoundError as exc:
         raise InputError(path, "file not found") from exc
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(path, f"cannot parse the {what} table: {exc}") from exc
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -437,7 +437,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 return int(im.size[0]), int(im.size[1])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(path, f"cannot open image: {exc}") from exc
 
 
@@ -467,7 +467,7 @@ def load_small_image(path: str | os.PathLike, long_side: int = HIRES_LONG_SIDE
                 else:
                     small = im.convert("RGB")
                 arr = np.asarray(small)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(path, f"cannot decode image: {exc}") from exc
     return arr, arr.shape[1] / w, (w, h)
 

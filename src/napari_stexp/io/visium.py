@@ -160,7 +160,7 @@ def read_tissue_positions(path: str | os.PathLike) -> pd.DataFrame:
                                    "(pip install pyarrow)") from exc
         try:
             df = pd.read_parquet(path)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise InputError(path, f"cannot read parquet: {exc}") from exc
     else:
         try:
@@ -179,7 +179,7 @@ def read_tissue_positions(path: str | os.PathLike) -> pd.DataFrame:
                 df.columns = POSITION_COLUMNS
         except InputError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise InputError(path, f"cannot parse tissue positions: {exc}") from exc
     missing = [c for c in POSITION_COLUMNS if c not in df.columns]
     if missing:
@@ -213,7 +213,7 @@ def _load_png(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(path, f"cannot decode image: {exc}") from exc
 
 

@@ -272,7 +272,7 @@ class ModelFolder:
         try:
             with np.load(p, allow_pickle=False) as z:
                 out = {k: z[k] for k in z.files}
-        except Exception as exc:  # noqa: BLE001 - truncated/corrupt/pickled
+        except Exception as exc:
             raise InputError(p, f"cannot read ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
         missing = [k for k in keys if k not in out]
@@ -334,7 +334,7 @@ def load_tensors(path: Path) -> dict:
                 from exc
         raise InputError(path, "truncated or corrupt weights file (not a torch tensor "
                                "archive)") from exc
-    except Exception as exc:  # noqa: BLE001 - zip/EOF/IO errors
+    except Exception as exc:
         raise InputError(path, f"truncated or corrupt weights file ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
     if not isinstance(obj, dict):

@@ -11,8 +11,8 @@ import dataclasses
 from typing import Any
 
 
-def option(default: Any = dataclasses.MISSING, *, help: str, min: float | None = None,  # noqa: A002
-           max: float | None = None, choices: tuple | None = None,  # noqa: A002
+def option(default: Any = dataclasses.MISSING, *, help: str, min: float | None = None,
+           max: float | None = None, choices: tuple | None = None,
            label: str | None = None, default_factory: Any = dataclasses.MISSING):
     """A dataclass field with its help text and bounds (see the module doc)."""
     md = {"help": help, "min": min, "max": max, "choices": tuple(choices) if choices else None,

@@ -267,7 +267,7 @@ def _image_of(adata, name: str):
         return section_image(adata)
     except InputError:
         raise
-    except Exception as exc:  # noqa: BLE001 - an unreadable image is bad input
+    except Exception as exc:
         raise InputError(f"section {name}", f"cannot open the H&E image ({exc})") from exc
 
 

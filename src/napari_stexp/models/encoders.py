@@ -265,7 +265,7 @@ def read_state_dict(path: str | os.PathLike) -> dict:
             import torch
 
             state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt/unsupported file
+    except Exception as exc:
         raise InputError(p, f"cannot read weights file ({type(exc).__name__}: {exc})") from exc
     if isinstance(state, dict):
         for key in ("state_dict", "model", "model_state_dict"):

@@ -6,7 +6,7 @@ from typing import Any
 
 from qtpy.QtCore import QObject, Signal
 
-from .._torch_guard import guard_torch  # noqa: F401 (re-exported: the widgets package calls it)
+from .._torch_guard import guard_torch
 from ..viewer._napari import add_layer_tuples, notify_error, notify_info  # noqa: F401 (re-exported)
 
 
@@ -33,8 +33,8 @@ def warm_torch() -> None:
     """
     guard_torch()
     import torch
-    import torch._dynamo  # noqa: F401
-    import torch.optim  # noqa: F401
+    import torch._dynamo
+    import torch.optim
 
     del torch
 

@@ -285,7 +285,7 @@ def _query_gl_renderer() -> str:
         from vispy.gloo import gl
 
         return str(gl.glGetParameter(gl.GL_RENDERER))
-    except Exception:
+    except Exception:  # noqa: BLE001 - no GL context: renderer unknown
         return "unknown"
 
 

@@ -214,7 +214,7 @@ class BVAEWidget(WorkerMixin, QWidget):
             except (RuntimeError, TypeError, ValueError):
                 pass
 
-    def closeEvent(self, event):  # noqa: N802 (Qt name)
+    def closeEvent(self, event):
         self._disconnect()
         super().closeEvent(event)
 
@@ -516,7 +516,7 @@ class BVAEWidget(WorkerMixin, QWidget):
         if self.model is not None and self.model.has_expression:
             try:
                 fill_table(self.expr_table, expression_at(self.model, trav, row, step))
-            except Exception as exc:  # never crash on a slider move
+            except Exception as exc:  # noqa: BLE001 - never crash on a slider move
                 notify_error(exc)
         else:
             fill_table(self.expr_table, None)

@@ -897,7 +897,7 @@ class ExplorerWidget(QWidget):
         for emitter, cb in self._connections:
             try:
                 emitter.disconnect(cb)
-            except Exception:  # already gone with its layer
+            except Exception:  # noqa: BLE001 - already gone with its layer
                 pass
         self._connections = []
         self._picked = set()
@@ -1046,7 +1046,7 @@ class ExplorerWidget(QWidget):
             self.export_h5ad(path, self._export_groups())
 
     # -- teardown -----------------------------------------------------------------------------
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+    def closeEvent(self, event) -> None:
         self.cleanup()
         super().closeEvent(event)
 
@@ -1064,7 +1064,7 @@ class ExplorerWidget(QWidget):
                             (self.viewer.layers.events.removed, self._refresh_soon)):
             try:
                 emitter.disconnect(cb)
-            except Exception:
+            except Exception:  # noqa: BLE001 - already gone with its layer
                 pass
         self.scatter.close()
 

@@ -106,7 +106,7 @@ class LoaderWidget(QWidget):
     def _on_opened(self, opened):
         try:
             add_layer_tuples(self.viewer, opened.layers())
-        except Exception as exc:  # a layer napari refuses: report, keep the GUI alive
+        except Exception as exc:  # noqa: BLE001 - a layer napari refuses: report, keep the GUI alive
             notify_error(f"{opened.path}: cannot show layers ({exc})")
             return
         for sec, ad in opened.adatas.items():

@@ -305,7 +305,7 @@ class NavigatorWidget(QWidget):
             return
         try:
             self.nav.apply(data)
-        except Exception as exc:  # a layer napari refuses: report, keep the GUI alive
+        except Exception as exc:  # noqa: BLE001 - a layer napari refuses: report, keep the GUI alive
             notify_error(f"{data.item.name}: cannot show the slide ({exc})")
 
     def _on_changed(self, name: str):
@@ -385,6 +385,6 @@ class NavigatorWidget(QWidget):
         self.grid_btn.blockSignals(False)
         self.status.setText(f"grid: {', '.join(names)}")
 
-    def closeEvent(self, event):  # noqa: N802 - Qt API
+    def closeEvent(self, event):
         self.nav.close()
         super().closeEvent(event)

@@ -354,7 +354,7 @@ class SegmentWidget(QWidget):
         try:
             layer = add_or_update_cells(self.viewer, self.viewer.layers[image_name], result,
                                         method)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a layer napari refuses: report, keep the GUI alive
             notify_error(f"cannot show the cells: {exc}")
             return
         self.status.setText(f"{result.n_objects} cells -> '{layer.name}'")

@@ -69,7 +69,7 @@ def _read_h5ad_section(path: str, section: str | None, st: bool = True) -> Any:
                                    f"available: {', '.join(data)}")
     try:
         a = ad.read_h5ad(path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(path, f"cannot read h5ad: {type(exc).__name__}: {exc}") from exc
     if section is not None:
         for col in LIBRARY_COLUMNS:
