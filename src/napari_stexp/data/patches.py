@@ -53,6 +53,16 @@ class PatchSpec:
         return None if self.target_mpp is None else self.patch_size * self.target_mpp
 
 
+class ConfigPatchSpec:
+    """Mixin of the image models: their :class:`PatchSpec` read from ``self.config``
+    (``patch_size``, ``input_size``, ``target_mpp``), the geometry every patch reader uses."""
+
+    @property
+    def patch_spec(self) -> PatchSpec:
+        c = self.config
+        return PatchSpec(c.patch_size, c.input_size, c.target_mpp)
+
+
 image_mpp_known = mpp_known  # kept name; the rule lives in io/frame
 
 

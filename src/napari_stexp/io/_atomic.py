@@ -68,6 +68,24 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
         raise
 
 
+@contextlib.contextmanager
+def atomic_writer(target: str | os.PathLike, what: str, *,
+                  directory: bool = False) -> Iterator[Path]:
+    """:func:`atomic_path` for a writer of ``what`` ("h5ad", "OME-Zarr", ...): any failure of the
+    writer becomes one ``InputError("<target>: cannot write <what> (...)")`` and nothing is left
+    at ``target``; our own errors and a cancel pass through unchanged."""
+    from ..errors import CancelledError, InputError
+
+    with atomic_path(target, directory=directory) as tmp:
+        try:
+            yield tmp
+        except (InputError, CancelledError):
+            raise
+        except Exception as exc:
+            raise InputError(target, f"cannot write {what} ({type(exc).__name__}: {exc})"
+                             ) from exc
+
+
 def _tmp_prefix(target: Path) -> str:
     return f".{target.name}.tmp-"
 

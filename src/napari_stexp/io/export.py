@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from .._provenance import clean_provenance  # noqa: F401 - re-exported (analysis.slide_predict)
-from ..errors import CancelledError, InputError
-from ._atomic import atomic_path
+from ._atomic import atomic_writer
 from .ome_zarr import (  # noqa: F401 - re-exported: the OME-Zarr writer/reader moved
     add_ome_zarr_labels,
     read_ome_zarr,
@@ -122,12 +121,6 @@ def write_h5ad(adata: Any, path: str | os.PathLike, *, compression: str | None =
         safe = adata
     else:
         safe = h5ad_safe(adata)
-    with atomic_path(target) as tmp:
-        try:
-            safe.write_h5ad(tmp, compression=compression)
-        except (InputError, CancelledError):
-            raise
-        except Exception as exc:
-            raise InputError(target, f"cannot write h5ad ({type(exc).__name__}: {exc})"
-                             ) from exc
+    with atomic_writer(target, "h5ad") as tmp:
+        safe.write_h5ad(tmp, compression=compression)
     return target

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import CancelledError, InputError
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
-from ._atomic import atomic_path
+from ._atomic import atomic_path, atomic_writer
 from .image import ImagePyramid
 from .wsi import downsample2, unit_to_um
 
@@ -277,17 +277,11 @@ def write_ome_zarr(
     scale = None if scale_um is None else _check_scale(target, scale_um)
     name = name or target.name.split(".")[0]
     extra = {"image-label": {"version": NGFF_VERSION}} if kind == "labels" else None
-    with atomic_path(target, directory=True) as tmp:
-        try:
-            root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
-            _write_multiscale(root, data, target=target, kind=kind, axes=axes, scale_um=scale,
-                              n_levels=n_levels, chunk=int(chunks), name=name,
-                              progress=progress, cancel=cancel, extra_attrs=extra)
-        except (InputError, CancelledError):
-            raise
-        except Exception as exc:
-            raise InputError(target, f"cannot write OME-Zarr ({type(exc).__name__}: {exc})"
-                             ) from exc
+    with atomic_writer(target, "OME-Zarr", directory=True) as tmp:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+        _write_multiscale(root, data, target=target, kind=kind, axes=axes, scale_um=scale,
+                          n_levels=n_levels, chunk=int(chunks), name=name,
+                          progress=progress, cancel=cancel, extra_attrs=extra)
     return target
 
 

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CancelledError, InputError
+from ..errors import InputError
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
-from ._atomic import atomic_path
+from ._atomic import atomic_writer
 from .image import ImagePyramid
 
 TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".svs", ".btf", ".tf8", ".tf2",
@@ -887,27 +887,21 @@ def write_pyramidal_tiff(
     if comp == "jpeg":
         compargs["compressionargs"] = {"level": int(quality)}
     raw_bytes = sum(math.prod(s) for s in shapes) * dtype.itemsize
-    with atomic_path(target) as tmp:
-        try:
-            with tifffile.TiffWriter(tmp, bigtiff=raw_bytes > 2**31 - 2**26) as tw:
-                for k, shp in enumerate(shapes):
-                    kw: dict[str, Any] = {}
-                    if k == 0:
-                        if n > 1:
-                            kw["subifds"] = n - 1
-                        kw["software"] = "napari-stexp"
-                    else:
-                        kw["subfiletype"] = 1
-                    if mpp:
-                        ppcm = 1e4 / (float(mpp) * 2 ** k)
-                        kw["resolution"] = (ppcm, ppcm)
-                        kw["resolutionunit"] = "CENTIMETER"
-                    tw.write(tiles(k), shape=shp, dtype=dtype, tile=(tile, tile),
-                             photometric=photometric, metadata=None,
-                             maxworkers=maxworkers, **compargs, **extras, **kw)
-        except (InputError, CancelledError):
-            raise
-        except Exception as exc:
-            raise InputError(target, f"cannot write TIFF ({type(exc).__name__}: {exc})"
-                             ) from exc
+    with atomic_writer(target, "TIFF") as tmp:
+        with tifffile.TiffWriter(tmp, bigtiff=raw_bytes > 2**31 - 2**26) as tw:
+            for k, shp in enumerate(shapes):
+                kw: dict[str, Any] = {}
+                if k == 0:
+                    if n > 1:
+                        kw["subifds"] = n - 1
+                    kw["software"] = "napari-stexp"
+                else:
+                    kw["subfiletype"] = 1
+                if mpp:
+                    ppcm = 1e4 / (float(mpp) * 2 ** k)
+                    kw["resolution"] = (ppcm, ppcm)
+                    kw["resolutionunit"] = "CENTIMETER"
+                tw.write(tiles(k), shape=shp, dtype=dtype, tile=(tile, tile),
+                         photometric=photometric, metadata=None,
+                         maxworkers=maxworkers, **compargs, **extras, **kw)
     return target

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from .._provenance import clean_provenance, run_signature, version
+from ..data.patches import ConfigPatchSpec
 from ..errors import InputError, StexpWarning
 from ..progress import CancelFlag, ProgressFn, check_cancel, report
 from ..training.engine import discard_stale_checkpoint
@@ -310,7 +311,7 @@ def spatial_block_split(xy: np.ndarray, groups: Sequence, labels: Sequence, frac
 
 
 @dataclass
-class BatchAgnosticClassifier:
+class BatchAgnosticClassifier(ConfigPatchSpec):
     """A trained classifier bundle: network, gene encoder, panel, categories, provenance."""
 
     net: Any
@@ -324,13 +325,7 @@ class BatchAgnosticClassifier:
     history: dict = field(default_factory=dict)
     path: str | None = None
 
-    # -- geometry
-    @property
-    def patch_spec(self):
-        from ..data.patches import PatchSpec
-
-        c = self.config
-        return PatchSpec(c.patch_size, c.input_size, c.target_mpp)
+    # -- geometry: patch_spec from ConfigPatchSpec
 
     @property
     def method(self) -> str:

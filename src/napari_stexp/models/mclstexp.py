@@ -44,6 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._provenance import run_signature, version
+from ..data.patches import ConfigPatchSpec
 from ..errors import InputError
 from ..io.frame import (
     array_grid,
@@ -271,7 +272,7 @@ class Reference:
 
 
 @dataclass
-class ExpressionModel:
+class ExpressionModel(ConfigPatchSpec):
     """A trained mclSTExp model with its gene panel, reference and provenance (GUI-free)."""
 
     net: MclstexpNet
@@ -282,13 +283,7 @@ class ExpressionModel:
     history: list = field(default_factory=list)
     path: str | None = None
 
-    # -- geometry
-    @property
-    def patch_spec(self):
-        from ..data.patches import PatchSpec
-
-        c = self.config
-        return PatchSpec(c.patch_size, c.input_size, c.target_mpp)
+    # -- geometry: patch_spec from ConfigPatchSpec
 
     @property
     def name(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel
 
 from .._torch_guard import guard_torch
 from ..viewer._napari import add_layer_tuples, notify_error, notify_info  # noqa: F401 (re-exported)
@@ -263,3 +264,11 @@ class StallProbe:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def hbox(*items) -> QHBoxLayout:
+    """A row of widgets (a ``str`` becomes a label), for the dock widgets' button rows."""
+    row = QHBoxLayout()
+    for it in items:
+        row.addWidget(QLabel(it) if isinstance(it, str) else it)
+    return row

@@ -12,7 +12,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -20,7 +19,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import layer_adata, notify_error
+from ._common import hbox, layer_adata, notify_error
 
 REGIONS_LAYER = "annotations"
 
@@ -58,9 +57,7 @@ class AnnotateWidget(QWidget):
         form.addRow("spots", self.spots_combo)
         form.addRow("regions", self.regions_combo)
         form.addRow("class", self.class_edit)
-        row = QHBoxLayout()
-        row.addWidget(self.new_btn)
-        row.addWidget(self.name_btn)
+        row = hbox(self.new_btn, self.name_btn)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addLayout(row)

@@ -7,7 +7,6 @@ from pathlib import Path
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
@@ -18,7 +17,7 @@ from qtpy.QtWidgets import (
 
 from ..io.open import format_summary
 from ..session import get_session
-from ._common import add_layer_tuples, notify_error, start_worker
+from ._common import add_layer_tuples, hbox, notify_error, start_worker
 from ._tooltips import tip
 
 
@@ -54,13 +53,8 @@ class LoaderWidget(QWidget):
         self.summary.setReadOnly(True)
         self.status = QLabel("")
 
-        row = QHBoxLayout()
-        row.addWidget(self.path_edit)
-        row.addWidget(file_btn)
-        row.addWidget(dir_btn)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.open_btn)
-        buttons.addWidget(self.cancel_btn)
+        row = hbox(self.path_edit, file_btn, dir_btn)
+        buttons = hbox(self.open_btn, self.cancel_btn)
         lay = QVBoxLayout(self)
         lay.addLayout(row)
         lay.addWidget(self.sections_edit)

@@ -17,7 +17,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFileDialog,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
@@ -40,7 +39,7 @@ from ..viewer.navigator import (
     face_color_column,
     viewer_grid,
 )
-from ._common import notify_error, notify_info, start_worker
+from ._common import hbox, notify_error, notify_info, start_worker
 
 __all__ = ["NavigatorWidget", "SlideNavigator", "face_color_column", "viewer_grid"]
 
@@ -137,23 +136,11 @@ class NavigatorWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
-        row = QHBoxLayout()
-        row.addWidget(self.path_edit)
-        row.addWidget(file_btn)
-        row.addWidget(dir_btn)
-        row2 = QHBoxLayout()
-        row2.addWidget(self.open_btn)
-        row2.addWidget(self.loaded_btn)
-        nav_row = QHBoxLayout()
-        nav_row.addWidget(self.prev_btn)
-        nav_row.addWidget(self.next_btn)
-        color_row = QHBoxLayout()
-        color_row.addWidget(self.color_edit)
-        color_row.addWidget(self.color_btn)
-        grid_row = QHBoxLayout()
-        grid_row.addWidget(QLabel("Slides:"))
-        grid_row.addWidget(self.grid_n)
-        grid_row.addWidget(self.grid_btn)
+        row = hbox(self.path_edit, file_btn, dir_btn)
+        row2 = hbox(self.open_btn, self.loaded_btn)
+        nav_row = hbox(self.prev_btn, self.next_btn)
+        color_row = hbox(self.color_edit, self.color_btn)
+        grid_row = hbox("Slides:", self.grid_n, self.grid_btn)
         lay = QVBoxLayout(self)
         lay.addLayout(row)
         lay.addLayout(row2)
