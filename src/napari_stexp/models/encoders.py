@@ -167,7 +167,7 @@ def get_spec(name: str) -> EncoderSpec:
     key = str(name).lower()
     key = ALIASES.get(key, key)
     if key not in ENCODERS:
-        raise InputError(name, f"unknown encoder (choose from {', '.join(ENCODERS)})")
+        raise InputError(name, f"unknown encoder (unknown backbone; choose from {', '.join(ENCODERS)})")
     return ENCODERS[key]
 
 
