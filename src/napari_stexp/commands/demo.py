@@ -58,6 +58,8 @@ def run(args) -> int:
         viewer.window.resize(w, h)
         for _ in range(10):
             QApplication.processEvents()
+        viewer.reset_view()  # fit the slide to the canvas at its final size
+        QApplication.processEvents()
         out = Path(args.screenshot)
         out.parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(out), canvas_only=False)
