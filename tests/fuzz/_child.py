@@ -20,6 +20,17 @@ if limit:
 
 
 def _peak_mb() -> float:
+    """This process's own peak resident memory (VmHWM of its address space, reset at exec).
+
+    ``ru_maxrss`` is not used: Linux carries the parent's high-water mark over fork and exec,
+    so a child of a large pytest process would report the parent's size."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -90,7 +90,9 @@ def _child(spec: dict, workdir: Path) -> dict:
         r["hung"] = False
     crashed = len(runs) < len(spec["commands"]) + bool(spec.get("reader"))
     return {"runs": runs, "hung": hung.is_set(), "crashed": crashed and not hung.is_set(),
-            "exit": os.waitstatus_to_exitcode(status), "rss_mb": usage.ru_maxrss / 1024,
+            "exit": os.waitstatus_to_exitcode(status),
+            # the child's own peak (VmHWM); wait4's ru_maxrss includes the parent's size at fork
+            "rss_mb": max([r.get("peak_mb", 0.0) for r in runs] or [usage.ru_maxrss / 1024]),
             "seconds": time.perf_counter() - t0,
             "output": (workdir / "child.out").read_text(errors="replace")[-3000:]}
 

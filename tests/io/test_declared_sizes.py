@@ -25,8 +25,9 @@ def _cli(*args, timeout=60):
             "resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))\n"
             "from napari_stexp.cli import main\n"
             "rc = main(sys.argv[1:])\n"
-            "print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
-            " file=sys.stderr)\n"
+            # VmHWM: this process's own peak (ru_maxrss carries the parent's over fork/exec)
+            "hwm = [ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM')]\n"
+            "print('maxrss', hwm[0], file=sys.stderr)\n"
             "sys.exit(rc)")
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=timeout)

@@ -47,9 +47,9 @@ def test_cli_and_widget_train_on_the_same_panel_with_erbb2(her2st_dir, tmp_path,
     module = "napari_stexp.commands.expression"
     if module not in cli.COMMAND_MODULES:
         monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, module])
-    fast = {"epochs": 0, "input_size": 32, "batch_size": 32, "top_k": 5}
+    fast = {"epochs": 1, "input_size": 32, "batch_size": 32, "top_k": 5}
     rc = cli.main(["expression", "train", "--data", str(her2st_dir), "--sections", "B4",
-                   "--out", str(tmp_path / "m"), "--tiny", "--mode", "cached", "--epochs", "0",
+                   "--out", str(tmp_path / "m"), "--tiny", "--mode", "cached", "--epochs", "1",
                    "--input-size", "32", "--no-cache", "--quiet"])
     assert rc == 0
     cli_genes = (tmp_path / "m" / "genes.txt").read_text().split()

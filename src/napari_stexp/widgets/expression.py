@@ -96,7 +96,8 @@ def predict_for_sections(model, adatas: dict, images: dict | None = None, *, pro
             genes=list(model.genes), predicted=res["predicted"], confidence=res["confidence"],
             embeddings=res["embeddings"], obs_names=list(map(str, adata.obs_names)),
             measured=measured, pcc=pcc, in_reference=name in refs,
-            protocol=section_protocol(patient_of(adata), model.provenance.get("train_patients"))
+            protocol=section_protocol(patient_of(adata),
+                                      (getattr(model, "provenance", None) or {}).get("train_patients"))
             if measured is not None else ""))
     return out
 
