@@ -25,6 +25,60 @@ def add_slide_grid_args(p, out_metavar: str, unit: str) -> None:
     add_mpp_arg(p)
 
 
+def add_model_command(sub, name: str, help: str, *, train_help: str, checkpoint_help: str,
+                      evaluate_help: str, data_args, train_args, runtime_args, run_train,
+                      run_evaluate, report_args=None):
+    """A trained-model command group ``name`` with its ``train`` and ``evaluate`` actions (one
+    layout for every model); returns the action subparsers so the caller adds the others.
+
+    ``train``: the data flags, ``--out MODEL_DIR``, ``--checkpoint-dir`` (``checkpoint_help``
+    says what is checkpointed), then ``train_args``. ``evaluate``: ``--model MODEL_DIR``, the data
+    flags, ``--out REPORT.csv``, then ``report_args`` (the command's report options) and
+    ``runtime_args``.
+    """
+    p = sub.add_parser(name, help=help)
+    ssub = p.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+    ssub.required = True
+
+    t = ssub.add_parser("train", help=train_help)
+    data_args(t)
+    t.add_argument("--out", required=True, metavar="MODEL_DIR", help="model folder to write")
+    t.add_argument("--checkpoint-dir", default=None,
+                   help=f"{checkpoint_help} for resume (default MODEL_DIR.ckpt; removed after "
+                        "success)")
+    train_args(t)
+    t.set_defaults(func=run_train)
+
+    e = ssub.add_parser("evaluate", help=evaluate_help)
+    e.add_argument("--model", required=True, metavar="MODEL_DIR")
+    data_args(e)
+    e.add_argument("--out", required=True, metavar="REPORT.csv")
+    if report_args is not None:
+        report_args(e)
+    runtime_args(e)
+    e.set_defaults(func=run_evaluate)
+    return ssub
+
+
+def add_cache_args(p) -> None:
+    """``--cache-dir``, ``--no-cache`` and ``--quiet`` (the disk cache, the progress output)."""
+    p.add_argument("--cache-dir", default=None, help="feature/patch cache folder")
+    p.add_argument("--no-cache", action="store_true", help="do not use the disk cache")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def progress_of(args):
+    """Terminal progress, or None with ``--quiet``."""
+    from ..progress import terminal_progress
+
+    return None if getattr(args, "quiet", False) else terminal_progress()
+
+
+def cache_of(args):
+    """The models' ``cache_dir`` argument: False with ``--no-cache``, else ``--cache-dir``."""
+    return False if getattr(args, "no_cache", False) else args.cache_dir
+
+
 # --------------------------------------------------------------------------- value types
 # argparse ``type=`` callables: a bad value is refused by the parser (usage line, exit 2).
 

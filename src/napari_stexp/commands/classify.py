@@ -19,11 +19,15 @@ import warnings
 from pathlib import Path
 
 from ._args import (
+    add_cache_args,
     add_config_args,
     add_data_args,
     add_encoder_args,
+    add_model_command,
     add_slide_grid_args,
+    cache_of,
     config_overrides,
+    progress_of,
     slide_image,
 )
 
@@ -37,28 +41,14 @@ FLAG_NAMES = {"gene.n_latent": "--latent-dim", "gene.epochs": "--gene-epochs",
 
 
 def register(sub) -> None:
-    p = sub.add_parser("classify", help="tissue classes from H&E, guided by batch-agnostic "
-                                        "gene expression: train, evaluate, embed, predict")
-    ssub = p.add_subparsers(dest="classify_command", metavar="ACTION")
-    ssub.required = True
-
-    t = ssub.add_parser("train", help="train gene encoder, image encoder and classifier")
-    _data_args(t)
-    t.add_argument("--out", required=True, metavar="MODEL_DIR", help="model folder to write")
-    t.add_argument("--checkpoint-dir", default=None,
-                   help="stage checkpoints for resume (default MODEL_DIR.ckpt; removed after "
-                        "success)")
-    _train_args(t)
-    t.set_defaults(func=run_train)
-
-    e = ssub.add_parser("evaluate", help="accuracy / macro-F1 per section on labelled sections")
-    e.add_argument("--model", required=True, metavar="MODEL_DIR")
-    _data_args(e)
-    e.add_argument("--out", required=True, metavar="REPORT.csv")
-    e.add_argument("--details", default=None, metavar="JSON",
-                   help="also write per-class F1 and calibration error (ECE) as JSON")
-    _runtime_args(e)
-    e.set_defaults(func=run_evaluate)
+    ssub = add_model_command(
+        sub, "classify", "tissue classes from H&E, guided by batch-agnostic gene expression: "
+                         "train, evaluate, embed, predict",
+        train_help="train gene encoder, image encoder and classifier",
+        checkpoint_help="stage checkpoints",
+        evaluate_help="accuracy / macro-F1 per section on labelled sections",
+        data_args=_data_args, train_args=_train_args, runtime_args=_runtime_args,
+        run_train=run_train, run_evaluate=run_evaluate, report_args=_report_args)
 
     m = ssub.add_parser("embed", help="gene latent (+ image embedding where images exist) "
                                       "per spot, as .h5ad")
@@ -78,11 +68,14 @@ def _data_args(p) -> None:
     add_data_args(p)
 
 
+def _report_args(p) -> None:
+    p.add_argument("--details", default=None, metavar="JSON",
+                   help="also write per-class F1 and calibration error (ECE) as JSON")
+
+
 def _runtime_args(p) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--cache-dir", default=None, help="feature/patch cache folder")
-    p.add_argument("--no-cache", action="store_true", help="do not use the disk cache")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_cache_args(p)
 
 
 def _train_args(p) -> None:
@@ -117,22 +110,10 @@ def _train_args(p) -> None:
     i.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     i.add_argument("--tiny", action="store_true",
                    help="tiny smoke-test settings (tinycnn, 32 px, few epochs)")
-    i.add_argument("--cache-dir", default=None, help="feature/patch cache folder")
-    i.add_argument("--no-cache", action="store_true", help="do not use the disk cache")
-    i.add_argument("--quiet", action="store_true", help="no progress output")
+    add_cache_args(i)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _progress(args):
-    from ..progress import terminal_progress
-
-    return None if getattr(args, "quiet", False) else terminal_progress()
-
-
-def _cache(args):
-    return False if getattr(args, "no_cache", False) else args.cache_dir
 
 
 def _read(args):
@@ -194,8 +175,8 @@ def run_train(args) -> int:
                                                                                ".ckpt")
     with warnings.catch_warnings():
         warnings.simplefilter("default")
-        model = train_classifier(adatas, cfg, genes=genes, cache_dir=_cache(args),
-                                 checkpoint_dir=ckpt, progress=_progress(args))
+        model = train_classifier(adatas, cfg, genes=genes, cache_dir=cache_of(args),
+                                 checkpoint_dir=ckpt, progress=progress_of(args))
     model.save(out)
     if args.checkpoint_dir is None:
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -226,8 +207,8 @@ def run_evaluate(args) -> int:
 
     model = _load(args)
     adatas = _read(args)
-    report, details = evaluate_classifier(model, adatas, cache_dir=_cache(args),
-                                          progress=_progress(args))
+    report, details = evaluate_classifier(model, adatas, cache_dir=cache_of(args),
+                                          progress=progress_of(args))
     if report.empty:
         from ..errors import InputError
 
@@ -251,7 +232,7 @@ def run_embed(args) -> int:
 
     model = _load(args)
     adatas = _read(args)
-    emb = embed_sections(model, adatas, cache_dir=_cache(args), progress=_progress(args))
+    emb = embed_sections(model, adatas, cache_dir=cache_of(args), progress=progress_of(args))
     from ..io.sdata_write import write_result
 
     write_result(emb, args.out, write_h5ad)
@@ -268,7 +249,7 @@ def run_predict(args) -> int:
     model = _load(args)
     adata = classify_slide(model, slide_image(args), name=args.name, pitch_um=args.pitch_um,
                            layout=args.layout, min_tissue=args.min_tissue, tile=args.tile,
-                           progress=_progress(args))
+                           progress=progress_of(args))
     from ..io.sdata_write import write_result
 
     write_result(adata, args.out, write_h5ad)

@@ -20,11 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from ._args import (
+    add_cache_args,
     add_config_args,
     add_data_args,
     add_encoder_args,
+    add_model_command,
     add_slide_grid_args,
+    cache_of,
     config_overrides,
+    progress_of,
     slide_image,
 )
 
@@ -43,29 +47,14 @@ def __getattr__(name):  # TINY lives with the config (one preset for the CLI and
 
 
 def register(sub) -> None:
-    p = sub.add_parser("expression", help="spatial gene-expression prediction from H&E "
-                                          "(mclSTExp): train, evaluate, cross-validate, predict")
-    ssub = p.add_subparsers(dest="expression_command", metavar="ACTION")
-    ssub.required = True
-
-    t = ssub.add_parser("train", help="train a model on ST sections with H&E images")
-    _data_args(t)
-    t.add_argument("--out", required=True, metavar="MODEL_DIR", help="model folder to write")
-    t.add_argument("--checkpoint-dir", default=None,
-                   help="per-epoch checkpoints for resume (default MODEL_DIR.ckpt; removed after "
-                        "success)")
-    _train_args(t)
-    t.set_defaults(func=run_train)
-
-    e = ssub.add_parser("evaluate", help="evaluate a model (and baselines) on held-out sections")
-    e.add_argument("--model", required=True, metavar="MODEL_DIR")
-    _data_args(e)
-    e.add_argument("--out", required=True, metavar="REPORT.csv")
-    e.add_argument("--per-gene", default=None, metavar="CSV",
-                   help="also write per-gene PCC (method, section, gene, pcc)")
-    e.add_argument("--no-baselines", action="store_true", help="skip ridge, pca_ridge and training mean")
-    _runtime_args(e)
-    e.set_defaults(func=run_evaluate)
+    ssub = add_model_command(
+        sub, "expression", "spatial gene-expression prediction from H&E (mclSTExp): train, "
+                           "evaluate, cross-validate, predict",
+        train_help="train a model on ST sections with H&E images",
+        checkpoint_help="per-epoch checkpoints",
+        evaluate_help="evaluate a model (and baselines) on held-out sections",
+        data_args=_data_args, train_args=_train_args, runtime_args=_runtime_args,
+        run_train=run_train, run_evaluate=run_evaluate, report_args=_report_args)
 
     c = ssub.add_parser("cross-validate", help="leave-one-section/patient-out with baselines")
     _data_args(c)
@@ -93,12 +82,17 @@ def _data_args(p) -> None:
     add_data_args(p, "sections to use (default: every section that has an H&E image)")
 
 
+def _report_args(p) -> None:
+    p.add_argument("--per-gene", default=None, metavar="CSV",
+                   help="also write per-gene PCC (method, section, gene, pcc)")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip ridge, pca_ridge and training mean")
+
+
 def _runtime_args(p) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--batch-size", type=int, default=None, help="inference batch (default 64)")
-    p.add_argument("--cache-dir", default=None, help="feature/patch cache folder")
-    p.add_argument("--no-cache", action="store_true", help="do not use the disk cache")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_cache_args(p)
 
 
 def _train_args(p) -> None:
@@ -141,22 +135,10 @@ def _train_args(p) -> None:
                         "(docs/mclstexp.md, selection table); explicit flags win")
     g.add_argument("--tiny", action="store_true",
                    help="tiny smoke-test settings (tinycnn, 48 px input, 2 epochs, batch 32)")
-    g.add_argument("--cache-dir", default=None, help="feature/patch cache folder")
-    g.add_argument("--no-cache", action="store_true", help="do not use the disk cache")
-    g.add_argument("--quiet", action="store_true", help="no progress output")
+    add_cache_args(g)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _progress(args):
-    from ..progress import terminal_progress
-
-    return None if getattr(args, "quiet", False) else terminal_progress()
-
-
-def _cache(args):
-    return False if getattr(args, "no_cache", False) else args.cache_dir
 
 
 def load_sections(paths, sections=None, *, need_images: bool = True, genes=None,
@@ -268,7 +250,7 @@ def run_train(args) -> int:
         print(f"training mclSTExp ({kw['mode']} mode, {kw['backbone']}) on "
               f"{', '.join(adatas)} with the {how}", file=sys.stderr)
     model = train_expression_model(adatas, genes=genes, top_genes=top, checkpoint_dir=ckpt,
-                                   cache_dir=_cache(args), progress=_progress(args), **kw)
+                                   cache_dir=cache_of(args), progress=progress_of(args), **kw)
     model.provenance["command"] = " ".join(sys.argv)
     model.provenance["panel"] = how
     model.save(args.out)
@@ -289,7 +271,7 @@ def run_evaluate(args) -> int:
     model.check_genes(adatas)
     res = evaluate_model(model, adatas, baselines=() if args.no_baselines else
                          BASELINES, batch_size=args.batch_size or 64,
-                         device=args.device, cache_dir=_cache(args), progress=_progress(args))
+                         device=args.device, cache_dir=cache_of(args), progress=progress_of(args))
     _finish(args, res)
     return 0
 
@@ -305,7 +287,7 @@ def run_cross_validate(args) -> int:
               f"{kw['backbone']}, {how})", file=sys.stderr)
     res = cross_validate(adatas, by=args.by, genes=genes, top_genes=top,
                          baselines=() if args.no_baselines else BASELINES,
-                         cache_dir=_cache(args), progress=_progress(args), **kw)
+                         cache_dir=cache_of(args), progress=progress_of(args), **kw)
     _finish(args, res)
     return 0
 
@@ -337,7 +319,7 @@ def run_predict(args) -> int:
     adata = predict_slide(model, slide_image(args), name=args.name, pitch_um=args.pitch_um,
                           layout=args.layout, min_tissue=args.min_tissue,
                           batch_size=args.batch_size or 32, tile=args.tile, device=args.device,
-                          baseline=args.baseline, progress=_progress(args))
+                          baseline=args.baseline, progress=progress_of(args))
     from ..io.sdata_write import write_result
 
     write_result(adata, args.out, write_h5ad)

@@ -17,6 +17,16 @@ from ..errors import InputError
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def check_columns(source: Any, found, required, where: str = "") -> None:
+    """Raise ``InputError(source, "missing column(s) …{where}; found: …")`` unless every name in
+    ``required`` is among the table's columns ``found``."""
+    found = list(found)
+    missing = [c for c in required if c not in found]
+    if missing:
+        raise InputError(source, f"missing column(s) {', '.join(missing)}{where}; "
+                                 f"found: {', '.join(map(str, found))}")
+
+
 def check_compressed(source: Any, indices, indptr, n_major: int, n_minor: int, *,
                      n_values: int | None = None, major: str = "row", minor: str = "column"
                      ) -> None:

@@ -36,6 +36,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError, StexpWarning
+from ._validate import check_columns
 from .spatial import build_st_adata
 
 #: Centre-to-centre distance of the ST v1 array (one array unit) and spot diameter, in µm.
@@ -66,14 +67,6 @@ def find_her2st_root(root: str | os.PathLike) -> Path:
     raise InputError(root, "not a her2st folder (no sections.csv and no ST-cnts/ folder)")
 
 
-def is_her2st_folder(path: str | os.PathLike) -> bool:
-    try:
-        find_her2st_root(path)
-    except InputError:
-        return False
-    return True
-
-
 def _blank(v: Any) -> bool:
     return v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == ""
 
@@ -84,10 +77,7 @@ def _from_manifest(root: Path) -> pd.DataFrame:
         man = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:
         raise InputError(path, f"cannot read the manifest: {exc}") from exc
-    missing = [c for c in ("section", "counts", "spots") if c not in man.columns]
-    if missing:
-        raise InputError(path, f"missing column(s) {', '.join(missing)}; "
-                               f"found: {', '.join(man.columns)}")
+    check_columns(path, man.columns, ("section", "counts", "spots"))
     rows = []
     for _, r in man.iterrows():
         sec = str(r["section"]).strip()
@@ -324,10 +314,7 @@ def _read_table(path: Path, required: Sequence[str], what: str) -> pd.DataFrame:
         raise InputError(path, "file not found") from exc
     except Exception as exc:
         raise InputError(path, f"cannot parse the {what} table: {exc}") from exc
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise InputError(path, f"missing column(s) {', '.join(missing)} in the {what} file; "
-                               f"found: {', '.join(map(str, df.columns))}")
+    check_columns(path, df.columns, required, f" in the {what} file")
     return df
 
 

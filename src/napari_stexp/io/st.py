@@ -46,11 +46,20 @@ class STWarning(StexpWarning):
 # ----------------------------------------------------------------------------- detection
 
 
+def _found(find_root, path: Path) -> Path | None:
+    """The dataset root ``find_root`` (``find_her2st_root``, ``find_visium_root``) finds at
+    ``path``, or None when ``path`` is not a folder of that kind (the finder's ``InputError``)."""
+    try:
+        return find_root(path)
+    except InputError:
+        return None
+
+
 def _resolve(path: str | os.PathLike) -> tuple[str | None, Path, list[str] | None]:
     """``(kind, dataset root, sections implied by the path)``; kind None when unknown."""
-    from .her2st import find_her2st_root, is_her2st_folder
+    from .her2st import find_her2st_root
     from .spatialdata import looks_like_spatialdata
-    from .visium import is_visium_folder
+    from .visium import find_visium_root
     from .visium_hd import looks_like_visium_hd
     from .xenium import looks_like_xenium
 
@@ -60,9 +69,9 @@ def _resolve(path: str | os.PathLike) -> tuple[str | None, Path, list[str] | Non
         if test(p):
             return kind, p, None
     if p.is_dir():
-        if is_her2st_folder(p):
-            return "her2st", find_her2st_root(p), None
-        if is_visium_folder(p):
+        if (root := _found(find_her2st_root, p)) is not None:
+            return "her2st", root, None
+        if _found(find_visium_root, p) is not None:
             return "visium", p, None
         return None, p, None
     if not p.is_file():
@@ -70,15 +79,16 @@ def _resolve(path: str | os.PathLike) -> tuple[str | None, Path, list[str] | Non
     name = p.name.lower()
     if name.endswith(".h5ad"):
         return "h5ad", p, None
-    if name == "sections.csv" and is_her2st_folder(p.parent):
+    if name == "sections.csv" and _found(find_her2st_root, p.parent) is not None:
         return "her2st", p.parent, None
-    if p.parent.name in ("ST-cnts", "ST-spotfiles") and is_her2st_folder(p.parent.parent):
+    if p.parent.name in ("ST-cnts", "ST-spotfiles") and (
+            root := _found(find_her2st_root, p.parent.parent)) is not None:
         sec = p.name.split(".")[0]
         sec = sec.removeprefix("ut_").removesuffix("_stdata_filtered").removesuffix("_selection")
-        return "her2st", find_her2st_root(p.parent.parent), [sec]
-    if name.endswith(".h5") and is_visium_folder(p.parent):
+        return "her2st", root, [sec]
+    if name.endswith(".h5") and _found(find_visium_root, p.parent) is not None:
         return "visium", p.parent, None
-    if p.parent.name == "spatial" and is_visium_folder(p.parent.parent):
+    if p.parent.name == "spatial" and _found(find_visium_root, p.parent.parent) is not None:
         return "visium", p.parent.parent, None
     return None, p, None
 

@@ -29,6 +29,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError, StexpWarning
+from ._validate import check_columns
 from .spatial import build_st_adata
 
 VISIUM_SPOT_DIAMETER_UM = 55.0
@@ -53,14 +54,6 @@ def find_visium_root(folder: str | os.PathLike) -> Path:
             raise InputError(cand, f"Space Ranger folder without {MATRIX_FILES[0]}")
     raise InputError(folder, "not a Space Ranger folder (no spatial/ and "
                              f"{MATRIX_FILES[0]})")
-
-
-def is_visium_folder(path: str | os.PathLike) -> bool:
-    try:
-        find_visium_root(path)
-    except InputError:
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------- matrix
@@ -181,10 +174,7 @@ def read_tissue_positions(path: str | os.PathLike) -> pd.DataFrame:
             raise
         except Exception as exc:
             raise InputError(path, f"cannot parse tissue positions: {exc}") from exc
-    missing = [c for c in POSITION_COLUMNS if c not in df.columns]
-    if missing:
-        raise InputError(path, f"missing column(s) {', '.join(missing)}; "
-                               f"found: {', '.join(map(str, df.columns))}")
+    check_columns(path, df.columns, POSITION_COLUMNS)
     for c in POSITION_COLUMNS[1:]:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df = df.set_index(df["barcode"].astype(str))

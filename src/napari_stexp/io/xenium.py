@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ._validate import check_columns
 
 MANIFEST = "experiment.xenium"
 CELLS = "cells.parquet"
@@ -157,10 +158,7 @@ def read_parquet_schema(path: Path, required: tuple[str, ...] = ()) -> list[str]
     except Exception as exc:
         raise InputError(path, f"cannot read parquet footer (corrupt or truncated): "
                                f"{type(exc).__name__}: {exc}") from exc
-    missing = [c for c in required if c not in names]
-    if missing:
-        raise InputError(path, f"missing column(s) {', '.join(missing)}; found: "
-                               f"{', '.join(names)}")
+    check_columns(path, names, required)
     return names
 
 

@@ -1,7 +1,8 @@
 """β-VAE dock widget: train or load a model, embed cells, browse latent traversals and
 trajectories (with decoded expression when the model is aligned to a gene VAE).
 
-The GUI-free functions at the top do the work (tests call them directly); the widget runs long
+Qt-free functions in :mod:`napari_stexp.viewer.results` (re-exported here) do the work (tests
+call them directly); the widget runs long
 work in napari worker threads (progress bar, cancel) and touches layers in the main thread only.
 
 - Embedding: latents go to the session (``EmbeddingRef(name='bvae', source='bvae')``) and into
@@ -37,8 +38,20 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import InputError
 from ..session import EmbeddingRef, get_session
+from ..viewer.results import (
+    CROPS_LAYER,
+    POINTS_LAYER,
+    TRAJECTORY_LAYER,
+    TRAVERSAL_LAYER,
+    crops_layer_tuples,
+    expression_at,
+    labels_features_with_latents,
+    latent_columns,
+    trajectory_layer_tuple,
+    trajectory_trend_table,
+    traversal_layer_tuple,
+)
 from ._common import (
     ProgressBridge,
     WorkerMixin,
@@ -47,92 +60,12 @@ from ._common import (
     notify_info,
 )
 
-TRAVERSAL_LAYER = "bvae traversal"
-TRAJECTORY_LAYER = "bvae trajectory"
-CROPS_LAYER = "bvae crops"
-POINTS_LAYER = "bvae cells"
-
-
-# --------------------------------------------------------------------------- GUI-free helpers
-
-
-def latent_columns(z: np.ndarray, prefix: str = "bvae") -> dict[str, np.ndarray]:
-    return {f"{prefix}_{i}": z[:, i].astype(np.float32) for i in range(z.shape[1])}
-
-
-def crops_layer_tuples(cells, z: np.ndarray) -> list[tuple]:
-    """A crop stack (N, H, W, 3) Image layer plus a Points layer (one point per crop, centred on
-    its slice) whose features hold label, id and the latents ``bvae_*``."""
-    import pandas as pd
-
-    n, s = len(cells), cells.size
-    feats = pd.DataFrame({"index": np.arange(n), "cell_id": cells.ids,
-                          "label": [v if v is not None else "" for v in cells.labels]})
-    feats = pd.concat([feats, pd.DataFrame(latent_columns(z))], axis=1)
-    pts = np.stack([np.arange(n), np.full(n, (s - 1) / 2), np.full(n, (s - 1) / 2)], 1)
-    image = (np.clip(cells.images, 0, 1) * 255).astype(np.uint8)
-    return [
-        (image, {"name": CROPS_LAYER, "rgb": True,
-                 "metadata": {"kind": "cell-crops", "table": cells.table.copy()}}, "image"),
-        (pts, {"name": POINTS_LAYER, "features": feats, "size": max(4, s // 8),
-               "face_color": "transparent", "border_color": "yellow",
-               "metadata": {"source": "bvae"}}, "points"),
-    ]
-
-
-def labels_features_with_latents(features, cells, z: np.ndarray):
-    """A Labels layer's features table with ``bvae_*`` columns joined on the label id (rows
-    without an embedded cell get NaN)."""
-    import pandas as pd
-
-    lat = pd.DataFrame(latent_columns(z))
-    lat["label"] = cells.table["label_id"].to_numpy() if "label_id" in cells.table else \
-        pd.to_numeric(cells.table["id"]).to_numpy()
-    base = features.copy() if features is not None and len(features) else \
-        pd.DataFrame({"label": lat["label"].to_numpy()})
-    if "label" not in base.columns:
-        raise InputError("labels layer", "features table has no 'label' column")
-    base = base.drop(columns=[c for c in base.columns if c.startswith("bvae_")])
-    return base.merge(lat, on="label", how="left")
-
-
-def traversal_layer_tuple(trav, name: str = TRAVERSAL_LAYER) -> tuple:
-    """The traversal as an Image layer (dims, steps, 1, H, W, 3): sliders = latent dim and step;
-    the singleton axis lines up with a crop stack's crop axis, so the step slider has its own
-    axis (it does not run to the number of crops)."""
-    return (trav.images[:, :, None], {"name": name, "rgb": True,
-                          "metadata": {"dims": trav.dims.tolist(),
-                                       "steps_sigma": trav.values.tolist(),
-                                       "scores": trav.scores.tolist(), "source": "bvae"}},
-            "image")
-
-
-def expression_at(model, trav, row: int, step: int, n: int = 10):
-    """Top ``n`` genes by change at traversal point (row, step) against the cell's own decoding:
-    DataFrame(gene, expression, change)."""
-    import pandas as pd
-
-    row = int(np.clip(row, 0, len(trav.dims) - 1))
-    step = int(np.clip(step, 0, len(trav.values) - 1))
-    both = model.expression_from_latent(np.stack([trav.latents[row, step], trav.z0]))
-    here, ref = both.iloc[0], both.iloc[1]
-    change = here - ref
-    top = change.abs().sort_values(ascending=False).index[:n]
-    return pd.DataFrame({"gene": list(top), "expression": here[top].to_numpy(),
-                         "change": change[top].to_numpy()})
-
-
-def trajectory_trend_table(traj, n: int = 10):
-    """Expression along a trajectory for its ``n`` most changing genes (steps × genes)."""
-    if traj.expression is None:
-        return None
-    genes = traj.top_genes(n)
-    return traj.expression[genes]
-
+__all__ = ["CROPS_LAYER", "POINTS_LAYER", "TRAJECTORY_LAYER", "TRAVERSAL_LAYER", "BVAEWidget",
+           "crops_layer_tuples", "expression_at", "labels_features_with_latents",
+           "latent_columns", "trajectory_layer_tuple", "trajectory_trend_table",
+           "traversal_layer_tuple"]
 
 # --------------------------------------------------------------------------- the widget
-
-
 
 
 def _path_row(edit: QLineEdit, parent, folder: bool, caption: str):
@@ -537,9 +470,7 @@ class BVAEWidget(WorkerMixin, QWidget):
         self.trajectory = traj
         if TRAJECTORY_LAYER in self.viewer.layers:
             self.viewer.layers.remove(TRAJECTORY_LAYER)
-        add_layer_tuples(self.viewer, [(traj.images, {
-            "name": TRAJECTORY_LAYER, "rgb": True,
-            "metadata": {"t": traj.t.tolist(), "method": traj.method}}, "image")])
+        add_layer_tuples(self.viewer, [trajectory_layer_tuple(traj)])
         table = trajectory_trend_table(traj)
         fill_table(self.traj_table, None if table is None else table.round(3))
         self.status.setText(f"trajectory: {len(traj.t)} steps ({traj.method})")

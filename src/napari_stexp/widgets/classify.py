@@ -1,9 +1,10 @@
 """Tissue-classification dock widget (ST-guided, batch-agnostic): train or load a model,
 classify an H&E slide (patch grid over tissue) or ST sections, hide uncertain patches.
 
-GUI-free functions (:func:`classify_slide_layers`, :func:`classify_section_layers`,
-:func:`class_layer_tuples`, :func:`apply_threshold`, :func:`legend_html`) do the work and tests
-call them directly; the widget runs training/classification in napari workers (progress bar,
+Qt-free functions in :mod:`napari_stexp.viewer.results` (:func:`classify_slide_layers`,
+:func:`classify_section_layers`, :func:`class_layer_tuples`, :func:`apply_threshold`, re-exported
+here) and :func:`~napari_stexp.viewer.palettes.legend_html` do the work and tests call them
+directly; the widget runs training/classification in napari workers (progress bar,
 cancel) and touches layers in the main thread only. Layers per slide/section ``S``:
 
 - ``"S classes"``: Points coloured by class (fixed categorical colours, legend in the widget);
@@ -20,10 +21,6 @@ coloured by class or by patient.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
 import pandas as pd
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -34,203 +31,26 @@ from qtpy.QtWidgets import (
 )
 
 from ..models.batch_agnostic import ClassifierConfig
-from ..session import EmbeddingRef
 from ..viewer.palettes import legend_html  # the one legend
+from ..viewer.results import (
+    CLASS_COLUMN,
+    FADED_ALPHA,
+    ClassPrediction,
+    apply_threshold,
+    class_colors,
+    class_layer_tuples,
+    classify_section_layers,
+    classify_slide_layers,
+    embedding_refs,
+    faded_colors,
+    prediction_features,
+)
 from ._model_widget import NO_PRESET, SLIDE_PREFIX, ModelWidget
 from ._tooltips import tip
 
-CLASS_COLUMN = "batch_agnostic_class"
-__all__ = ["CLASS_COLUMN", "SLIDE_PREFIX", "ClassifyWidget", "class_colors"]
-
-
-# ----------------------------------------------------------------------------- GUI-free part
-
-
-def class_colors(classes: list[str]) -> dict[str, np.ndarray]:
-    """A fixed RGBA colour per class (the one palette: viewer.palettes)."""
-    from ..viewer.palettes import label_colors
-
-    return label_colors(classes)
-
-
-@dataclass
-class ClassPrediction:
-    """Classes of the patches/spots of one slide or section, in the µm frame."""
-
-    name: str
-    coords_um: np.ndarray  # (n, 2) napari (row, col)
-    size_um: float
-    classes: list[str]
-    proba: np.ndarray  # (n, k), rows sum to 1
-    source: np.ndarray  # (n,) 'image' | 'gene' (which classifier produced the row)
-    obs_names: list[str]
-    image_embedding: np.ndarray | None = None  # (n, D)
-    gene_latent: np.ndarray | None = None  # (n, d)
-    extra: pd.DataFrame = field(default_factory=pd.DataFrame)  # patient, section, label
-    adata: Any = None  # the slide AnnData (slides)
-
-    @property
-    def predicted(self) -> np.ndarray:
-        return np.asarray(self.classes, dtype=object)[self.proba.argmax(1)]
-
-    @property
-    def confidence(self) -> np.ndarray:
-        return self.proba.max(1).astype(np.float32)
-
-
-def classify_slide_layers(model, pyramid, name: str, *, progress=None, cancel=None,
-                          device: str | None = None) -> ClassPrediction:
-    """Classify a grid of patches over the slide's tissue (streamed, see ``classify_slide``)."""
-    from ..analysis.slide_classify import classify_slide
-    from ..models.batch_agnostic import PREFIX
-
-    ad = classify_slide(model, pyramid, name=name, progress=progress, cancel=cancel,
-                        device=device)
-    from ..io.frame import layer_coords, layer_spot_size
-
-    coords, size = layer_coords(ad, pyramid), layer_spot_size(ad, pyramid)  # the slide's layer
-    extra = pd.DataFrame({"patient": [name] * ad.n_obs, "section": [name] * ad.n_obs})
-    return ClassPrediction(name=name, coords_um=coords, size_um=size,
-                           classes=list(model.classes),
-                           proba=np.asarray(ad.obsm[f"{PREFIX}_proba"], np.float32),
-                           source=np.array(["image"] * ad.n_obs, dtype=object),
-                           obs_names=list(ad.obs_names),
-                           image_embedding=np.asarray(ad.obsm["X_image"]), extra=extra,
-                           adata=ad)
-
-
-def classify_section_layers(model, adata, name: str, image=None, *, progress=None,
-                            cancel=None, device: str | None = None) -> ClassPrediction:
-    """Classify the spots of an ST section: from its H&E when it has one, else from its
-    expression (the gene encoder's head). The gene latent is added when the model has one."""
-    from ..errors import InputError
-    from ..io.frame import layer_spot_size, spots_rc_um
-    from ..models.batch_agnostic import _image_of
-    from ..models.gene_vae import clean_labels
-
-    img = image if image is not None else _image_of(adata, name)
-    emb = z = None
-    if img is not None:
-        p = model.section_patches(adata, name, img, progress=progress, cancel=cancel)
-        res = model.predict_patches(p, device=device, progress=progress, cancel=cancel)
-        proba, emb = res["proba"], res["embedding"]
-        source = np.array(["image"] * adata.n_obs, dtype=object)
-    else:
-        proba = model.gene_proba({name: adata}) if model.gene_model is not None else None
-        if proba is None:
-            raise InputError(f"section {name}", "has no H&E image and the model has no gene "
-                                                "classifier head: nothing to classify from")
-        source = np.array(["gene"] * adata.n_obs, dtype=object)
-    if model.gene_model is not None:
-        try:
-            z = model.gene_embed({name: adata})
-        except InputError:
-            z = None  # e.g. a section without the model's genes: classes from the image only
-    labels = clean_labels(adata.obs["label"]) if "label" in adata.obs else \
-        np.full(adata.n_obs, None, dtype=object)
-    extra = pd.DataFrame({
-        "patient": (adata.obs["patient"].astype(str).to_numpy() if "patient" in adata.obs
-                    else [name] * adata.n_obs),
-        "section": [name] * adata.n_obs,
-        "label": [v if v is not None else "unknown" for v in labels]})
-    return ClassPrediction(name=name, coords_um=spots_rc_um(adata), size_um=layer_spot_size(adata),
-                           classes=list(model.classes), proba=np.asarray(proba, np.float32),
-                           source=source, obs_names=list(map(str, adata.obs_names)),
-                           image_embedding=emb, gene_latent=z, extra=extra)
-
-
-def prediction_features(pred: ClassPrediction, threshold: float = 0.0) -> pd.DataFrame:
-    """The features table of the class/confidence layers (one row per patch/spot)."""
-    n = len(pred.proba)
-    conf = pred.confidence
-    feats = pd.DataFrame({"spot_id": pred.obs_names,
-                          CLASS_COLUMN: pd.Categorical(pred.predicted, categories=pred.classes),
-                          "confidence": conf, "source": pred.source.astype(str)})
-    for j, c in enumerate(pred.classes):
-        feats[f"proba: {c}"] = pred.proba[:, j]
-    extra = pred.extra.reset_index(drop=True)
-    for col in extra.columns:
-        feats[col] = pd.Categorical(extra[col].astype(str))
-    feats["shown"] = conf >= threshold
-    blocks = [feats]
-    if pred.image_embedding is not None:
-        blocks.append(pd.DataFrame(pred.image_embedding, columns=[
-            f"img_{j}" for j in range(pred.image_embedding.shape[1])]))
-    if pred.gene_latent is not None:
-        blocks.append(pd.DataFrame(pred.gene_latent, columns=[
-            f"gene_{j}" for j in range(pred.gene_latent.shape[1])]))
-    out = pd.concat(blocks, axis=1)
-    assert len(out) == n
-    return out
-
-
-def class_layer_tuples(pred: ClassPrediction, threshold: float = 0.0) -> list:
-    """Points layer tuples: classes (categorical colours) and confidence (magma)."""
-    feats = prediction_features(pred, threshold)
-    colors = class_colors(pred.classes)
-    face = np.stack([colors[c] for c in pred.predicted]) if len(pred.proba) else \
-        np.zeros((0, 4), np.float32)
-    shown = feats["shown"].to_numpy(bool)
-    face = faded_colors(face, shown)
-    meta = {"kind": "batch_agnostic_classes", "section": pred.name, "classes": pred.classes,
-            "class_colors": {c: v.tolist() for c, v in colors.items()},
-            "legend": legend_html(pred.classes, colors), "threshold": float(threshold)}
-    cls = (pred.coords_um, {"name": f"{pred.name} classes", "size": pred.size_um,
-                            "features": feats, "face_color": face, "border_width": 0.0,
-                            "shown": shown, "opacity": 0.8, "metadata": meta}, "points")
-    conf_feats = feats[["spot_id", CLASS_COLUMN, "confidence", "shown"]].copy()
-    conf = (pred.coords_um, {"name": f"{pred.name} confidence", "size": pred.size_um,
-                             "features": conf_feats, "face_color": "confidence",
-                             "face_colormap": "magma", "face_contrast_limits": (0.0, 1.0),
-                             "border_width": 0.0, "shown": shown, "visible": False,
-                             "metadata": {"kind": "batch_agnostic_confidence",
-                                          "section": pred.name, "threshold": float(threshold)}},
-            "points")
-    return [cls, conf]
-
-
-#: Face alpha of the points below the confidence threshold: faded, so the threshold is visible
-#: on the canvas (napari 0.9.2 ignores ``Points.shown`` when every dimension is displayed).
-FADED_ALPHA = 0.08
-
-
-def faded_colors(colors: np.ndarray, shown: np.ndarray) -> np.ndarray:
-    """``colors`` (n, 4) with alpha 1 where ``shown`` and :data:`FADED_ALPHA` elsewhere."""
-    out = np.array(colors, dtype=np.float32, copy=True)
-    if len(out):
-        out[:, 3] = np.where(shown, 1.0, FADED_ALPHA)
-    return out
-
-
-def apply_threshold(layers, threshold: float) -> int:
-    """Hide rows whose ``confidence`` is below ``threshold`` (``shown`` mask, features column
-    and a faded face colour, which is what the canvas shows) in each layer; returns how many
-    rows are hidden in the first layer."""
-    hidden = 0
-    for i, layer in enumerate(layers):
-        feats = layer.features.copy()
-        shown = feats["confidence"].to_numpy(np.float64) >= float(threshold)
-        feats["shown"] = shown
-        layer.features = feats
-        layer.shown = shown
-        layer.face_color = faded_colors(layer.face_color, shown)
-        layer.metadata = {**(layer.metadata or {}), "threshold": float(threshold)}
-        if i == 0:
-            hidden = int((~shown).sum())
-    return hidden
-
-
-def embedding_refs(pred: ClassPrediction) -> list[EmbeddingRef]:
-    """Session entries for the prediction's image embedding and gene latent."""
-    layer = f"{pred.name} classes"
-    refs = []
-    if pred.image_embedding is not None:
-        refs.append(EmbeddingRef(name=f"{pred.name} image embedding", layer=layer,
-                                 data=pred.image_embedding, source="classifier:image"))
-    if pred.gene_latent is not None:
-        refs.append(EmbeddingRef(name=f"{pred.name} gene latent", layer=layer,
-                                 data=pred.gene_latent, source="classifier:gene"))
-    return refs
+__all__ = ["CLASS_COLUMN", "FADED_ALPHA", "SLIDE_PREFIX", "ClassPrediction", "ClassifyWidget",
+           "apply_threshold", "class_colors", "class_layer_tuples", "classify_section_layers",
+           "classify_slide_layers", "embedding_refs", "faded_colors", "prediction_features"]
 
 
 # ----------------------------------------------------------------------------- worker jobs
@@ -254,11 +74,6 @@ def _classify_job(model, adatas, images, slide, progress, cancel):
         return [classify_slide_layers(model, pyr, name, progress=progress, cancel=cancel)]
     return [classify_section_layers(model, a, n, (images or {}).get(n), progress=progress,
                                     cancel=cancel) for n, a in adatas.items()]
-
-
-# ----------------------------------------------------------------------------- Qt part
-
-
 
 
 def _quick_preset() -> dict:

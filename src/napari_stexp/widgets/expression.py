@@ -1,8 +1,9 @@
 """Expression dock widget (mclSTExp): train or load a model, predict sections or an H&E-only
 slide, and browse predicted gene maps.
 
-The work is done by GUI-free functions (:func:`predict_for_sections`, :func:`predict_for_slide`,
-:func:`gene_layer_tuples`, :func:`confidence_layer_tuple`) that tests call directly; the widget
+The work is done by Qt-free functions in :mod:`napari_stexp.viewer.results`
+(:func:`predict_for_sections`, :func:`predict_for_slide`, :func:`gene_layer_tuples`,
+:func:`confidence_layer_tuple`, re-exported here) that tests call directly; the widget
 runs training/prediction in napari worker threads (progress bar, cancel) and applies layers in
 the main thread. Layers per section ``S``:
 
@@ -14,11 +15,7 @@ the main thread. Layers per section ``S``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
-import pandas as pd
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
@@ -30,150 +27,22 @@ from qtpy.QtWidgets import (
 
 from ..models.mclstexp_config import PRESETS, MclstexpConfig
 from ..session import EmbeddingRef
+from ..viewer.results import (
+    EMBED_PREFIX,
+    SectionPrediction,
+    confidence_layer_tuple,
+    gene_layer_tuples,
+    gene_limits,
+    predict_for_sections,
+    predict_for_slide,
+)
 from ._common import notify_error
 from ._model_widget import SLIDE_PREFIX, ModelWidget
 from ._tooltips import tip
 
-EMBED_PREFIX = "mclstexp_"
-__all__ = ["EMBED_PREFIX", "SLIDE_PREFIX", "ExpressionWidget", "SectionPrediction"]
-
-
-# ----------------------------------------------------------------------------- GUI-free part
-
-
-@dataclass
-class SectionPrediction:
-    """Predictions for the spots (or pseudo-spots) of one section/slide, in the µm frame."""
-
-    name: str
-    coords_um: np.ndarray  # (n, 2) napari (row, col) in µm
-    size_um: float
-    genes: list
-    predicted: np.ndarray  # (n, G)
-    confidence: np.ndarray  # (n,)
-    embeddings: np.ndarray  # (n, D)
-    obs_names: list
-    measured: np.ndarray | None = None  # (n, G) normalised measured expression
-    pcc: np.ndarray | None = None  # (G,) per-gene PCC
-    in_reference: bool = False  # the section is among the model's references (optimistic)
-    protocol: str = ""  # PCC protocol: unseen patient / held-out section of a training patient
-    adata: Any = None  # the slide prediction AnnData (H&E-only slides)
-
-    def gene_index(self, gene: str) -> int:
-        try:
-            return self.genes.index(gene)
-        except ValueError:
-            from ..errors import InputError
-
-            raise InputError(gene, "not in the model's gene panel") from None
-
-
-def predict_for_sections(model, adatas: dict, images: dict | None = None, *, progress=None,
-                         cancel=None, device: str = "auto") -> list[SectionPrediction]:
-    """Predict every spot of ST sections; measured values and per-gene PCC when the section has
-    the model's genes."""
-    from ..data.genes import DISPLAY_LIBRARY, measured_expression, panel_targets
-    from ..evaluation.regression import gene_pcc, section_protocol
-    from ..io.frame import layer_spot_size, spots_rc_um
-    from ..models.mclstexp import patient_of
-
-    out = []
-    refs = set(model.reference.section_names)
-    for name, adata in adatas.items():
-        res = model.predict_sections({name: adata}, {name: images[name]} if images and
-                                     images.get(name) is not None else None,
-                                     device=device, progress=progress, cancel=cancel)[name]
-        measured = pcc = None
-        if set(model.genes) <= set(adata.var_names):
-            # shown: the display library (the same number as the navigator and explorer);
-            # scored: the model's own targets (the panel library), as the evaluation does
-            measured = measured_expression(adata, model.genes, library=DISPLAY_LIBRARY,
-                                           target_sum=model.config.target_sum)
-            pcc = gene_pcc(res["predicted"], panel_targets(
-                adata, model.genes, model.config.target_sum, library="panel"))
-        out.append(SectionPrediction(
-            name=name, coords_um=spots_rc_um(adata), size_um=layer_spot_size(adata),
-            genes=list(model.genes), predicted=res["predicted"], confidence=res["confidence"],
-            embeddings=res["embeddings"], obs_names=list(map(str, adata.obs_names)),
-            measured=measured, pcc=pcc, in_reference=name in refs,
-            protocol=section_protocol(patient_of(adata),
-                                      (getattr(model, "provenance", None) or {}).get("train_patients"))
-            if measured is not None else ""))
-    return out
-
-
-def predict_for_slide(model, pyramid, name: str, *, progress=None, cancel=None,
-                      device: str = "auto") -> SectionPrediction:
-    """Whole-slide prediction over tissue (pseudo-spots), as a :class:`SectionPrediction`."""
-    from ..analysis.slide_predict import predict_slide
-
-    ad = predict_slide(model, pyramid, name=name, progress=progress, cancel=cancel,
-                       device=device)
-    from ..io.frame import layer_coords, layer_spot_size
-
-    # in the frame of the slide's image layer
-    coords, size = layer_coords(ad, pyramid), layer_spot_size(ad, pyramid)
-    return SectionPrediction(
-        name=name, coords_um=coords, size_um=size, genes=list(model.genes),
-        predicted=np.asarray(ad.layers["predicted"]),
-        confidence=ad.obs["confidence"].to_numpy(np.float32),
-        embeddings=np.asarray(ad.obsm["X_mclstexp"]), obs_names=list(ad.obs_names), adata=ad)
-
-
-def gene_limits(pred: SectionPrediction, gene: str) -> tuple[float, float]:
-    """One contrast range for predicted and measured values of ``gene`` (both layers)."""
-    i = pred.gene_index(gene)
-    vals = [pred.predicted[:, i]]
-    if pred.measured is not None:
-        vals.append(pred.measured[:, i])
-    v = np.concatenate(vals)
-    lo, hi = float(np.nanmin(v)), float(np.nanmax(v))
-    if not hi > lo:
-        hi = lo + 1e-6
-    return lo, hi
-
-
-def gene_layer_tuples(pred: SectionPrediction, gene: str, colormap: str = "viridis") -> list:
-    """Points layer tuples for ``gene``: predicted (and measured beside it, same limits)."""
-    i = pred.gene_index(gene)
-    lims = gene_limits(pred, gene)
-    base = {"size": pred.size_um, "border_width": 0.0, "face_colormap": colormap,
-            "face_contrast_limits": lims, "face_color": "value"}
-    pcc = None if pred.pcc is None else float(pred.pcc[i])
-    feats = pd.DataFrame({"spot_id": pred.obs_names, "value": pred.predicted[:, i],
-                          "confidence": pred.confidence})
-    layers = [(pred.coords_um, {**base, "name": f"{pred.name} predicted", "features": feats,
-                                "metadata": {"kind": "mclstexp_gene", "gene": gene,
-                                             "section": pred.name, "what": "predicted",
-                                             "pcc": pcc}}, "points")]
-    if pred.measured is not None:
-        span = np.ptp(pred.coords_um[:, 1]) + 4 * pred.size_um
-        mfeats = pd.DataFrame({"spot_id": pred.obs_names, "value": pred.measured[:, i]})
-        layers.append((pred.coords_um, {**base, "name": f"{pred.name} measured",
-                                        "features": mfeats, "translate": (0.0, float(span)),
-                                        "metadata": {"kind": "mclstexp_gene", "gene": gene,
-                                                     "section": pred.name, "what": "measured",
-                                                     "pcc": pcc}}, "points"))
-    return layers
-
-
-def confidence_layer_tuple(pred: SectionPrediction) -> tuple:
-    """The per-section layer: confidence colours + embedding columns in ``features``."""
-    feats = pd.DataFrame({"spot_id": pred.obs_names, "confidence": pred.confidence})
-    emb = pd.DataFrame(pred.embeddings, columns=[f"{EMBED_PREFIX}{j}"
-                                                 for j in range(pred.embeddings.shape[1])])
-    feats = pd.concat([feats, emb], axis=1)
-    c = pred.confidence
-    lims = (float(np.min(c)), float(np.max(c)) if np.ptp(c) > 0 else float(np.min(c)) + 1e-6)
-    return (pred.coords_um, {"name": f"{pred.name} mclSTExp", "size": pred.size_um,
-                             "features": feats, "face_color": "confidence",
-                             "face_colormap": "magma", "face_contrast_limits": lims,
-                             "border_width": 0.0, "visible": False,
-                             "metadata": {"kind": "mclstexp_confidence",
-                                          "section": pred.name}}, "points")
-
-
-# ----------------------------------------------------------------------------- Qt part
+__all__ = ["EMBED_PREFIX", "SLIDE_PREFIX", "ExpressionWidget", "SectionPrediction",
+           "confidence_layer_tuple", "gene_layer_tuples", "gene_limits", "predict_for_sections",
+           "predict_for_slide"]
 
 
 def _train_job(adatas, images, kw, progress, cancel):
